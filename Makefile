@@ -1,0 +1,40 @@
+# The two commands of the README: `make demo` (the end-to-end story) and `make test`.
+# Both create .venv and install the project with every extra on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARTIFACTS ?= artifacts
+
+.PHONY: install demo test test-slow test-large test-all bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[all]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) samples/seed_torch_cnn.py --out $(ARTIFACTS)/torch
+	$(PY) samples/seed_keras_cnn.py --out $(ARTIFACTS)/keras
+
+# pytest exits 5 when it collected no tests: make treats that as the failure it is.
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+test-large: install
+	$(PY) -m pytest -q -m large
+
+test-all: install
+	$(PY) -m pytest -q -m ""
+
+bench: install
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(ARTIFACTS) .pytest_cache build *.egg-info

@@ -1,0 +1,66 @@
+"""onnx-compress: make trained PyTorch and Keras models smaller and faster through ONNX.
+
+Typical use::
+
+    import onnx_compress as oc
+
+    oc.export_torch(model, example, "model.onnx")          # or oc.export_keras(...)
+    print(oc.model_stats("model.onnx"))
+    score = oc.validate("model.onnx", "candidate.onnx", "val.npz", metric="top1")
+
+The public names below are imported lazily, so ``import onnx_compress`` stays fast and never
+imports torch or tensorflow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from onnx_compress.errors import OnnxCompressError
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    "export_torch": "onnx_compress.converters.torch.export",
+    "export_keras": "onnx_compress.converters.tensorflow.export",
+    "load_model": "onnx_compress.model_io",
+    "save_model": "onnx_compress.model_io",
+    "Dataset": "onnx_compress.data",
+    "load_data": "onnx_compress.data",
+    "load_digits": "onnx_compress.datasets",
+    "model_stats": "onnx_compress.stats",
+    "validate": "onnx_compress.runtime.validate",
+    "Evaluator": "onnx_compress.runtime.validate",
+    "benchmark": "onnx_compress.runtime.benchmark",
+    "compare": "onnx_compress.runtime.benchmark",
+    "SessionSettings": "onnx_compress.runtime.session",
+}
+
+__all__ = ["OnnxCompressError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onnx_compress' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from onnx_compress.converters.tensorflow.export import export_keras
+    from onnx_compress.converters.torch.export import export_torch
+    from onnx_compress.data import Dataset, load_data
+    from onnx_compress.datasets import load_digits
+    from onnx_compress.model_io import load_model, save_model
+    from onnx_compress.runtime.benchmark import benchmark, compare
+    from onnx_compress.runtime.session import SessionSettings
+    from onnx_compress.runtime.validate import Evaluator, validate
+    from onnx_compress.stats import model_stats

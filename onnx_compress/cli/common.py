@@ -1,0 +1,128 @@
+"""Helpers shared by the CLI commands: argument parsing of shapes and dims, output, data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from onnx_compress.errors import SettingError
+
+__all__ = [
+    "Command",
+    "add_command",
+    "parse_shape",
+    "parse_dims",
+    "add_json_flag",
+    "add_session_flags",
+    "session_settings",
+    "emit",
+    "existing_file",
+]
+
+#: a command's handler: takes the parsed arguments, returns the exit status
+Command = Callable[[argparse.Namespace], int]
+
+
+def _global_flags() -> argparse.ArgumentParser:
+    """--debug and -v, accepted after the command name too (``onnx-compress inspect m.onnx --debug``)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks and debug logs")
+    parent.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show progress logs (INFO)")
+    return parent
+
+
+def add_command(
+    subparsers: Any, name: str, *, help: str, description: str, handler: Command
+) -> argparse.ArgumentParser:
+    """Add a subcommand with the global flags, a raw-text description and its handler."""
+    parser = subparsers.add_parser(
+        name,
+        help=help,
+        description=description,
+        parents=[_global_flags()],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1x1x28x28"`` -> ``(1, 1, 28, 28)``."""
+    try:
+        dims = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must look like 1x1x28x28, got {text!r}") from None
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"shape dimensions must be >= 1, got {text!r}")
+    return dims
+
+
+def parse_dims(items: list[str] | None) -> dict[str, int]:
+    """``["sequence=64"]`` -> ``{"sequence": 64}`` (sizes of symbolic dimensions)."""
+    dims: dict[str, int] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value.isdigit() or int(value) < 1:
+            raise SettingError(f"--dim must look like NAME=SIZE (e.g. sequence=64), got {item!r}")
+        dims[name] = int(value)
+    return dims
+
+
+def existing_file(text: str) -> Path:
+    """argparse type for an input path (existence is checked by the loaders, with clear errors)."""
+    return Path(text)
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object on stdout instead of a table"
+    )
+
+
+def add_session_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--provider",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="ONNX Runtime execution provider: auto = CUDA when available, else CPU (default auto)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="intra-op threads of ONNX Runtime (default: ONNX Runtime's choice, one per core)",
+    )
+
+
+def session_settings(args: argparse.Namespace) -> Any:
+    from onnx_compress.runtime.session import SessionSettings
+
+    return SessionSettings(provider=args.provider, intra_op_threads=args.threads)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def emit(args: argparse.Namespace, payload: Mapping[str, Any], human: str) -> None:
+    """Print ``payload`` as one JSON object with ``--json``, else the human-readable text."""
+    if getattr(args, "json", False):
+        sys.stdout.write(json.dumps(_jsonable(payload), indent=2, allow_nan=True) + "\n")
+    else:
+        sys.stdout.write(human.rstrip("\n") + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,228 @@
+"""``onnx-compress export {torch,keras,saved-model}``: framework model -> ONNX with a parity check."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from onnx_compress.cli.common import add_command, add_json_flag, emit, parse_shape
+from onnx_compress.errors import ExportError, ModelLoadError, SettingError, one_line
+from onnx_compress.table import format_table
+
+__all__ = ["register", "load_factory"]
+
+_TORCH_DESCRIPTION = """\
+Export a PyTorch model to ONNX, then check that ONNX Runtime reproduces its outputs.
+
+SOURCE is FILE.py:NAME, where NAME is a function returning a torch.nn.Module or an
+nn.Module class constructible without arguments. WARNING: this imports and runs FILE.py,
+which is arbitrary Python code: only use files you trust.
+
+The module is exported in eval mode with a dynamic batch axis; parity with PyTorch is checked
+at the example batch size and at a second batch size. With --weights, a state_dict checkpoint
+is loaded first (with torch.load(weights_only=True), so it cannot run code).
+
+example:
+  onnx-compress export torch samples/seed_torch_cnn.py:SimpleModel --input-shape 1x1x28x28 -o m.onnx
+"""
+
+_KERAS_DESCRIPTION = """\
+Export a Keras 3 model saved as a .keras file to ONNX (via tf2onnx), then check parity in
+ONNX Runtime. The file is loaded with safe_mode=True: a Lambda layer (arbitrary code) is
+refused unless --unsafe-load is given.
+
+example:
+  onnx-compress export keras artifacts/keras/seed_cnn.keras -o m.onnx
+"""
+
+_SAVED_MODEL_DESCRIPTION = """\
+Export a TensorFlow SavedModel directory (its serving_default signature) to ONNX via tf2onnx,
+then check parity in ONNX Runtime. Input and output names are the signature's.
+
+example:
+  onnx-compress export saved-model exported_model/ -o m.onnx
+"""
+
+
+def load_factory(spec: str) -> Any:
+    """Resolve ``FILE.py:NAME`` to the callable NAME defined in FILE.py (runs FILE.py)."""
+    file_part, sep, name = spec.rpartition(":")
+    if not sep or not file_part or not name:
+        raise SettingError(f"expected FILE.py:NAME, got {spec!r}")
+    path = Path(file_part)
+    if not path.is_file():
+        raise ModelLoadError(f"Python file not found: {path}")
+    module_name = f"_onnx_compress_user_{path.stem}"
+    loader_spec = importlib.util.spec_from_file_location(module_name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise ModelLoadError(f"not an importable Python file: {path}")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[module_name] = module
+    sys.path.insert(0, str(path.parent.resolve()))  # so the file can import its neighbours
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ModelLoadError(f"importing {path} failed: {type(exc).__name__}: {one_line(exc)}") from exc
+    finally:
+        sys.path.pop(0)
+    factory = getattr(module, name, None)
+    if factory is None or not callable(factory):
+        available = sorted(
+            n for n, v in vars(module).items()
+            if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == module_name
+        )
+        raise SettingError(
+            f"{path} defines no callable {name!r}; callables defined there: {', '.join(available) or 'none'}"
+        )
+    return factory
+
+
+def _build_torch_module(args: argparse.Namespace) -> Any:
+    from onnx_compress.optional import require
+
+    torch = require("torch", "exporting a PyTorch model")
+    factory = load_factory(args.source)
+    try:
+        module = factory()
+    except Exception as exc:
+        raise ExportError(f"{args.source}() failed: {type(exc).__name__}: {one_line(exc)}") from exc
+    if not isinstance(module, torch.nn.Module):
+        raise SettingError(f"{args.source} returned {type(module).__name__}, not a torch.nn.Module")
+    if args.weights is not None:
+        if not args.weights.is_file():
+            raise ModelLoadError(f"checkpoint not found: {args.weights}")
+        try:
+            state = torch.load(args.weights, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"could not load {args.weights} with weights_only=True ({type(exc).__name__}: {one_line(exc)})"
+            ) from exc
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        try:
+            module.load_state_dict(state)
+        except Exception as exc:
+            raise ModelLoadError(f"{args.weights} does not fit {args.source}: {one_line(exc)}") from exc
+    return module
+
+
+def _export_torch(args: argparse.Namespace) -> int:
+    from onnx_compress.converters.torch.export import export_torch
+    from onnx_compress.optional import require
+
+    torch = require("torch", "exporting a PyTorch model")
+    if not args.input_shape:
+        raise SettingError("--input-shape is required (e.g. --input-shape 1x1x28x28), once per input")
+    dtypes = args.input_dtype or ["float32"] * len(args.input_shape)
+    if len(dtypes) != len(args.input_shape):
+        raise SettingError("give one --input-dtype per --input-shape, or none")
+    module = _build_torch_module(args)
+    generator = torch.Generator().manual_seed(0)
+    examples = []
+    for shape, dtype in zip(args.input_shape, dtypes):
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise SettingError(f"unknown --input-dtype {dtype!r} (e.g. float32, int64)")
+        if torch_dtype.is_floating_point:
+            examples.append(torch.randn(shape, generator=generator).to(torch_dtype))
+        else:
+            examples.append(torch.randint(0, 100, shape, generator=generator).to(torch_dtype))
+    result = export_torch(
+        module,
+        tuple(examples),
+        args.output,
+        input_names=args.input_names,
+        output_names=args.output_names,
+        dynamic_batch=not args.static_batch,
+        opset=args.opset or 18,
+        atol=args.atol,
+        rtol=args.rtol,
+    )
+    _report(args, result)
+    return 0
+
+
+def _export_keras(args: argparse.Namespace) -> int:
+    from onnx_compress.converters.tensorflow.export import export_keras
+
+    source = Path(args.source)
+    if args.framework == "keras" and source.is_dir():
+        raise SettingError(f"{source} is a directory; use `onnx-compress export saved-model` for SavedModels")
+    if args.framework == "saved-model" and not source.is_dir():
+        raise ModelLoadError(f"not a SavedModel directory: {source}")
+    result = export_keras(
+        source,
+        args.output,
+        input_names=args.input_names,
+        output_names=args.output_names,
+        dynamic_batch=not args.static_batch,
+        opset=args.opset or 17,
+        atol=args.atol,
+        rtol=args.rtol,
+        unsafe_load=getattr(args, "unsafe_load", False),
+    )
+    _report(args, result)
+    return 0
+
+
+def _report(args: argparse.Namespace, result: Any) -> None:
+    rows = [
+        ["output", str(result.path)],
+        ["inputs", ", ".join(result.input_names)],
+        ["outputs", ", ".join(result.output_names)],
+        ["opset", result.opset],
+        ["external data", "yes" if result.external_data else "no"],
+    ] + [[f"parity at batch {c.batch} (max abs error)", f"{c.worst:.3g}"] for c in result.parity]
+    emit(args, result.as_dict(), format_table(["export", ""], rows))
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the ONNX file to write")
+    parser.add_argument("--input-names", nargs="+", metavar="NAME",
+                        help="ONNX input names (default: 'input' for one input)")
+    parser.add_argument("--output-names", nargs="+", metavar="NAME",
+                        help="ONNX output names (default: 'output' for one output)")
+    parser.add_argument("--opset", type=int, default=None,
+                        help="ONNX opset (default: 18 for torch, 17 for keras/saved-model)")
+    parser.add_argument("--static-batch", action="store_true",
+                        help="keep the example's batch size fixed instead of a dynamic batch axis")
+    parser.add_argument("--atol", type=float, default=1e-4, help="parity: absolute tolerance (default 1e-4)")
+    parser.add_argument("--rtol", type=float, default=1e-4,
+                        help="parity: tolerance relative to the largest output magnitude (default 1e-4)")
+    add_json_flag(parser)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "export", help="export a PyTorch / Keras / SavedModel model to ONNX (with a parity check)",
+        description="Export a framework model to ONNX and check parity in ONNX Runtime.",
+    )
+    frameworks = parser.add_subparsers(dest="framework", metavar="FRAMEWORK")
+    frameworks.required = True
+
+    torch_parser = add_command(frameworks, "torch", help="a PyTorch nn.Module from FILE.py:NAME",
+                               description=_TORCH_DESCRIPTION, handler=_export_torch)
+    torch_parser.add_argument("source", metavar="FILE.py:NAME",
+                              help="Python file and the name of a factory function or nn.Module class in it")
+    torch_parser.add_argument("--input-shape", type=parse_shape, action="append", metavar="SHAPE",
+                              help="example input shape, e.g. 1x1x28x28; repeat once per input")
+    torch_parser.add_argument("--input-dtype", action="append", metavar="DTYPE",
+                              help="example input dtype (default float32); repeat once per input")
+    torch_parser.add_argument("--weights", type=Path, default=None, metavar="CKPT",
+                              help="a state_dict checkpoint (.pt) to load, read with weights_only=True")
+    _add_common(torch_parser)
+
+    keras_parser = add_command(frameworks, "keras", help="a Keras 3 model saved as .keras",
+                               description=_KERAS_DESCRIPTION, handler=_export_keras)
+    keras_parser.add_argument("source", metavar="MODEL.keras", help="the .keras file")
+    keras_parser.add_argument("--unsafe-load", action="store_true",
+                              help="allow layers that run arbitrary code (Lambda); only for trusted files")
+    _add_common(keras_parser)
+
+    saved_parser = add_command(frameworks, "saved-model", help="a TensorFlow SavedModel directory",
+                               description=_SAVED_MODEL_DESCRIPTION, handler=_export_keras)
+    saved_parser.add_argument("source", metavar="DIR", help="the SavedModel directory")
+    _add_common(saved_parser)

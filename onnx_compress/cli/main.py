@@ -1,0 +1,92 @@
+"""The ``onnx-compress`` command line: one subcommand per module in this package.
+
+Every failure becomes a one-line ``error: ...`` on stderr and a non-zero exit status
+(2 for errors the user can fix, 1 for internal errors, 130 on Ctrl-C); ``--debug`` shows the
+traceback. Logs go to stderr, results to stdout (one JSON object with ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+
+from onnx_compress import __version__
+from onnx_compress.errors import OnnxCompressError, one_line
+
+__all__ = ["main", "build_parser"]
+
+#: the command modules, in the order `--help` lists them; each defines register(subparsers)
+COMMAND_MODULES = [
+    "onnx_compress.cli.export_cmd",
+    "onnx_compress.cli.inspect_cmd",
+    "onnx_compress.cli.validate_cmd",
+    "onnx_compress.cli.bench_cmd",
+]
+
+_DESCRIPTION = """\
+Make trained neural networks smaller and faster through ONNX.
+
+Export a PyTorch or Keras model to ONNX (with a parity check in ONNX Runtime), inspect it,
+validate a candidate against a reference on data, and benchmark models side by side.
+Data files are .npz archives keyed by the model's input names, plus an optional 'labels' array.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="onnx-compress",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"onnx-compress {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show progress logs (INFO)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def _configure_logging(debug: bool, verbose: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not debug:
+        # third-party libraries are chatty at INFO; keep their warnings only
+        for name in ("tf2onnx", "onnxscript", "torch", "absl", "onnxruntime"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.debug, args.verbose)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
+    except OnnxCompressError as exc:
+        if args.debug:
+            traceback.print_exc()
+        sys.stderr.write(f"error: {one_line(exc, limit=2000)}\n")
+        return exc.exit_code
+    except MemoryError:
+        sys.stderr.write("error: out of memory\n")
+        return 1
+    except Exception as exc:  # a bug or an unexpected third-party failure: still one line
+        if args.debug:
+            traceback.print_exc()
+        sys.stderr.write(
+            f"error: unexpected {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)\n"
+        )
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

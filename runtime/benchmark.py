@@ -1,0 +1,139 @@
+"""Latency benchmarks in ONNX Runtime, alone or side by side.
+
+:func:`benchmark` times ``runs`` calls of one session on fixed inputs after ``warmup`` calls
+and reports the median and 90th percentile latency (milliseconds per call) and throughput
+(samples per second at the median).
+
+:func:`compare` measures two models in ONE run, interleaved A, B, B, A, A, B, ... so that
+drift in machine load (other processes, thermal state) hits both alike, and reports
+``speedup = median(A) / median(B)``: above 1 means B is faster. Speed is a measurement on a
+shared machine, not a constant: quote ratios measured side by side, never absolute numbers
+from different runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from onnx_compress.errors import SettingError
+from onnx_compress.runtime.session import ModelSource, Runner, SessionSettings
+
+__all__ = ["Latency", "Comparison", "benchmark", "compare"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Latency:
+    """Latency statistics of one model, in milliseconds per call."""
+
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    min_ms: float
+    runs: int
+    batch: int
+    throughput: float  # samples per second at the median latency
+    providers: tuple[str, ...] = ()
+
+    @classmethod
+    def from_samples(cls, samples_ns: list[int], batch: int, providers: tuple[str, ...]) -> Latency:
+        ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+        median = float(np.median(ms))
+        return cls(
+            median_ms=median,
+            p90_ms=float(np.percentile(ms, 90)),
+            mean_ms=float(ms.mean()),
+            min_ms=float(ms.min()),
+            runs=len(samples_ns),
+            batch=batch,
+            throughput=batch / (median / 1e3) if median > 0 else float("inf"),
+            providers=providers,
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """Two models measured in one interleaved run; ``speedup`` > 1 means B is faster than A."""
+
+    a: Latency
+    b: Latency
+
+    @property
+    def speedup(self) -> float:
+        return self.a.median_ms / self.b.median_ms
+
+    def as_dict(self) -> dict[str, object]:
+        return {"a": self.a.as_dict(), "b": self.b.as_dict(), "speedup": self.speedup}
+
+
+def _check_counts(runs: int, warmup: int) -> None:
+    if runs < 1:
+        raise SettingError(f"runs must be >= 1, got {runs}")
+    if warmup < 0:
+        raise SettingError(f"warmup must be >= 0, got {warmup}")
+
+
+def _batch_of(feeds: Mapping[str, np.ndarray]) -> int:
+    first = next(iter(feeds.values()))
+    return int(first.shape[0]) if first.ndim else 1
+
+
+def _timed_call(runner: Runner, feeds: dict[str, np.ndarray]) -> int:
+    start = time.perf_counter_ns()
+    runner.run(feeds)
+    return time.perf_counter_ns() - start
+
+
+def benchmark(
+    model: ModelSource | Runner,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    runs: int = 100,
+    warmup: int = 10,
+    settings: SessionSettings | None = None,
+) -> Latency:
+    """Median / p90 latency of one model on ``feeds`` (see the module docstring)."""
+    _check_counts(runs, warmup)
+    runner = model if isinstance(model, Runner) else Runner(model, settings)
+    feeds = dict(feeds)
+    for _ in range(warmup):
+        runner.run(feeds)
+    samples = [_timed_call(runner, feeds) for _ in range(runs)]
+    return Latency.from_samples(samples, _batch_of(feeds), tuple(runner.providers))
+
+
+def compare(
+    model_a: ModelSource | Runner,
+    model_b: ModelSource | Runner,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    runs: int = 100,
+    warmup: int = 10,
+    settings: SessionSettings | None = None,
+) -> Comparison:
+    """Interleaved side-by-side latency of two models on the same inputs."""
+    _check_counts(runs, warmup)
+    runner_a = model_a if isinstance(model_a, Runner) else Runner(model_a, settings)
+    runner_b = model_b if isinstance(model_b, Runner) else Runner(model_b, settings)
+    feeds = dict(feeds)
+    for _ in range(warmup):
+        runner_a.run(feeds)
+        runner_b.run(feeds)
+    samples_a: list[int] = []
+    samples_b: list[int] = []
+    for i in range(runs):
+        order = (runner_a, runner_b) if i % 2 == 0 else (runner_b, runner_a)
+        for runner in order:
+            elapsed = _timed_call(runner, feeds)
+            (samples_a if runner is runner_a else samples_b).append(elapsed)
+    batch = _batch_of(feeds)
+    return Comparison(
+        a=Latency.from_samples(samples_a, batch, tuple(runner_a.providers)),
+        b=Latency.from_samples(samples_b, batch, tuple(runner_b.providers)),
+    )

@@ -1,0 +1,117 @@
+"""Shared fixtures: the real digits data, the trained seed models and their ONNX exports.
+
+Training and exporting happen once per test session (session-scoped fixtures) and are shared
+by every test module, so the suite stays within its time budget on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"
+sys.path.insert(0, str(SAMPLES))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session-wide folder for trained and exported models."""
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="session")
+def digits_nchw():
+    import onnx_compress as oc
+
+    return oc.load_digits("NCHW")
+
+
+@pytest.fixture(scope="session")
+def digits_nhwc():
+    import onnx_compress as oc
+
+    return oc.load_digits("NHWC")
+
+
+@pytest.fixture(scope="session")
+def torch_seed(digits_nchw):
+    """The seed PyTorch CNN trained on digits (eval mode)."""
+    import torch
+
+    torch.set_num_threads(2)
+    import seed_torch_cnn
+
+    torch.manual_seed(0)
+    model = seed_torch_cnn.SimpleModel()
+    seed_torch_cnn.train(model, digits_nchw.train, epochs=12, seed=0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def torch_seed_onnx(torch_seed, digits_nchw, artifacts) -> Path:
+    """The trained seed PyTorch CNN exported to ONNX."""
+    import torch
+
+    import onnx_compress as oc
+
+    path = artifacts / "torch_seed.onnx"
+    oc.export_torch(torch_seed, torch.from_numpy(digits_nchw.test.take(1).inputs["input"]), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def keras_seed(digits_nhwc):
+    """The seed Keras CNN trained on digits."""
+    import seed_keras_cnn
+
+    model = seed_keras_cnn.build_model()
+    seed_keras_cnn.train(model, digits_nhwc.train, epochs=10, seed=0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def keras_seed_file(keras_seed, artifacts) -> Path:
+    path = artifacts / "keras_seed.keras"
+    keras_seed.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def keras_seed_onnx(keras_seed_file, digits_nhwc, artifacts) -> Path:
+    """The trained seed Keras CNN (from its .keras file) exported to ONNX."""
+    import onnx_compress as oc
+
+    path = artifacts / "keras_seed.onnx"
+    oc.export_keras(keras_seed_file, path, example_inputs=digits_nhwc.test.take(2).inputs["input"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_files(digits_nchw, digits_nhwc, artifacts) -> dict[str, dict[str, Path]]:
+    """The digits splits written as .npz, per layout: files['NCHW']['test'] etc."""
+    return {
+        "NCHW": digits_nchw.save(artifacts / "digits_nchw"),
+        "NHWC": digits_nhwc.save(artifacts / "digits_nhwc"),
+    }
+
+
+def _run_cli(*args: object, cwd: Path | None = None, env: dict[str, str] | None = None,
+             timeout: float = 300):
+    """Run the installed ``onnx-compress`` console script in a subprocess."""
+    import subprocess
+
+    script = Path(sys.executable).parent / "onnx-compress"
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=full_env, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """``cli("inspect", path, "--json")`` -> CompletedProcess of the real console script."""
+    return _run_cli

@@ -1,0 +1,25 @@
+"""The seed samples: trained on real digits, ONNX Runtime accuracy equals the framework's."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnx_compress.runtime import Runner, SessionSettings
+
+
+def test_torch_seed_onnx_accuracy_equals_pytorch(torch_seed, torch_seed_onnx, digits_nchw):
+    import seed_torch_cnn
+
+    torch_pred = seed_torch_cnn.predict(torch_seed, digits_nchw.test)
+    onnx_pred = Runner(torch_seed_onnx, SessionSettings(provider="cpu")).run_dataset(digits_nchw.test)["output"].argmax(1)
+    np.testing.assert_array_equal(onnx_pred, torch_pred)
+    assert (onnx_pred == digits_nchw.test.labels).mean() > 0.95
+
+
+def test_keras_seed_onnx_accuracy_equals_keras(keras_seed, keras_seed_onnx, digits_nhwc):
+    import seed_keras_cnn
+
+    keras_pred = seed_keras_cnn.predict(keras_seed, digits_nhwc.test)
+    onnx_pred = Runner(keras_seed_onnx, SessionSettings(provider="cpu")).run_dataset(digits_nhwc.test)["output"].argmax(1)
+    np.testing.assert_array_equal(onnx_pred, keras_pred)
+    assert (onnx_pred == digits_nhwc.test.labels).mean() > 0.95
