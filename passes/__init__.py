@@ -1,8 +1,19 @@
 """Framework-neutral graph passes on ONNX models (``onnx_ir.Model``).
 
-Every pass follows the contract in docs/architecture.md: typed settings validated on
-construction, ``call(model) -> PassResult`` subclass that reports what it did, a truthful
-``modified``, and a refusal with a reason for what it cannot do safely.
+Every pass follows the contract in docs/architecture.md and ``passes/base.py``: typed settings
+validated on construction, ``call(model)`` returning a result that reports what it did with a
+truthful ``modified``, the input model never modified, and a refusal with a reason for what it
+cannot do safely. ``passes/registry.py`` lists the passes recipes can name.
 """
 
-__all__: list[str] = []
+from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
+from onnx_compress.passes.normalize import Normalize, NormalizeResult, NormalizeSettings
+
+__all__ = [
+    "CompressionPass",
+    "CompressionResult",
+    "Normalize",
+    "NormalizeResult",
+    "NormalizeSettings",
+    "PassSettings",
+]

@@ -1,0 +1,129 @@
+"""What every onnx-compress pass shares: typed settings, a reporting result, a functional call.
+
+The contract (docs/architecture.md):
+
+- A pass's settings are one frozen dataclass (a :class:`PassSettings` subclass) whose fields
+  are documented in its docstring and validated in ``__post_init__`` (raise ``SettingError``
+  naming the field). ``Pass(**settings)`` builds it, so a bad setting fails at construction.
+  Settings serialize with :meth:`PassSettings.as_dict` and load with
+  :meth:`PassSettings.from_dict`, which names an unknown key and the valid ones (recipes).
+- ``call(model)`` returns a :class:`CompressionResult` subclass carrying what the pass did, with
+  a truthful ``modified``. :meth:`CompressionResult.as_dict` gives its JSON report.
+- Passes are *functional* (``onnx_ir.passes.FunctionalPass``): the input model is never
+  modified. :meth:`CompressionPass.copy_model` clones the graph and SHARES tensors with the
+  input, so a pass must never write into a tensor's array: it assigns a new ``ir.Tensor`` to
+  ``value.const_value`` (or creates a new initializer) instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import onnx_ir as ir
+
+from onnx_compress.errors import RecipeError, SettingError
+
+__all__ = ["PassSettings", "CompressionResult", "CompressionPass", "jsonable"]
+
+S = TypeVar("S", bound="PassSettings")
+
+
+def jsonable(value: Any) -> Any:
+    """Convert tuples, numpy scalars/arrays, paths and enums into JSON-friendly values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not isinstance(getattr(value, f.name), ir.Model)}
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class PassSettings:
+    """Base of every pass's settings dataclass (see the module docstring)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return jsonable(self)
+
+    @classmethod
+    def from_dict(cls: type[S], values: Mapping[str, Any], *, where: str = "") -> S:
+        """Build settings from a mapping (a recipe entry); unknown keys are named with the valid ones."""
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = [key for key in values if key not in valid]
+        if unknown:
+            prefix = f"{where}: " if where else ""
+            raise RecipeError(
+                f"{prefix}unknown setting(s) {unknown} for {cls.__name__}; valid settings: {', '.join(valid)}"
+            )
+        converted = {}
+        for f in dataclasses.fields(cls):
+            if f.name in values:
+                value = values[f.name]
+                # JSON/YAML have lists where the dataclass keeps tuples
+                converted[f.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**converted)
+
+
+@dataclasses.dataclass
+class CompressionResult(ir.passes.PassResult):
+    """A pass result that reports what the pass did. Subclasses add their own fields."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field but the model, JSON-friendly."""
+        return jsonable(self)
+
+    def summary(self) -> str:
+        """One line for a terminal; subclasses say what changed."""
+        return "modified" if self.modified else "unchanged"
+
+
+class CompressionPass(ir.passes.FunctionalPass):
+    """Base of the compression passes: settings handling and model copying.
+
+    Subclasses set ``name`` (the recipe name) and ``Settings`` (their PassSettings subclass),
+    and implement ``call(model) -> CompressionResult``.
+    """
+
+    name: ClassVar[str] = ""
+    Settings: ClassVar[type[PassSettings]] = PassSettings
+
+    def __init__(self, settings: PassSettings | None = None, /, **overrides: Any) -> None:
+        if settings is not None and not isinstance(settings, self.Settings):
+            raise SettingError(
+                f"{type(self).__name__} takes {self.Settings.__name__}, got {type(settings).__name__}"
+            )
+        valid = {f.name for f in dataclasses.fields(self.Settings)}
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise SettingError(
+                f"unknown setting(s) {unknown} for {type(self).__name__}; valid settings: {', '.join(sorted(valid))}"
+            )
+        base = settings if settings is not None else self.Settings()
+        self.settings = dataclasses.replace(base, **overrides) if overrides else base
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, where: str = "") -> CompressionPass:
+        return cls(cls.Settings.from_dict(values, where=where or cls.name))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.settings!r})"
+
+    @staticmethod
+    def copy_model(model: ir.Model) -> ir.Model:
+        """A structural copy of ``model`` that shares tensors (never mutate their arrays)."""
+        return model.clone()

@@ -1,0 +1,178 @@
+"""Normalize a model before compression: fold constants, lift weights, clean up, infer shapes.
+
+Why
+    Exporters emit weights in many forms: initializers, ``Constant`` nodes, and (in older
+    exports) constant subgraphs such as ``Identity``/``Cast``/``Transpose`` chains on a weight.
+    Compression passes look for *initializers* feeding ``Conv``/``Gemm``/``MatMul``; after this
+    pass every weight that is computable ahead of time is one.
+
+What (onnxscript's optimizer loop on onnx-ir, composed here)
+    1. inline model-local functions;
+    2. up to ``iterations`` rounds, stopping early when nothing changes, of: constant folding
+       (inputs up to ``fold_size_limit`` elements, so weight chains fold too; ``QuantizeLinear``
+       / ``DequantizeLinear`` are never folded, which keeps quantized models quantized),
+       onnxscript's default rewrite rules (no-op removal, Reshape/Transpose/Cast chains, Pad into
+       Conv, and BatchNormalization into the preceding Conv/Gemm unless ``fold_batchnorm`` is
+       off), and removal of unused nodes, functions and opsets;
+    3. every remaining ``Constant`` node lifted to an initializer;
+    4. ONNX shape inference, so later passes see value shapes.
+
+    Identical initializers are deliberately NOT deduplicated (onnxscript's optimizer does): two
+    layers that happened to start with equal tensors (zero biases) must stay independent, or
+    pruning and factoring would have to refuse them as shared.
+
+Limits
+    ``min_opset`` upgrades the default-domain opset with the ONNX version converter, which needs
+    the model as one protobuf: refused (PassRefusedError) above 2 GB. Subgraphs of control-flow
+    ops are folded but their initializers are lifted to the main graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from onnx_compress.errors import PassRefusedError, SettingError
+from onnx_compress.model_io import EXTERNAL_DATA_THRESHOLD_BYTES, weights_nbytes
+from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
+from onnx_compress.stats import op_histogram
+
+__all__ = ["Normalize", "NormalizeSettings", "NormalizeResult"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalizeSettings(PassSettings):
+    """Settings of :class:`Normalize`.
+
+    Attributes:
+        fold_batchnorm: fold BatchNormalization into the preceding Conv / ConvTranspose / Gemm
+            (default True). Turn off to keep BatchNorm scales, e.g. for BN-based importance.
+        fold_size_limit: the largest input (in elements) constant folding may read (default
+            2**26, enough for weight chains of large layers).
+        iterations: at most this many fold/rewrite rounds (default 3).
+        min_opset: upgrade the default-domain opset to at least this (default None: keep).
+    """
+
+    fold_batchnorm: bool = True
+    fold_size_limit: int = 2**26
+    iterations: int = 3
+    min_opset: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.fold_size_limit < 0:
+            raise SettingError(f"fold_size_limit must be >= 0, got {self.fold_size_limit}")
+        if self.iterations < 1:
+            raise SettingError(f"iterations must be >= 1, got {self.iterations}")
+        if self.min_opset is not None and not 7 <= self.min_opset <= 24:
+            raise SettingError(f"min_opset must be between 7 and 24, got {self.min_opset}")
+
+
+@dataclasses.dataclass
+class NormalizeResult(CompressionResult):
+    """What normalization changed: node counts per op before and after, the opset."""
+
+    ops_before: dict[str, int] = dataclasses.field(default_factory=dict)
+    ops_after: dict[str, int] = dataclasses.field(default_factory=dict)
+    initializers_before: int = 0
+    initializers_after: int = 0
+    opset_before: int = 0
+    opset_after: int = 0
+
+    def summary(self) -> str:
+        before, after = sum(self.ops_before.values()), sum(self.ops_after.values())
+        text = f"{before} -> {after} nodes, {self.initializers_before} -> {self.initializers_after} initializers"
+        if self.opset_after != self.opset_before:
+            text += f", opset {self.opset_before} -> {self.opset_after}"
+        return text
+
+
+def _rewrite_rules(fold_batchnorm: bool) -> list[object]:
+    from onnxscript import rewriter
+
+    rules = list(rewriter._DEFAULT_REWRITE_RULES)
+    if not fold_batchnorm:
+        rules = [rule for rule in rules if "BatchNorm" not in str(getattr(rule, "name", "") or "")]
+    return rules
+
+
+def _upgrade_opset(model: ir.Model, target: int) -> ir.Model:
+    if weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES:
+        raise PassRefusedError(
+            f"cannot upgrade the opset of a model over 2 GB (the ONNX version converter needs one protobuf)"
+        )
+    proto = ir.serde.serialize_model(model)
+    try:
+        converted = onnx.version_converter.convert_version(proto, target)
+    except Exception as exc:
+        raise PassRefusedError(f"the ONNX version converter cannot upgrade this model to opset {target}: {exc}") from exc
+    return ir.serde.deserialize_model(converted)
+
+
+class Normalize(CompressionPass):
+    """Constant folding, weight lifting and shape inference; see the module docstring."""
+
+    name = "normalize"
+    Settings = NormalizeSettings
+    settings: NormalizeSettings
+
+    def call(self, model: ir.Model) -> NormalizeResult:
+        from onnxscript import rewriter
+        from onnxscript.optimizer import _constant_folding
+
+        settings = self.settings
+        ops_before = op_histogram(model)
+        init_before = len(model.graph.initializers)
+        opset_before = model.opset_imports.get("", 0)
+        work = self.copy_model(model)
+        if settings.min_opset is not None and opset_before < settings.min_opset:
+            work = _upgrade_opset(work, settings.min_opset)
+
+        loop = ir.passes.PassManager(
+            [
+                _constant_folding.FoldConstantsPass(
+                    shape_inference=True,
+                    input_size_limit=settings.fold_size_limit,
+                    output_size_limit=settings.fold_size_limit,
+                ),
+                rewriter.RewritePass(_rewrite_rules(settings.fold_batchnorm)),
+                common_passes.RemoveUnusedNodesPass(),
+                common_passes.RemoveUnusedFunctionsPass(),
+                common_passes.RemoveUnusedOpsetsPass(),
+            ],
+            steps=settings.iterations,
+            early_stop=True,
+        )
+        pipeline = ir.passes.Sequential(
+            common_passes.InlinePass(),
+            loop,
+            common_passes.RemoveUnusedNodesPass(),
+            common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+            common_passes.LiftSubgraphInitializersToMainGraphPass(),
+            common_passes.ShapeInferencePass(strict_mode=False),
+        )
+        pipeline(work)
+        ops_after = op_histogram(work)
+        result = NormalizeResult(
+            model=work,
+            modified=False,
+            ops_before=ops_before,
+            ops_after=ops_after,
+            initializers_before=init_before,
+            initializers_after=len(work.graph.initializers),
+            opset_before=opset_before,
+            opset_after=work.opset_imports.get("", 0),
+        )
+        # shape annotations alone do not count as a modification
+        result.modified = (
+            ops_before != ops_after
+            or init_before != result.initializers_after
+            or opset_before != result.opset_after
+        )
+        logger.info("normalize: %s", result.summary())
+        return result

@@ -1,0 +1,31 @@
+"""The passes a recipe may name, by recipe name, imported on first use.
+
+Add a line here when a pass lands; ``tests/passes/test_registry.py`` checks that every entry
+imports and that its ``name`` matches its key.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from onnx_compress.errors import RecipeError
+from onnx_compress.passes.base import CompressionPass
+
+__all__ = ["PASS_PATHS", "pass_class", "pass_names"]
+
+#: recipe name -> "module:Class"
+PASS_PATHS: dict[str, str] = {
+    "normalize": "onnx_compress.passes.normalize:Normalize",
+}
+
+
+def pass_names() -> list[str]:
+    return sorted(PASS_PATHS)
+
+
+def pass_class(name: str) -> type[CompressionPass]:
+    """The pass class a recipe names; RecipeError naming the valid passes otherwise."""
+    if name not in PASS_PATHS:
+        raise RecipeError(f"unknown pass {name!r}; valid passes: {', '.join(pass_names())}")
+    module_name, _, class_name = PASS_PATHS[name].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
