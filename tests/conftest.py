@@ -115,3 +115,22 @@ def _run_cli(*args: object, cwd: Path | None = None, env: dict[str, str] | None 
 def cli():
     """``cli("inspect", path, "--json")`` -> CompletedProcess of the real console script."""
     return _run_cli
+
+
+@pytest.fixture(scope="session")
+def minilm_onnx(artifacts) -> Path:
+    """The pretrained all-MiniLM-L6-v2 sentence embedder exported to ONNX (batch and sequence dynamic)."""
+    import minilm
+
+    path = artifacts / "minilm.onnx"
+    minilm.export_minilm(path, sequence=64)
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_texts():
+    """Tokenized real sentences: {'calib': Dataset(200), 'val': Dataset(200)} at sequence 64."""
+    import minilm
+
+    data = minilm.text_dataset(minilm.sentences(400), sequence=64)
+    return {"calib": data.subset(slice(0, 200)), "val": data.subset(slice(200, 400))}

@@ -23,3 +23,16 @@ def test_keras_seed_onnx_accuracy_equals_keras(keras_seed, keras_seed_onnx, digi
     onnx_pred = Runner(keras_seed_onnx, SessionSettings(provider="cpu")).run_dataset(digits_nhwc.test)["output"].argmax(1)
     np.testing.assert_array_equal(onnx_pred, keras_pred)
     assert (onnx_pred == digits_nhwc.test.labels).mean() > 0.95
+
+
+def test_minilm_export_matches_pytorch_at_another_sequence_length(minilm_onnx):
+    import minilm
+    import torch
+
+    data = minilm.text_dataset(minilm.sentences(12)[4:], sequence=32)  # exported at 64: dynamic axis
+    with torch.no_grad():
+        expected = minilm.load_embedder()(*(torch.from_numpy(data.inputs[k]) for k in ("input_ids", "attention_mask")))
+    got = Runner(minilm_onnx, SessionSettings(provider="cpu")).run_dataset(data)["embedding"]
+    assert got.shape == (8, 384)
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx_ir as ir
 
 from onnx_compress.converters.parity import ExportResult, ParityCheck, check_parity
 from onnx_compress.errors import one_line, ExportError, SettingError
@@ -142,6 +143,56 @@ def _run_module(module: Any, inputs: tuple[Any, ...], torch: Any) -> list[np.nda
     return [o.detach().cpu().numpy() for o in outputs]
 
 
+def _dynamic_shapes(
+    torch: Any, names: Sequence[str], dynamic_batch: bool, axes: Mapping[str, Mapping[int, str]]
+) -> tuple[dict[int, Any], ...] | None:
+    """torch.export dynamic shapes: axis 0 named ``batch`` (if dynamic) plus the named axes."""
+    unknown = sorted(set(axes) - set(names))
+    if unknown:
+        raise SettingError(f"dynamic_axes names unknown inputs {unknown}; inputs: {list(names)}")
+    dims: dict[str, Any] = {}
+
+    def dim(name: str) -> Any:
+        if name not in dims:
+            dims[name] = torch.export.Dim(name, min=1)
+        return dims[name]
+
+    shapes = []
+    for name in names:
+        spec = {0: dim("batch")} if dynamic_batch else {}
+        spec.update({int(axis): dim(dim_name) for axis, dim_name in axes.get(name, {}).items()})
+        shapes.append(spec)
+    return tuple(shapes) if any(shapes) else None
+
+
+def _name_outputs(path: Path, names: Sequence[str]) -> None:
+    """Give the exported graph outputs their names.
+
+    Done on the ONNX graph rather than by the exporter: the exporter fails when a requested
+    name is already used by an internal value (e.g. ``embedding`` inside a BERT), while here the
+    internal value is renamed out of the way first.
+    """
+    model = ir.load(path)
+    outputs = list(model.graph.outputs)
+    if [v.name for v in outputs] == list(names):
+        return
+    wanted = set(names)
+    for node in model.graph:
+        for value in node.outputs:
+            if value.name in wanted and value not in outputs:
+                value.name = f"{value.name}__internal"
+    for value in model.graph.inputs:
+        if value.name in wanted:
+            raise SettingError(f"output name {value.name!r} is already an input name")
+    for value, name in zip(outputs, names):
+        value.name = name
+    ir.save(model, path, external_data=path.name + ".data" if _has_external_data(model) else None)
+
+
+def _has_external_data(model: ir.Model) -> bool:
+    return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+
+
 def _param_bytes(module: Any) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
         b.numel() * b.element_size() for b in module.buffers()
@@ -156,6 +207,7 @@ def export_torch(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     dynamic_batch: bool = True,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     opset: int = DEFAULT_OPSET,
     atol: float = 1e-4,
     rtol: float = 1e-4,
@@ -168,6 +220,8 @@ def export_torch(
         path: the output ``.onnx`` file; its folder must exist.
         input_names, output_names: ONNX names; see the module docstring for the defaults.
         dynamic_batch: make axis 0 of every input dynamic (checked at a second batch size).
+        dynamic_axes: more dynamic axes, by input name: ``{"input_ids": {1: "sequence"}}``;
+            axes with the same name share one dimension.
         opset: the ONNX opset to target (>= 18 for the dynamo exporter).
         atol, rtol: parity tolerance (see :mod:`onnx_compress.converters.parity`).
 
@@ -205,10 +259,7 @@ def export_torch(
         if len(names_out) != len(outputs):
             raise SettingError(f"{len(names_out)} output_names given for {len(outputs)} outputs")
 
-        dynamic_shapes = None
-        if dynamic_batch:
-            batch = torch.export.Dim("batch", min=1)
-            dynamic_shapes = tuple({0: batch} for _ in inputs)
+        dynamic_shapes = _dynamic_shapes(torch, names_in, dynamic_batch, dynamic_axes or {})
         external = _param_bytes(module) > EXTERNAL_DATA_THRESHOLD_BYTES
 
         with staged_output(path) as staged:
@@ -221,7 +272,6 @@ def export_torch(
                         inputs,
                         str(staged),
                         input_names=names_in,
-                        output_names=names_out,
                         opset_version=opset,
                         dynamic_shapes=dynamic_shapes,
                         external_data=external,
@@ -232,6 +282,7 @@ def export_torch(
                 logger.debug("exporter output:\n%s", captured.getvalue())
                 raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {one_line(exc)}") from exc
             logger.debug("exporter output:\n%s", captured.getvalue())
+            _name_outputs(staged, names_out)
 
             runner = Runner(staged, SessionSettings(provider="cpu"))
             feeds = {name: t.detach().cpu().numpy() for name, t in zip(names_in, inputs)}

