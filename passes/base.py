@@ -13,6 +13,15 @@ The contract (docs/architecture.md):
   modified. :meth:`CompressionPass.copy_model` clones the graph and SHARES tensors with the
   input, so a pass must never write into a tensor's array: it assigns a new ``ir.Tensor`` to
   ``value.const_value`` (or creates a new initializer) instead.
+- Data is not a setting: a data-aware pass takes ``calibration=`` (statistics, calibration)
+  and, when it checks an accuracy budget itself (quantization's sensitivity analysis),
+  ``validation=`` held-out data, as constructor keywords (a path, a dict of arrays or a
+  :class:`~onnx_compress.data.Dataset`). :meth:`CompressionPass.with_data` returns a copy with
+  other data; the pipeline uses it to hand recipe passes their data.
+- Budget search: a pass whose aggressiveness can be dialled down implements
+  :meth:`CompressionPass.scaled`; the pipeline bisects ``strength`` in (0, 1] for the most
+  aggressive setting that keeps the accuracy budget. A pass that returns ``None`` can only be
+  kept or rolled back.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import onnx_ir as ir
 
+from onnx_compress.data import Dataset, DataSource, load_data
 from onnx_compress.errors import RecipeError, SettingError
 
 __all__ = ["PassSettings", "CompressionResult", "CompressionPass", "jsonable"]
@@ -102,7 +112,15 @@ class CompressionPass(ir.passes.FunctionalPass):
     name: ClassVar[str] = ""
     Settings: ClassVar[type[PassSettings]] = PassSettings
 
-    def __init__(self, settings: PassSettings | None = None, /, **overrides: Any) -> None:
+    def __init__(
+        self,
+        settings: PassSettings | None = None,
+        /,
+        *,
+        calibration: DataSource | None = None,
+        validation: DataSource | None = None,
+        **overrides: Any,
+    ) -> None:
         if settings is not None and not isinstance(settings, self.Settings):
             raise SettingError(
                 f"{type(self).__name__} takes {self.Settings.__name__}, got {type(settings).__name__}"
@@ -115,6 +133,25 @@ class CompressionPass(ir.passes.FunctionalPass):
             )
         base = settings if settings is not None else self.Settings()
         self.settings = dataclasses.replace(base, **overrides) if overrides else base
+        self.calibration: Dataset | None = None if calibration is None else load_data(calibration)
+        self.validation: Dataset | None = None if validation is None else load_data(validation)
+
+    def with_data(
+        self, *, calibration: DataSource | None = None, validation: DataSource | None = None
+    ) -> CompressionPass:
+        """A copy of this pass with the same settings and the given data."""
+        return type(self)(self.settings, calibration=calibration, validation=validation)
+
+    def scaled(self, strength: float) -> CompressionPass | None:
+        """This pass made less aggressive, for the pipeline's budget search.
+
+        ``strength`` is in (0, 1]: 1 is the pass as configured, values towards 0 approach doing
+        nothing (a pruning ratio times ``strength``; a low-rank energy of
+        ``1 - (1 - energy) * strength``). The data is kept. Return None (the default) when the
+        pass has no such knob: the pipeline then keeps it or rolls it back.
+        """
+        del strength
+        return None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, where: str = "") -> CompressionPass:
