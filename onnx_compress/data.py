@@ -159,6 +159,7 @@ class Dataset:
         try:
             with os.fdopen(fd, "wb") as handle:
                 np.savez(handle, **arrays)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600
             os.replace(tmp, out)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
