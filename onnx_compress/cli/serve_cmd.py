@@ -51,6 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
         session=session_settings(args),
         name=args.name,
         log_level="debug" if getattr(args, "debug", False) else "info",
+        access_log=not args.no_access_log,
     )
     logging.getLogger("onnx_compress.runtime.serve").setLevel(logging.INFO)  # say what is served, where
     serve(args.source, settings)
@@ -73,4 +74,6 @@ def register(subparsers: Any) -> None:
                         help="largest request body accepted, in MiB; larger ones get 413 (default 64)")
     parser.add_argument("--name", default=None,
                         help="the model's name when serving one .onnx file (default: the file's stem)")
+    parser.add_argument("--no-access-log", action="store_true",
+                        help="do not log one line per request (uvicorn's access log)")
     add_session_flags(parser)

@@ -49,6 +49,7 @@ class ServeSettings:
         session: ONNX Runtime session settings (provider ``auto``: CUDA when present).
         name: the model name when serving one ``.onnx`` file (default: its stem).
         log_level: uvicorn's log level.
+        access_log: log one line per request (uvicorn's access log).
     """
 
     host: str = "127.0.0.1"
@@ -59,6 +60,7 @@ class ServeSettings:
     session: SessionSettings = dataclasses.field(default_factory=SessionSettings)
     name: str | None = None
     log_level: str = "info"
+    access_log: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -128,13 +130,14 @@ def serve(source: PathLike, settings: ServeSettings | None = None, **overrides: 
                 next(iter(app.state.registry)).providers[0])
     if settings.workers == 1:
         config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                                lifespan="on", server_header=False)
+                                access_log=settings.access_log, lifespan="on", server_header=False)
         uvicorn.Server(config).run()
         return
     del app
     os.environ[_ENV] = json.dumps({"source": str(Path(source).resolve()), "settings": settings.to_json()})
     uvicorn.run(f"{__name__}:app_from_environment", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, log_level=settings.log_level, lifespan="on", server_header=False)
+                workers=settings.workers, log_level=settings.log_level, access_log=settings.access_log,
+                lifespan="on", server_header=False)
 
 
 class BackgroundServer:
@@ -154,7 +157,7 @@ class BackgroundServer:
         self.settings = settings
         self.app = build_app(source, settings)
         config = uvicorn.Config(self.app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                                lifespan="on", server_header=False)
+                                access_log=settings.access_log, lifespan="on", server_header=False)
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
         self.port: int | None = None

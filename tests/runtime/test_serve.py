@@ -284,3 +284,35 @@ def test_serve_cli_with_two_workers(torch_seed_onnx, references, digits_nchw, tm
     text = log.read_text()
     assert status == 0, text
     assert "serving seed v1 on http://127.0.0.1" in text and "Traceback" not in text
+
+
+def test_deploy_and_serve_help_explain_every_flag(capsys):
+    from onnx_compress.cli.main import main
+
+    for command, flags in [
+        ("deploy", ["--triton", "--name", "--version", "--max-batch", "--instances", "--gpu",
+                    "--dynamic-batching", "--overwrite", "--json"]),
+        ("serve", ["--host", "--port", "--workers", "--concurrency", "--max-request-mb", "--name",
+                   "--no-access-log", "--provider", "--threads", "127.0.0.1"]),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main([command, "--help"])
+        assert info.value.code == 0
+        text = capsys.readouterr().out
+        for flag in flags:
+            assert flag in text, (command, flag)
+
+
+@pytest.mark.slow
+def test_serve_benchmark_runs_and_writes_its_json(torch_seed_onnx, minilm_onnx, tmp_path):
+    from benchmarks import bench_serve
+
+    out = tmp_path / "serve.json"
+    assert bench_serve.main(["--seed-cnn", str(torch_seed_onnx), "--minilm", str(minilm_onnx), "--clients", "1,2",
+                             "--requests", "6", "--rounds", "1", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    for model in ("seed_cnn", "minilm"):
+        for clients in ("1", "2"):
+            cell = results[model][clients]
+            assert cell["in-process"]["requests"] == 6 and cell["served binary"]["requests"] == 6
+            assert cell["served JSON"]["overhead"] > 0 and cell["served binary"]["p99_ms"] >= cell["served binary"]["p50_ms"]
