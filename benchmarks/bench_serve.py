@@ -1,6 +1,6 @@
 """Serving overhead: the KServe v2 server against ONNX Runtime called in-process.
 
-    python -m benchmarks serve [--clients 1,4,16] [--requests 400] [--rounds 3] [--threads 2]
+    python -m benchmarks serve [--clients 1,4,16] [--requests 200] [--rounds 3] [--threads 2]
 
 For the seed CNN (digits, batch 1) and all-MiniLM-L6-v2 (batch 1, sequence 64), under 1, 4 and
 16 concurrent clients, three ways of running the same model on the same inputs:
@@ -14,9 +14,13 @@ For the seed CNN (digits, batch 1) and all-MiniLM-L6-v2 (batch 1, sequence 64), 
 Each phase sends ``--requests`` requests in all (split over the clients) after 3 warm-up
 requests per client; phases of one (model, clients) cell are interleaved over ``--rounds``
 rounds (A B C, C B A, ...), so machine load hits them alike. Reported: requests per second
-(median over rounds), p50 and p99 latency (over all requests of the cell), and the overhead
-ratio = in-process req/s / served req/s. ONNX Runtime uses ``--threads`` intra-op threads in
-both the server and in-process. Clients and server share the machine's cores.
+(median over rounds), p50 and p99 latency (over all requests of the cell), the overhead
+ratio = in-process req/s / served req/s, and CPU milliseconds per request: of the server
+process for the served modes (HTTP + protocol + ONNX Runtime, not the clients), of this process
+for in-process (ONNX Runtime). CPU time per request depends much less on other load on the
+machine than wall-clock numbers do. ONNX Runtime uses ``--threads`` intra-op threads in
+both the server and in-process, with thread spinning off in both (the server's default).
+Clients and server share the machine's cores.
 
 Models: ``artifacts/torch/seed_cnn.onnx`` and ``artifacts/minilm/minilm.onnx`` when present
 (``make demo``, ``python samples/minilm.py``), else they are built from the samples (torch).
@@ -85,6 +89,15 @@ def _digits_feeds(count: int) -> list[dict[str, np.ndarray]]:
 
     images = oc.load_digits("NCHW").test.inputs["input"][:count]
     return [{"input": images[i : i + 1]} for i in range(len(images))]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads), from /proc (Linux); nan elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -191,7 +204,9 @@ def _served_factory(url: str, model: str, output: str, datatypes: dict[str, str]
     return factory
 
 
-def _cell(model: str, output: str, session, url: str, feeds, clients: int, requests: int, rounds: int) -> dict:
+def _cell(model: str, output: str, session, server: _ServerProcess, feeds, clients: int, requests: int,
+          rounds: int) -> dict:
+    url = server.url
     datatypes = {name: ("FP32" if array.dtype == np.float32 else "INT64") for name, array in feeds[0].items()}
     factories = {
         "in-process": _in_process_factory(session, output),
@@ -200,10 +215,14 @@ def _cell(model: str, output: str, session, url: str, feeds, clients: int, reque
     }
     rps: dict[str, list[float]] = {mode: [] for mode in MODES}
     latencies: dict[str, list[float]] = {mode: [] for mode in MODES}
+    cpu: dict[str, float] = {mode: 0.0 for mode in MODES}
     for round_index in range(rounds):
         order = MODES if round_index % 2 == 0 else tuple(reversed(MODES))
         for mode in order:
+            pid = os.getpid() if mode == "in-process" else server.process.pid
+            before = _cpu_seconds(pid)  # includes the warm-up calls: a small overestimate
             value, samples = _phase(factories[mode], feeds, clients, requests)
+            cpu[mode] += _cpu_seconds(pid) - before
             rps[mode].append(value)
             latencies[mode].extend(samples)
     result = {}
@@ -213,6 +232,7 @@ def _cell(model: str, output: str, session, url: str, feeds, clients: int, reque
             "p50_ms": float(np.percentile(latencies[mode], 50)),
             "p99_ms": float(np.percentile(latencies[mode], 99)),
             "requests": len(latencies[mode]),
+            "cpu_ms_per_request": cpu[mode] * 1e3 / len(latencies[mode]),
         }
     base = result["in-process"]["requests_per_s"]
     for mode in MODES[1:]:
@@ -224,8 +244,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks serve", description=__doc__.splitlines()[0])
     parser.add_argument("--seed-cnn", type=Path, default=ROOT / "artifacts" / "torch" / "seed_cnn.onnx")
     parser.add_argument("--minilm", type=Path, default=ROOT / "artifacts" / "minilm" / "minilm.onnx")
+    parser.add_argument("--models", default="seed_cnn,minilm", help="models to measure (default seed_cnn,minilm)")
     parser.add_argument("--clients", default="1,4,16", help="concurrent client counts (default 1,4,16)")
-    parser.add_argument("--requests", type=int, default=400, help="requests per phase, over all clients (default 400)")
+    parser.add_argument("--requests", type=int, default=200, help="requests per phase, over all clients (default 200)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks" / "serve.json")
@@ -238,11 +259,16 @@ def main(argv: list[str]) -> int:
     from onnx_compress.runtime.session import Runner
     from onnx_compress.table import format_table
 
-    models = {
-        "seed_cnn": (_seed_cnn(args.seed_cnn), "output", _digits_feeds(64)),
-        "minilm": (_minilm(args.minilm), "embedding", _minilm_feeds(64)),
+    builders = {
+        "seed_cnn": lambda: (_seed_cnn(args.seed_cnn), "output", _digits_feeds(64)),
+        "minilm": lambda: (_minilm(args.minilm), "embedding", _minilm_feeds(64)),
     }
-    settings = SessionSettings(provider="cpu", intra_op_threads=args.threads)
+    wanted = args.models.split(",")
+    unknown = sorted(set(wanted) - set(builders))
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {sorted(builders)}")
+    models = {name: builders[name]() for name in wanted}
+    settings = SessionSettings(provider="cpu", intra_op_threads=args.threads, spinning=False)  # as the server
     results: dict[str, dict] = {}
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
@@ -255,17 +281,18 @@ def main(argv: list[str]) -> int:
                 session: ort.InferenceSession = Runner(path, settings).session
                 results[name] = {}
                 for count in clients:
-                    cell = _cell(name, output, session, server.url, feeds, count, args.requests, args.rounds)
+                    cell = _cell(name, output, session, server, feeds, count, args.requests, args.rounds)
                     results[name][str(count)] = cell
                     for mode in MODES:
                         entry = cell[mode]
                         overhead = f"{entry['overhead']:.2f}x" if "overhead" in entry else ""
                         rows.append([name, count, mode, f"{entry['requests_per_s']:.0f}",
-                                     f"{entry['p50_ms']:.2f}", f"{entry['p99_ms']:.2f}", overhead])
+                                     f"{entry['p50_ms']:.2f}", f"{entry['p99_ms']:.2f}", overhead,
+                                     f"{entry['cpu_ms_per_request']:.2f}"])
                     print(f"{name}, {count} client(s): done", file=sys.stderr, flush=True)
         finally:
             server.stop()
-    print(format_table(["model", "clients", "mode", "req/s", "p50 ms", "p99 ms", "overhead"], rows))
+    print(format_table(["model", "clients", "mode", "req/s", "p50 ms", "p99 ms", "overhead", "CPU ms/req"], rows))
     print(f"(batch 1; MiniLM sequence 64; ONNX Runtime {args.threads} intra-op threads, CPU; "
           f"{args.requests} requests per phase x {args.rounds} interleaved rounds; "
           f"overhead = in-process req/s / served req/s; {os.cpu_count()} CPUs shared by clients and server)")

@@ -26,6 +26,7 @@ Bad requests get a 4xx answer {"error": "..."}; the server keeps serving.
 Safety: binds 127.0.0.1 (this machine only) unless --host says otherwise; the server has no
 authentication, so bind a public address only behind a trusted network or proxy. Request
 bodies above --max-request-mb are refused (413). Ctrl-C stops it gracefully.
+ONNX Runtime's threads do not spin-wait between requests (saves CPU for the HTTP stack).
 
 examples:
   onnx-compress serve model.onnx
@@ -34,6 +35,7 @@ examples:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import dataclasses
     import logging
 
     from onnx_compress.cli.common import session_settings
@@ -48,7 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         max_request_bytes=int(args.max_request_mb * 2**20),
         concurrency=args.concurrency,
-        session=session_settings(args),
+        session=dataclasses.replace(session_settings(args), spinning=False),
         name=args.name,
         log_level="debug" if getattr(args, "debug", False) else "info",
         access_log=not args.no_access_log,

@@ -46,7 +46,8 @@ class ServeSettings:
         workers: uvicorn worker processes (each loads every model).
         max_request_bytes: the largest request body accepted (413 above it).
         concurrency: inference calls run at once per process (worker threads); None = CPU count.
-        session: ONNX Runtime session settings (provider ``auto``: CUDA when present).
+        session: ONNX Runtime session settings (provider ``auto``: CUDA when present; thread
+            spinning off, since requests arrive sporadically and the HTTP stack shares the cores).
         name: the model name when serving one ``.onnx`` file (default: its stem).
         log_level: uvicorn's log level.
         access_log: log one line per request (uvicorn's access log).
@@ -57,7 +58,7 @@ class ServeSettings:
     workers: int = 1
     max_request_bytes: int = _DEFAULT_MAX_REQUEST_BYTES
     concurrency: int | None = None
-    session: SessionSettings = dataclasses.field(default_factory=SessionSettings)
+    session: SessionSettings = dataclasses.field(default_factory=lambda: SessionSettings(spinning=False))
     name: str | None = None
     log_level: str = "info"
     access_log: bool = True

@@ -28,7 +28,7 @@ from onnx_compress.runtime.serve import BackgroundServer
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-SETTINGS = SessionSettings(provider="auto", intra_op_threads=1)
+SETTINGS = SessionSettings(provider="auto", intra_op_threads=1, spinning=False)  # the server default
 LIMIT = 1 << 20  # the server's request body limit in these tests (1 MiB)
 
 

@@ -91,3 +91,15 @@ def test_nothing_to_serve(tmp_path):
     (tmp_path / "repo").mkdir()
     with pytest.raises(ModelLoadError, match="no models found"):
         load_models(tmp_path / "repo", CPU)
+
+
+def test_server_sessions_do_not_spin_and_settings_survive_worker_processes():
+    from onnx_compress.runtime.serve import ServeSettings
+
+    settings = ServeSettings(port=9000, workers=2, concurrency=3, session=SessionSettings(provider="cpu", spinning=False))
+    assert ServeSettings().session.spinning is False and ServeSettings().host == "127.0.0.1"
+    options = settings.session.session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert ServeSettings.from_json(settings.to_json()) == settings  # what worker processes rebuild
+    with pytest.raises(Exception, match="port must be 0..65535"):
+        ServeSettings(port=70000)
