@@ -25,6 +25,7 @@ __all__ = [
     "PassRefusedError",
     "BudgetError",
     "RecipeError",
+    "DeployError",
     "one_line",
 ]
 
@@ -90,6 +91,10 @@ class BudgetError(OnnxCompressError):
 
 class RecipeError(SettingError):
     """A compression recipe is unreadable or names an unknown pass or setting."""
+
+
+class DeployError(OnnxCompressError):
+    """A model cannot be deployed as asked (e.g. a static batch axis with Triton batching)."""
 
 
 def one_line(exc: BaseException, limit: int = 500) -> str:

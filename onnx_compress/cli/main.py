@@ -26,6 +26,8 @@ COMMAND_MODULES = [
     "onnx_compress.cli.validate_cmd",
     "onnx_compress.cli.bench_cmd",
     "onnx_compress.cli.compress_cmd",
+    "onnx_compress.cli.deploy_cmd",
+    "onnx_compress.cli.serve_cmd",
 ]
 
 _DESCRIPTION = """\
