@@ -265,8 +265,6 @@ class _Explorer:
         self._axis_by_key: dict[tuple[int, int], AxisNode] = {}
         self.applied: dict[tuple[int, int], tuple[ir.Node, Relation, list[AxisNode]]] = {}
         self._queue: collections.deque[AxisNode] = collections.deque()
-        #: axis nodes that were reached but could not be created (no static size...): reasons
-        self.orphan_blocks: list[tuple[AxisNode, str]] = []
 
     def coupling(self, node: ir.Node) -> NodeCoupling:
         key = id(node)

@@ -27,7 +27,6 @@ from onnx_compress.passes.prune.rules import Dim, RuleContext, reshape_target
 
 __all__ = ["apply_cuts", "NODE_FIXES"]
 
-Shapes = Mapping[int, tuple[Dim, ...]]
 NodeFix = Callable[[ir.Node, "_Fixer"], None]
 
 

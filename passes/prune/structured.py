@@ -270,6 +270,13 @@ class PruneStructured(CompressionPass):
             report.units_after = group.n_units - len(units)
             report.widths = _widths(group, units)
         modified = bool(cuts)
+        if modified and settings.round_to == 1:
+            odd = sorted({after for gid in cuts for node_name, (_, after) in reports[gid].widths.items()
+                          if after % 16 and _is_conv(analysis.groups[gid], node_name)})
+            if odd:
+                notes.append(f"kept Conv widths {odd} are not multiples of 16: ONNX Runtime's blocked (NCHWc) "
+                             "convolutions pad channels to 8 or 16 (AVX2 / AVX-512), so such widths may run no "
+                             "faster; try round_to=16 and measure")
         macs_after = count_macs(result_model)[0] if modified else macs_before
         result = PruneStructuredResult(
             model=result_model,
@@ -332,6 +339,10 @@ def _keep_every_axis(group: Group, units: np.ndarray, scores: np.ndarray) -> np.
             best = max(set(int(u) for u in owners), key=lambda u: (np.nan_to_num(scores[u], nan=-1.0), -u))
             removed.discard(best)
     return np.array(sorted(removed), dtype=np.int64)
+
+
+def _is_conv(group: Group, node_name: str) -> bool:
+    return any(node.op_type == "Conv" and str(node.name or node.op_type) == node_name for node in group.producers)
 
 
 def _widths(group: Group, units: np.ndarray | None) -> dict[str, tuple[int, int]]:

@@ -448,3 +448,61 @@ def test_align_dims_pairs_merges_and_symbols():
     assert align_dims(("b", "s", 384), ("b", "s", 12, 32)) == [([0], [0]), ([1], [1]), ([2], [2, 3])]
     assert align_dims(("n", 8, 1, 1), ("n", 8)) == [([0], [0]), ([1], [1])]
     assert align_dims(("b", 12, "s", 32), ("u", "s", 32)) == [([2], [1]), ([3], [2])]
+
+
+def test_concat_with_model_input_pad_and_resize():
+    """Concat(input, conv) keeps the input's channels and cuts the conv's at their offset;
+    Pad and Resize on spatial axes pass the channels through."""
+    rng = np.random.default_rng(2)
+    weights = {"w1": rng.standard_normal((6, 3, 1, 1)).astype(np.float32), "b1": rng.standard_normal(6).astype(np.float32),
+               "w2": rng.standard_normal((4, 9, 1, 1)).astype(np.float32), "b2": rng.standard_normal(4).astype(np.float32),
+               "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
+               "scales": np.array([1, 1, 2, 2], np.float32),
+               "fc": rng.standard_normal((3, 4)).astype(np.float32)}
+    weights["w1"][[1, 4]] = 0
+    weights["b1"][[1, 4]] = 0
+    weights["w2"][2] = 0
+    weights["b2"][2] = 0
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Concat", ["x", "r1"], ["cat"], name="cat", axis=1),
+        helper.make_node("Pad", ["cat", "pads"], ["padded"], name="pad"),
+        helper.make_node("Resize", ["padded", "", "scales"], ["big"], name="resize", mode="nearest"),
+        helper.make_node("Conv", ["big", "w2", "b2"], ["c2"], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc"], ["y"], name="fc", transB=1),
+    ]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 4, 4])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], weights, opset=18)
+    result = PruneStructured(ratio=0.34)(model)
+    widths = {name: w for g in result.pruned for name, w in g.widths.items()}
+    assert widths == {"conv1": (6, 4), "conv2": (4, 3)}
+    conv2 = next(n for n in result.model.graph if n.name == "conv2")
+    assert conv2.inputs[1].const_value.shape[1] == 7  # 3 input channels + 4 kept
+    _checked(result.model)
+    x = np.random.default_rng(7).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(_run(result.model, {"x": x})[0], _run(model, {"x": x})[0], atol=1e-5)
+
+
+def test_dynamic_matmul_contraction_couples_both_projections():
+    """scores = (x Wa) (x Wb)^T: channel k of both projections is one unit (a contraction)."""
+    rng = np.random.default_rng(3)
+    wa, wb = rng.standard_normal((8, 6)).astype(np.float32), rng.standard_normal((8, 6)).astype(np.float32)
+    wa[:, [0, 3]] = 0
+    wb[:, [0, 3]] = 0
+    nodes = [
+        helper.make_node("MatMul", ["x", "wa"], ["a"], name="proj_a"),
+        helper.make_node("MatMul", ["x", "wb"], ["b"], name="proj_b"),
+        helper.make_node("Transpose", ["b"], ["bt"], name="t", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["a", "bt"], ["y"], name="scores"),
+    ]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 5, 8])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5, 5])], {"wa": wa, "wb": wb})
+    result = PruneStructured(ratio=0.34)(model)
+    (group,) = result.pruned
+    assert group.widths == {"proj_a": (6, 4), "proj_b": (6, 4)} and group.units_before == 6
+    x = np.random.default_rng(8).standard_normal((2, 5, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(result.model, {"x": x})[0], _run(model, {"x": x})[0], atol=1e-5)
