@@ -101,6 +101,20 @@ def test_global_scope_round_to_and_protect(torch_seed_onnx):
         PruneStructured(protect=["nope"])(model)
 
 
+def test_a_cut_that_fails_verification_is_refused_not_returned(torch_seed_onnx, monkeypatch):
+    """Safety net: if slicing ever produced a broken model, the group is left untouched."""
+    from onnx_compress.passes.prune import slicers
+
+    monkeypatch.setitem(slicers.NODE_FIXES, "Reshape", lambda node, fixer: None)  # a deliberately broken slicer
+    model = load_model(torch_seed_onnx)
+    result = PruneStructured(ratio=0.5)(model)
+    failed = [g for g in result.untouched if g.reason.startswith("verification failed")]
+    assert len(failed) == 1 and "node_conv2d_1" in failed[0].name
+    assert len(result.pruned) == 2  # conv1 and fc1 still cut
+    _checked(result.model)
+    assert _run(result.model, {"input": np.zeros((3, 1, 28, 28), np.float32)})[0].shape == (3, 10)
+
+
 def test_activation_importance_needs_and_uses_calibration(torch_seed_onnx, digits_nchw):
     model = load_model(torch_seed_onnx)
     with pytest.raises(PassRefusedError, match="calibration"):
