@@ -8,6 +8,14 @@ cannot do safely. ``passes/registry.py`` lists the passes recipes can name.
 
 from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
 from onnx_compress.passes.normalize import Normalize, NormalizeResult, NormalizeSettings
+from onnx_compress.passes.prune import (
+    PruneStructured,
+    PruneStructuredResult,
+    PruneStructuredSettings,
+    PruneUnstructured,
+    PruneUnstructuredResult,
+    PruneUnstructuredSettings,
+)
 
 __all__ = [
     "CompressionPass",
@@ -16,4 +24,10 @@ __all__ = [
     "NormalizeResult",
     "NormalizeSettings",
     "PassSettings",
+    "PruneStructured",
+    "PruneStructuredResult",
+    "PruneStructuredSettings",
+    "PruneUnstructured",
+    "PruneUnstructuredResult",
+    "PruneUnstructuredSettings",
 ]

@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "onnx_compress.cli.compress_cmd",
     "onnx_compress.cli.deploy_cmd",
     "onnx_compress.cli.serve_cmd",
+    "onnx_compress.cli.prune_cmd",
 ]
 
 _DESCRIPTION = """\

@@ -1,0 +1,182 @@
+"""``onnx-compress prune``: structured (channels, neurons) or unstructured (zeros) pruning."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from onnx_compress.cli.common import add_command, add_json_flag, emit, parse_dims
+from onnx_compress.errors import SettingError
+from onnx_compress.table import format_table, human_bytes, human_count
+
+__all__ = ["register"]
+
+_DESCRIPTION = """\
+Prune a model and write the result; the input model is never modified.
+
+  --structured R    remove the fraction R of the channels / neurons of every coupled group
+                    (Conv filters, Gemm/MatMul output features, transformer FFN neurons) and
+                    everything that reads them: the model gets smaller AND faster. Groups the
+                    analysis does not fully understand (attention heads, axes normalized by
+                    LayerNormalization, unknown ops) and anything reaching the model's inputs or
+                    outputs are left untouched, and the output says why.
+  --unstructured R  set the fraction R of the smallest weights of Conv/Gemm/MatMul to zero. Dense
+                    ONNX Runtime kernels gain NO speed from zeros and the .onnx file keeps its
+                    size: what shrinks is the compressed (gzip) file, which is reported.
+  --nm N:M          unstructured with a pattern: keep N of every M weights (2:4).
+
+The model is normalized first (constant folding, shape inference; BatchNormalization is kept
+for --importance bn). The pruned model is checked with onnx.checker (full check) and run in
+ONNX Runtime with the original input/output names and shapes before it is written.
+
+Prints parameters, MACs (at --batch, with --dim for other symbolic axes) and size before and
+after, what was cut, and what was left untouched with the reason.
+
+JSON keys: input, output, mode, before, after, result.
+
+examples:
+  onnx-compress prune model.onnx -o pruned.onnx --structured 0.5
+  onnx-compress prune model.onnx -o pruned.onnx --structured 0.3 --importance activation --data calib.npz
+  onnx-compress prune model.onnx -o sparse.onnx --unstructured 0.7
+  onnx-compress prune model.onnx -o sparse.onnx --nm 2:4
+"""
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a ratio must be a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"a ratio must be in [0, 1), got {text!r}")
+    return value
+
+
+def _build_pass(args: argparse.Namespace, calibration: Any) -> Any:
+    from onnx_compress.passes.prune import PruneStructured, PruneUnstructured
+    from onnx_compress.passes.prune.unstructured import parse_nm
+
+    given = [flag for flag, value in (("--structured", args.structured), ("--unstructured", args.unstructured),
+                                      ("--nm", args.nm)) if value is not None]
+    if not given:
+        raise SettingError("choose what to prune: --structured R, --unstructured R or --nm N:M")
+    if args.structured is not None:
+        if len(given) > 1:
+            raise SettingError(f"--structured cannot be combined with {' / '.join(given[1:])}")
+        if args.importance == "activation" and calibration is None:
+            raise SettingError("--importance activation needs calibration data: --data calib.npz")
+        return PruneStructured(ratio=args.structured, scope=args.scope, importance=args.importance,
+                               round_to=args.round_to, protect=tuple(args.protect or ()),
+                               calibration=calibration)
+    nm = parse_nm(args.nm)
+    ratio = args.unstructured
+    if nm is not None and ratio is not None:
+        if abs(ratio - (1 - nm[0] / nm[1])) > 1e-9:
+            raise SettingError(f"--nm {args.nm} sets the sparsity to {1 - nm[0] / nm[1]:g}; drop --unstructured {ratio:g}")
+        ratio = None
+    return PruneUnstructured(ratio=ratio, nm=nm, scope=args.scope, protect=tuple(args.protect or ()),
+                             protect_first_last=not args.prune_first_last)
+
+
+def _change(before: float, after: float) -> str:
+    return f"{(after - before) / before:+.1%}" if before else ""
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from onnx_compress.data import load_data
+    from onnx_compress.model_io import check_output_path, load_model, model_files, save_model
+    from onnx_compress.passes import Normalize
+    from onnx_compress.passes.prune import PruneStructuredResult
+    from onnx_compress.stats import model_stats
+
+    check_output_path(args.output, protected=model_files(args.model))
+    calibration = load_data(args.data) if args.data is not None else None
+    prune_pass = _build_pass(args, calibration)
+    dims = parse_dims(args.dim)
+    model = load_model(args.model)
+    before = model_stats(args.model, batch=args.batch, dims=dims)
+    normalized = Normalize(fold_batchnorm=args.importance != "bn")(model).model
+    result = prune_pass(normalized)
+    save_model(result.model, args.output, protected=model_files(args.model))
+    after = model_stats(args.output, batch=args.batch, dims=dims)
+
+    structured = isinstance(result, PruneStructuredResult)
+    rows: list[list[Any]] = [
+        ["params", f"{before.params:,}", f"{after.params:,}", _change(before.params, after.params)],
+        [f"MACs (batch {args.batch})", f"{before.macs:,}", f"{after.macs:,}", _change(before.macs, after.macs)],
+        ["size", human_bytes(before.size_bytes), human_bytes(after.size_bytes), _change(before.size_bytes, after.size_bytes)],
+    ]
+    if not structured and result.compressed_before and result.compressed_after:
+        rows.append(["gzip size", human_bytes(result.compressed_before), human_bytes(result.compressed_after),
+                     _change(result.compressed_before, result.compressed_after)])
+    human = format_table([str(args.model), "before", "after", "change"], rows)
+    if before.macs_unknown_nodes:
+        human += (f"\nMACs unknown for {len(before.macs_unknown_nodes)} nodes with symbolic shapes: "
+                  "give their sizes with --dim NAME=SIZE")
+    if structured:
+        cut = [[g.name, ", ".join(f"{b} -> {a}" for b, a in g.widths.values()), g.importance]
+               for g in result.pruned]
+        if cut:
+            human += "\n\n" + format_table(["cut group (producers)", "output channels", "importance"], cut)
+        if result.untouched:
+            human += "\n\nleft untouched (group: reason):"
+            for group in result.untouched:
+                human += f"\n  {group.name}: {group.reason}"
+        for note in result.notes:
+            human += f"\nnote: {note}"
+    else:
+        layers = [[layer.node, human_count(layer.elements), f"{layer.sparsity:.1%}"] for layer in result.layers]
+        if layers:
+            human += "\n\n" + format_table(["layer", "weights", "sparsity"], layers)
+        if result.skipped:
+            human += "\n\nleft dense (layer: reason):"
+            for layer_name, reason in result.skipped.items():
+                human += f"\n  {layer_name}: {reason}"
+        human += (f"\n\n{result.sparsity:.1%} of the pruned weights are zero ({result.pattern}). Dense ONNX Runtime "
+                  "kernels gain no speed from zeros; the gain is the compressed size.")
+    human += f"\n\nwrote {args.output}"
+
+    def stats(s: Any) -> dict[str, Any]:
+        return {"params": s.params, "macs": s.macs, "macs_unknown_nodes": s.macs_unknown_nodes, "size_bytes": s.size_bytes}
+
+    payload = {
+        "input": str(args.model),
+        "output": str(args.output),
+        "mode": "structured" if structured else "unstructured",
+        "before": stats(before),
+        "after": stats(after),
+        "result": result.as_dict(),
+    }
+    emit(args, payload, human)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    parser = add_command(subparsers, "prune", help="structured (channels) or unstructured (zeros) pruning",
+                         description=_DESCRIPTION, handler=_prune)
+    parser.add_argument("model", type=Path, help="the ONNX model to prune")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="where to write the pruned model")
+    parser.add_argument("--structured", type=_ratio, metavar="R",
+                        help="remove this fraction of the channels/neurons of every prunable group")
+    parser.add_argument("--unstructured", type=_ratio, metavar="R",
+                        help="set this fraction of the Conv/Gemm/MatMul weights to zero")
+    parser.add_argument("--nm", metavar="N:M", help="unstructured N:M pattern: keep N of every M weights (e.g. 2:4)")
+    parser.add_argument("--importance", choices=["l1", "l2", "bn", "activation"], default="l2",
+                        help="structured: how channels are ranked: weight L1 / L2 norm (default l2), BatchNorm "
+                             "scale, or activation statistics on --data")
+    parser.add_argument("--data", type=Path, metavar="CALIB.npz",
+                        help="calibration data (.npz keyed by input names) for --importance activation; "
+                             "also used to check the pruned model")
+    parser.add_argument("--scope", choices=["layer", "global"], default="layer",
+                        help="layer: every group (layer) loses the ratio (default); global: one ranking across groups")
+    parser.add_argument("--round-to", type=int, default=1, metavar="N",
+                        help="structured: round kept widths up to a multiple of N (e.g. 8; default 1)")
+    parser.add_argument("--protect", nargs="+", action="extend", metavar="NODE",
+                        help="names of nodes that must stay unchanged (repeatable)")
+    parser.add_argument("--prune-first-last", action="store_true",
+                        help="unstructured: also prune the first and last layers (kept dense by default)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size for the MAC count (default 1)")
+    parser.add_argument("--dim", action="append", metavar="NAME=SIZE",
+                        help="size of a symbolic input dimension for the MAC count, e.g. sequence=128 (repeatable)")
+    add_json_flag(parser)
