@@ -25,6 +25,7 @@ __all__ = [
     "PassRefusedError",
     "BudgetError",
     "RecipeError",
+    "UnsupportedModelError",
     "one_line",
 ]
 
@@ -90,6 +91,11 @@ class BudgetError(OnnxCompressError):
 
 class RecipeError(SettingError):
     """A compression recipe is unreadable or names an unknown pass or setting."""
+
+
+class UnsupportedModelError(OnnxCompressError):
+    """A model's architecture is outside what an operation handles (the message names the layer
+    and says why), e.g. a branching network given to the narrow-student builder."""
 
 
 def one_line(exc: BaseException, limit: int = 500) -> str:
