@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from onnx_compress.data import Dataset
 from onnx_compress.runtime import Runner, SessionSettings
 
@@ -75,4 +73,5 @@ def test_distill_cli_refuses_bad_input_before_training(cli, tmp_path, torch_seed
     _one_line_error(cli("distill", "--teacher", torch_seed_onnx, "--student", f"{factory}:half_width",
                         "--data", files["train"], "-o", torch_seed_onnx), "would overwrite the input")
     assert not out.exists()
-    assert "run as code" in " ".join(cli("distill", "--help").stdout.split())
+    help_text = " ".join(cli("distill", "--help").stdout.split())
+    assert "run as code" in help_text and "--json" in help_text and "--teacher-layout" in help_text

@@ -150,6 +150,52 @@ def _student_log_space(out: Any, kind: str, torch: Any) -> Any:
     return out
 
 
+def _prepare(teacher: Any, student: Any, train: Dataset, val: Dataset | None, settings: DistillSettings,
+             transform: Any, teacher_output: str | None, device: Any, torch: Any,
+             progress: bool) -> tuple[str, np.ndarray, np.ndarray | None, str]:
+    """Everything before training: probe the student, run the teacher once, check they fit."""
+    # The student first (cheap): does it run on the data, and what does it output?
+    try:
+        probe = check_class_outputs(
+            _student_outputs(student, train.take(min(len(train), 32)), device, settings.batch_size, torch), "student")
+    except SettingError:
+        raise
+    except Exception as exc:
+        raise SettingError(
+            f"the student failed on the training data ({type(exc).__name__}: {one_line(exc)}); "
+            "check that the data is keyed and shaped for the student"
+        ) from exc
+    student_kind = resolve_output_kind(probe, settings.student_outputs, who="student")
+
+    # The teacher once, over the training and validation data.
+    if is_onnx_model(teacher):
+        predict = OnnxTeacher(teacher, provider="cpu" if device.type == "cpu" else "auto", output=teacher_output)
+    elif isinstance(teacher, torch.nn.Module):
+        if teacher_output is not None:
+            raise SettingError("teacher_output names an ONNX output; a PyTorch teacher returns one tensor")
+        predict = _torch_teacher(teacher, torch)
+    else:
+        raise SettingError(
+            f"teacher must be a torch.nn.Module or an ONNX model (path or onnx_ir.Model), got {type(teacher).__name__}"
+        )
+    with _eval_mode(teacher) if isinstance(teacher, torch.nn.Module) else contextlib.nullcontext():
+        raw_teacher = collect_outputs(predict, train, transform, batch_size=settings.batch_size,
+                                      who="teacher", progress=progress)
+        raw_teacher_val = None if val is None else collect_outputs(
+            predict, val, transform, batch_size=settings.batch_size, who="teacher", progress=progress)
+    classes = raw_teacher.shape[1]
+    if probe.shape[1] != classes:
+        raise SettingError(
+            f"the teacher has {classes} outputs per sample, the student {probe.shape[1]}: "
+            "distillation needs the same classes in the same order"
+        )
+    check_labels(train, classes, "train_data")
+    if val is not None:
+        check_labels(val, classes, "val_data")
+    teacher_kind = resolve_output_kind(raw_teacher, settings.teacher_outputs, who="teacher")
+    return student_kind, raw_teacher, raw_teacher_val, teacher_kind
+
+
 def distill(
     teacher: Any,
     student: Any,
@@ -218,53 +264,10 @@ def distill(
     home_device = _module_device(student, torch)
     transform = teacher_feeds(teacher_inputs)
 
-    # The student first (cheap): does it run on the data, and what does it output?
     student.to(train_device)
     try:
-        probe = check_class_outputs(
-            _student_outputs(student, train.take(min(len(train), 32)), train_device, settings.batch_size, torch),
-            "student",
-        )
-    except SettingError:
-        student.to(home_device)
-        raise
-    except Exception as exc:
-        student.to(home_device)
-        raise SettingError(
-            f"the student failed on the training data ({type(exc).__name__}: {one_line(exc)}); "
-            "check that the data is keyed and shaped for the student"
-        ) from exc
-    student_kind = resolve_output_kind(probe, settings.student_outputs, who="student")
-
-    # The teacher once, over the training and validation data.
-    if is_onnx_model(teacher):
-        predict = OnnxTeacher(teacher, provider="cpu" if train_device.type == "cpu" else "auto",
-                              output=teacher_output)
-    elif isinstance(teacher, torch.nn.Module):
-        if teacher_output is not None:
-            raise SettingError("teacher_output names an ONNX output; a PyTorch teacher returns one tensor")
-        predict = _torch_teacher(teacher, torch)
-    else:
-        student.to(home_device)
-        raise SettingError(
-            f"teacher must be a torch.nn.Module or an ONNX model (path or onnx_ir.Model), got {type(teacher).__name__}"
-        )
-    try:
-        with _eval_mode(teacher) if isinstance(teacher, torch.nn.Module) else contextlib.nullcontext():
-            raw_teacher = collect_outputs(predict, train, transform, batch_size=settings.batch_size,
-                                          who="teacher", progress=progress)
-            raw_teacher_val = None if val is None else collect_outputs(
-                predict, val, transform, batch_size=settings.batch_size, who="teacher", progress=progress)
-        classes = raw_teacher.shape[1]
-        if probe.shape[1] != classes:
-            raise SettingError(
-                f"the teacher has {classes} outputs per sample, the student {probe.shape[1]}: "
-                "distillation needs the same classes in the same order"
-            )
-        check_labels(train, classes, "train_data")
-        if val is not None:
-            check_labels(val, classes, "val_data")
-        teacher_kind = resolve_output_kind(raw_teacher, settings.teacher_outputs, who="teacher")
+        student_kind, raw_teacher, raw_teacher_val, teacher_kind = _prepare(
+            teacher, student, train, val, settings, transform, teacher_output, train_device, torch, progress)
     except BaseException:
         student.to(home_device)
         raise

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -44,13 +46,16 @@ def test_onnx_teacher_from_pytorch_teaches_a_keras_student(keras_distilled, torc
     assert agreement >= 0.95, agreement
 
 
-def test_keras_teacher_object_and_file(keras_seed, keras_seed_file, digits_nhwc):
+def test_keras_teacher_object_and_file(keras_seed, keras_seed_file, digits_nhwc, caplog):
     small = digits_nhwc.train.take(192)
     for teacher in (keras_seed, keras_seed_file):
-        student, history = distill(teacher, _student(keras_seed), small, epochs=2, progress=False)
+        with caplog.at_level(logging.DEBUG, logger="onnx_compress.converters.tensorflow.distill"):
+            student, history = distill(teacher, _student(keras_seed), small, epochs=2, progress=False)
         assert history.teacher_outputs == "probs" and history.student_outputs == "probs"
         assert history.label_loss is not None and history.val_metric is None
         assert history.device.endswith("CPU:0") or "GPU" in history.device
+    # the softmax student is trained on the logits Keras attaches to its output, not on log(p)
+    assert "using the logits Keras attached" in caplog.text and "without attached logits" not in caplog.text
 
 
 def test_losses_match_the_pytorch_trainer():

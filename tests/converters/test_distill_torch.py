@@ -12,6 +12,7 @@ from onnx_compress.converters.torch import distill, narrow_student
 from onnx_compress.converters.torch.distill import distillation_loss
 from onnx_compress.data import Dataset
 from onnx_compress.errors import DataError, SettingError
+from onnx_compress.model_io import load_model
 
 EPOCHS = 12
 
@@ -106,7 +107,8 @@ def test_onnx_teacher_without_labels_and_progress_bar(torch_seed_onnx, torch_see
     """alpha=0 needs no labels; the ONNX export of the log_softmax seed is detected as log-probs."""
     unlabeled = Dataset({"input": digits_nchw.train.inputs["input"][:128]})
     student = _student(torch_seed)
-    _, history = distill(torch_seed_onnx, student, unlabeled, epochs=2, alpha=0.0, device="cpu",
+    teacher = load_model(torch_seed_onnx)  # an onnx_ir.Model works as well as a path
+    _, history = distill(teacher, student, unlabeled, epochs=2, alpha=0.0, device="cpu",
                          val_data={"input": digits_nchw.val.inputs["input"]})
     assert history.teacher_outputs == "log_probs" and history.label_loss is None
     assert history.val_top1 is None and history.val_metric_name == "agreement"
