@@ -438,19 +438,21 @@ def teacher_feeds(teacher_inputs: TeacherInputs) -> Callable[[Batch], Batch]:
 
 
 def layout_hint(specs: Sequence[InputSpec], batch: Batch) -> str:
-    """' (pass teacher_inputs="NCHW->NHWC")' when that transposition makes the data fit."""
+    """A hint naming ``teacher_inputs='NCHW->NHWC'`` (or another standard layout change) when that
+    transposition, and not the data as it is, fits the teacher's input shape; else ``""``."""
+
+    def fits(want: tuple[Any, ...], shape: tuple[int, ...]) -> bool:
+        return all(not isinstance(w, int) or w == g for w, g in list(zip(want, shape))[1:])
+
     for spec in specs:
         arr = batch.get(spec.name, next(iter(batch.values())) if len(batch) == 1 else None)
-        if arr is None or spec.shape is None or arr.ndim != len(spec.shape):
+        if arr is None or spec.shape is None or arr.ndim != len(spec.shape) or fits(spec.shape, arr.shape):
             continue
         for pair in _STANDARD_LAYOUTS:
             for source, target in (pair, pair[::-1]):
                 if len(source) != arr.ndim:
                     continue
-                shape = tuple(arr.shape[source.index(letter)] for letter in target)
-                fits = all(not isinstance(want, int) or want == got
-                           for want, got in list(zip(spec.shape, shape))[1:])
-                if fits:
+                if fits(spec.shape, tuple(arr.shape[source.index(letter)] for letter in target)):
                     return (f"; the teacher seems to expect {target} where the data is {source}: pass "
                             f"teacher_inputs='{source}->{target}' (CLI: --teacher-layout {source}->{target})")
     return ""

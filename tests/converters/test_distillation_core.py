@@ -104,3 +104,15 @@ def test_data_checks_before_training():
         prepare_data({"input": images}, {"input": np.zeros((8, 28, 28, 1), np.float32)}, alpha=0.0)
     train, val = prepare_data(Dataset({"input": images}), {"input": images}, alpha=0.0)
     assert val is not None and val.labels is None
+
+
+def test_layout_hint_only_when_a_transposition_fits():
+    from onnx_compress.converters.distillation import layout_hint
+    from onnx_compress.data import InputSpec
+
+    nhwc = [InputSpec("input", np.dtype("float32"), ("batch", 28, 28, 1))]
+    assert "teacher_inputs='NCHW->NHWC'" in layout_hint(nhwc, {"x": np.zeros((2, 1, 28, 28), np.float32)})
+    assert layout_hint(nhwc, {"x": np.zeros((2, 28, 28, 1), np.float64)}) == ""  # fits already: a dtype problem
+    assert layout_hint(nhwc, {"x": np.zeros((2, 3, 28, 28), np.float32)}) == ""  # no layout makes it fit
+    nchw = [InputSpec("input", np.dtype("float32"), ("batch", 1, 28, 28))]
+    assert "teacher_inputs='NHWC->NCHW'" in layout_hint(nchw, {"input": np.zeros((2, 28, 28, 1), np.float32)})
