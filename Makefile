@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARTIFACTS ?= artifacts
 
-.PHONY: install demo test test-slow test-large test-all bench clean
+.PHONY: install demo test test-slow test-large test-all fuzz bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test-large: install
 
 test-all: install
 	$(PY) -m pytest -q -m ""
+
+# a long fuzz run (the default suite runs 60 mutations): ONNX_COMPRESS_FUZZ_EXAMPLES=N to change
+fuzz: install
+	ONNX_COMPRESS_FUZZ_EXAMPLES=$${ONNX_COMPRESS_FUZZ_EXAMPLES:-3000} $(PY) -m pytest -q tests/hardening/test_fuzz.py -m ""
 
 bench: install
 	$(PY) -m benchmarks

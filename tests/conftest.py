@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 sys.path.insert(0, str(SAMPLES))
+sys.path.insert(0, str(ROOT / "tests" / "hardening"))  # large_model.py, fuzz_harness.py
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

@@ -25,6 +25,9 @@ COMMAND_MODULES = [
     "onnx_compress.cli.inspect_cmd",
     "onnx_compress.cli.validate_cmd",
     "onnx_compress.cli.bench_cmd",
+    "onnx_compress.cli.compress_cmd",
+    "onnx_compress.cli.deploy_cmd",
+    "onnx_compress.cli.serve_cmd",
     "onnx_compress.cli.distill_cmd",
 ]
 

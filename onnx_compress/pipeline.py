@@ -1,0 +1,336 @@
+"""The compression pipeline: a recipe of passes under an accuracy budget, with a report.
+
+:func:`compress` loads the model, normalizes it (constant folding, weight lifting, shape
+inference: ``passes.Normalize``), then applies the recipe's passes in order. After every pass
+the candidate is run on the validation data and scored against the *original* model:
+
+- the drop holds the budget -> the pass is **applied**;
+- it does not, and the pass can be dialled down (``scaled``) -> the strength is bisected for the
+  most aggressive setting that holds (**reduced**), or the pass is **rolled back** when none does;
+- the pass refuses, fails, or produces a model ONNX Runtime cannot run -> **rolled back**, with
+  the reason.
+
+Passes that check the budget themselves (quantization's sensitivity-driven exclusions: a pass
+whose settings have ``max_drop`` / ``metric``) get what is left of the budget and the metric.
+Every pass gets the calibration data; the validation data is only used to check the budget
+(and by passes that check it themselves), never to calibrate.
+
+Finally every kept stage is measured: size, parameters, MACs, and ONNX Runtime latency of all
+stages in ONE round-robin run, so the speed ratios against the original are side by side. A
+final model slower than the original is reported as a warning, never silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+from onnx_compress.budget import Budget, bisect_strength
+from onnx_compress.data import Dataset, DataSource, input_specs, load_data, synthetic_inputs
+from onnx_compress.errors import BudgetError, OnnxCompressError, one_line
+from onnx_compress.model_io import load_model, model_files, save_model
+from onnx_compress.passes.base import CompressionPass
+from onnx_compress.passes.normalize import Normalize
+from onnx_compress.recipe import Recipe, load_recipe
+from onnx_compress.report import Report, StageReport
+from onnx_compress.runtime.benchmark import compare_many
+from onnx_compress.runtime.metrics import MetricSpec, Score, resolve_metric, score
+from onnx_compress.runtime.session import Runner, SessionSettings
+from onnx_compress.runtime.validate import Evaluator
+from onnx_compress.stats import model_stats
+
+__all__ = ["compress", "CompressionOutcome", "PipelineSettings"]
+
+logger = logging.getLogger(__name__)
+
+#: latency ratios within this fraction of 1.0 are reported as "no faster", not as a speed-up
+_SPEED_NOISE = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSettings:
+    """How the pipeline measures.
+
+    Attributes:
+        search_steps: the most trials of a pass's budget search, counting full strength (5).
+        bench_batch: samples per call when timing the stages (8).
+        bench_runs: timed calls per stage, round-robin over all stages (50).
+        session: ONNX Runtime settings for validation and timing (default: auto provider).
+    """
+
+    search_steps: int = 5
+    bench_batch: int = 8
+    bench_runs: int = 50
+    session: SessionSettings = dataclasses.field(default_factory=SessionSettings)
+
+    def __post_init__(self) -> None:
+        for name in ("search_steps", "bench_batch", "bench_runs"):
+            if getattr(self, name) < 1:
+                raise BudgetError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass
+class CompressionOutcome:
+    """The compressed model and the report that proves what it is."""
+
+    model: ir.Model
+    report: Report
+    source: Path | None = None
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the compressed model atomically (refuses to overwrite the input model)."""
+        protected = model_files(self.source) if self.source is not None else []
+        return save_model(self.model, path, protected=protected)
+
+
+@dataclasses.dataclass
+class _Stage:
+    report: StageReport
+    model: ir.Model | None  # None when rolled back
+
+
+def _budget_fields(pass_: CompressionPass, remaining: float | None, metric: Any) -> CompressionPass:
+    """Fill ``max_drop`` / ``metric`` of a pass that checks the budget itself, if left unset."""
+    fields = {f.name for f in dataclasses.fields(pass_.settings)}
+    updates: dict[str, Any] = {}
+    if "max_drop" in fields and getattr(pass_.settings, "max_drop") is None and remaining is not None:
+        updates["max_drop"] = remaining
+    if "metric" in fields and getattr(pass_.settings, "metric") in (None, "auto") and isinstance(metric, str):
+        updates["metric"] = metric
+    if not updates:
+        return pass_
+    return type(pass_)(dataclasses.replace(pass_.settings, **updates),
+                       calibration=pass_.calibration, validation=pass_.validation)
+
+
+def _identical(a: Dataset, b: Dataset) -> bool:
+    if len(a) != len(b) or a.names != b.names:
+        return False
+    return all(np.array_equal(a.inputs[n], b.inputs[n]) for n in a.names)
+
+
+def _symbolic_dims(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Sizes of named symbolic input axes (other than the batch) as the timing inputs have them."""
+    dims: dict[str, int] = {}
+    for spec in input_specs(model):
+        for axis, dim in enumerate(spec.shape or ()):
+            if axis > 0 and isinstance(dim, str) and spec.name in feeds:
+                dims[dim] = int(feeds[spec.name].shape[axis])
+    return dims
+
+
+class _Pipeline:
+    """One compression run (state kept here rather than in a chain of arguments)."""
+
+    def __init__(self, model: ir.Model, evaluator: Evaluator | None, budget: Budget,
+                 settings: PipelineSettings) -> None:
+        self.evaluator = evaluator
+        self.budget = budget
+        self.settings = settings
+        self.current = model
+        self.drop = 0.0
+
+    def measure(self, candidate: ir.Model) -> Score | None:
+        if self.evaluator is None:
+            # no validation data: at least prove the model runs
+            Runner(candidate, self.settings.session)
+            return None
+        return self.evaluator.evaluate(candidate)
+
+    def run_pass(self, index: int, pass_: CompressionPass) -> _Stage:
+        name = f"{index}. {pass_.name}"
+        stage = StageReport(name=name, pass_name=pass_.name, decision="applied", settings=pass_.settings.as_dict())
+        start = time.perf_counter()
+        remaining = self.budget.remaining(self.drop)
+        metric = self.evaluator.metric if self.evaluator is not None else "auto"
+        pass_ = _budget_fields(pass_, remaining, metric)
+        stage.settings = pass_.settings.as_dict()
+
+        def attempt(strength: float) -> tuple[tuple[ir.Model, Any], float] | None:
+            configured = pass_ if strength == 1.0 else pass_.scaled(strength)
+            if configured is None:
+                return None
+            result = configured(self.current)
+            measured = self.measure(result.model)
+            drop = measured.drop if measured is not None else 0.0
+            logger.info("%s at strength %.3g: drop %.4g", name, strength, drop)
+            return (result, measured), drop
+
+        try:
+            outcome = bisect_strength(attempt, self.budget, steps=self.settings.search_steps)
+        except OnnxCompressError as exc:
+            stage.decision, stage.reason = "rolled back", f"{type(exc).__name__}: {one_line(exc)}"
+            stage.seconds = time.perf_counter() - start
+            logger.warning("%s rolled back: %s", name, stage.reason)
+            return _Stage(stage, None)
+        except Exception as exc:  # a bug in a pass must not cost the user the whole run
+            logger.debug("pass %s failed", name, exc_info=True)
+            stage.decision = "rolled back"
+            stage.reason = f"failed unexpectedly ({type(exc).__name__}: {one_line(exc)})"
+            stage.seconds = time.perf_counter() - start
+            logger.warning("%s rolled back: %s", name, stage.reason)
+            return _Stage(stage, None)
+        stage.trials = [dataclasses.asdict(t) for t in outcome.trials]
+        stage.seconds = time.perf_counter() - start
+        if outcome.best is None:
+            stage.decision = "rolled back"
+            worst = min((t.drop for t in outcome.trials), default=float("nan"))
+            stage.reason = (
+                f"no setting met the budget (smallest drop tried {worst:.4g} > {remaining:.4g} left)"
+                if outcome.trials else "the pass could not be applied"
+            )
+            return _Stage(stage, None)
+        result, measured = outcome.best
+        if outcome.strength < 1.0:
+            stage.decision, stage.strength = "reduced", outcome.strength
+            stage.reason = f"full strength broke the budget; strength {outcome.strength:.3g} holds"
+        else:
+            stage.strength = 1.0
+        stage.pass_result = result.as_dict()
+        stage.pass_summary = result.summary()
+        if measured is not None:
+            stage.metric_value, stage.drop = measured.candidate, measured.drop
+            stage.metric_details = dict(measured.details)
+        if not result.modified:
+            stage.decision = "no change"
+            return _Stage(stage, self.current)  # the same model: measured once
+        if measured is not None:
+            self.drop = measured.drop
+        self.current = result.model
+        return _Stage(stage, result.model)
+
+
+def _environment(settings: PipelineSettings, providers: list[str]) -> dict[str, Any]:
+    return {
+        "onnxruntime": ort.__version__,
+        "provider": providers[0] if providers else "",
+        "intra_op_threads": settings.session.intra_op_threads,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "bench_batch": settings.bench_batch,
+        "bench_runs": settings.bench_runs,
+    }
+
+
+def compress(
+    model: ir.Model | str | os.PathLike[str],
+    recipe: Recipe | str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    calib: DataSource | None = None,
+    val: DataSource | None = None,
+    metric: MetricSpec = "auto",
+    max_drop: float | None = None,
+    report_dir: str | os.PathLike[str] | None = None,
+    settings: PipelineSettings | None = None,
+) -> CompressionOutcome:
+    """Compress ``model`` with ``recipe`` under "metric may drop by at most ``max_drop``".
+
+    Args:
+        model: an ONNX file or an ``onnx_ir.Model`` (never modified).
+        recipe: a preset name, a YAML/JSON recipe file, a mapping, or a :class:`Recipe`.
+        calib: calibration data (statistics for data-aware passes, quantization calibration).
+        val: held-out validation data on which the budget is checked (required with a budget).
+        metric: ``auto`` (top1 with labels, else cosine), ``top1``, ``cosine``, ``max_abs`` or a callable.
+        max_drop: the budget in the metric's unit (points for top1); None = no budget.
+        report_dir: where to write ``report.json`` and ``report.html`` (optional).
+        settings: search and timing settings.
+
+    Returns:
+        The compressed model with its report; ``outcome.save(path)`` writes it.
+    """
+    settings = settings or PipelineSettings()
+    budget = Budget(max_drop)
+    source = None if isinstance(model, ir.Model) else Path(model)
+    original = model if isinstance(model, ir.Model) else load_model(model)
+    plan = load_recipe(recipe)
+    passes = plan.build()
+    specs = input_specs(original)
+    calibration = load_data(calib) if calib is not None else None
+    validation = load_data(val) if val is not None else None
+    if max_drop is not None and validation is None:
+        raise BudgetError("a budget (max_drop) needs held-out validation data (val= / --val)")
+    if calibration is not None:
+        calibration.check_against(specs, what="calibration data")
+    if validation is not None:
+        validation.check_against(specs, what="validation data")
+        if calibration is not None and _identical(calibration, validation):
+            raise BudgetError("the validation data is the calibration data; the budget must be "
+                              "checked on held-out data (use a different split)")
+        resolve_metric(metric, validation.labels is not None)
+
+    evaluator = Evaluator(original, validation, metric, settings=settings.session) if validation is not None else None
+    metric_name = evaluator.metric_name if evaluator is not None else "none"
+    pipeline = _Pipeline(original, evaluator, budget, settings)
+
+    stages: list[_Stage] = [_Stage(StageReport(name="original", pass_name=None, decision="original"), original)]
+    steps = list(passes)
+    if not steps or not isinstance(steps[0], Normalize):
+        steps.insert(0, Normalize())
+    for index, pass_ in enumerate(steps, start=1):
+        configured = pass_.with_data(calibration=calibration, validation=validation)
+        stages.append(pipeline.run_pass(index, configured))
+
+    feeds_source = validation or calibration
+    kept = [s for s in stages if s.model is not None]
+    if feeds_source is not None:
+        feeds = {spec.name: feeds_source.inputs[spec.name][: settings.bench_batch] for spec in specs}
+    else:
+        feeds = synthetic_inputs(specs, batch=settings.bench_batch)
+    dims = _symbolic_dims(original, feeds)
+    distinct: list[ir.Model] = []
+    for stage in kept:
+        if not any(stage.model is m for m in distinct):
+            distinct.append(stage.model)  # type: ignore[arg-type]
+    logger.info("timing %d models side by side", len(distinct))
+    runners = [Runner(m, settings.session) for m in distinct]
+    latencies = compare_many(runners, feeds, runs=settings.bench_runs, warmup=5)
+    measurements = {id(m): (model_stats(m, dims=dims), latency) for m, latency in zip(distinct, latencies)}
+    base_latency = latencies[0].median_ms
+    for stage in kept:
+        stats, latency = measurements[id(stage.model)]
+        report = stage.report
+        report.size_bytes, report.params, report.macs = stats.size_bytes, stats.params, stats.macs
+        report.latency_median_ms, report.latency_p90_ms = latency.median_ms, latency.p90_ms
+        report.speedup = base_latency / latency.median_ms
+    if evaluator is not None:
+        reference = score(evaluator.metric, evaluator.reference_outputs, evaluator.reference_outputs,
+                          evaluator.data.labels)
+        stages[0].report.metric_value, stages[0].report.drop = reference.reference, 0.0
+
+    final = kept[-1].report
+    warnings: list[str] = []
+    if kept[-1].model is not original and final.speedup < 1.0 - _SPEED_NOISE:
+        warnings.append(f"the compressed model is SLOWER than the original ({final.speedup:.2f}x) "
+                        f"at batch {settings.bench_batch} on this machine")
+    elif kept[-1].model is not original and final.speedup < 1.0 + _SPEED_NOISE:
+        warnings.append(f"the compressed model is no faster than the original ({final.speedup:.2f}x, "
+                        f"within the {_SPEED_NOISE:.0%} measurement noise) at batch {settings.bench_batch}")
+    if all(s.report.decision in ("rolled back", "no change") for s in stages[2:]) and len(stages) > 2:
+        warnings.append("no pass of the recipe could be applied within the budget; the output is the normalized original")
+    budget_met = budget.holds(final.drop) if evaluator is not None else True
+    report = Report(
+        model=str(source) if source is not None else "(in-memory model)",
+        recipe=plan.as_dict(),
+        metric=metric_name,
+        max_drop=max_drop,
+        stages=[s.report for s in stages],
+        budget_met=budget_met,
+        warnings=warnings,
+        environment=_environment(settings, runners[0].providers),
+    )
+    for warning in warnings:
+        logger.warning(warning)
+    if report_dir is not None:
+        report.save(report_dir)
+    return CompressionOutcome(model=kept[-1].model, report=report, source=source)  # type: ignore[arg-type]

@@ -1,0 +1,146 @@
+"""Compression recipes: an ordered list of passes with their settings, and the presets.
+
+A recipe file is YAML or JSON::
+
+    name: small                 # optional
+    passes:
+      - prune_structured: {ratio: 0.5, importance: l1}
+      - lowrank: {energy: 0.95}
+      - quantize: {mode: auto}
+
+Each entry of ``passes`` is a mapping with exactly one key, the pass's recipe name (see
+``onnx_compress.passes.registry``), whose value is the pass's settings (may be empty). Loading a
+recipe builds every pass, so an unknown pass, an unknown setting or a bad value is reported at
+once, naming it and the valid choices, before any model is touched.
+
+Data is not part of a recipe: the pipeline gives each pass the calibration data and, where a
+pass checks the budget itself (quantization's sensitivity analysis), the validation data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from onnx_compress.errors import RecipeError, SettingError
+
+__all__ = ["PassStep", "Recipe", "PRESETS", "load_recipe", "preset_names"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PassStep:
+    """One entry of a recipe: a registered pass name and its settings."""
+
+    name: str
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def build(self, index: int) -> Any:
+        """The configured pass (validates the name and every setting)."""
+        from onnx_compress.passes.registry import pass_class
+
+        where = f"recipe step {index + 1} ({self.name})"
+        try:
+            cls = pass_class(self.name)
+            return cls.from_dict(self.settings, where=where)
+        except RecipeError as exc:
+            raise RecipeError(f"{where}: {exc}" if not str(exc).startswith(where) else str(exc)) from exc
+        except SettingError as exc:
+            raise RecipeError(f"{where}: {exc}") from exc
+        except TypeError as exc:  # a value of the wrong type reaching the dataclass
+            raise RecipeError(f"{where}: {exc}") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """An ordered list of pass steps."""
+
+    steps: tuple[PassStep, ...]
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        if not self.steps:
+            raise RecipeError(f"recipe {self.name!r} has no passes")
+
+    def build(self) -> list[Any]:
+        """Instantiate every pass (raises RecipeError naming the first bad step)."""
+        return [step.build(i) for i, step in enumerate(self.steps)]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "passes": [{s.name: dict(s.settings)} for s in self.steps]}
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "recipe") -> Recipe:
+        """Parse the mapping form (see the module docstring)."""
+        if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
+            data = {"passes": data}
+        if not isinstance(data, Mapping):
+            raise RecipeError(f"{source}: expected a mapping with a 'passes' list, got {type(data).__name__}")
+        unknown = sorted(set(data) - {"name", "passes"})
+        if unknown:
+            raise RecipeError(f"{source}: unknown key(s) {unknown}; a recipe has 'name' and 'passes'")
+        entries = data.get("passes")
+        if not isinstance(entries, Sequence) or isinstance(entries, (str, bytes)):
+            raise RecipeError(f"{source}: 'passes' must be a list of {{pass_name: settings}} entries")
+        steps = []
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, Mapping) or len(entry) != 1:
+                raise RecipeError(
+                    f"{source}: step {index + 1} must be a mapping with one key, the pass name "
+                    f"(e.g. '- quantize: {{mode: dynamic}}'), got {entry!r}"
+                )
+            (name, settings), = entry.items()
+            if settings is None:
+                settings = {}
+            if not isinstance(settings, Mapping):
+                raise RecipeError(f"{source}: settings of step {index + 1} ({name}) must be a mapping, got {settings!r}")
+            steps.append(PassStep(name=str(name), settings=dict(settings)))
+        recipe = cls(steps=tuple(steps), name=str(data.get("name", "custom")))
+        recipe.build()  # validate every pass and setting now
+        return recipe
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Recipe:
+        """Read a YAML (.yaml/.yml) or JSON (.json) recipe file."""
+        file = Path(path)
+        if not file.is_file():
+            raise RecipeError(f"recipe file not found: {file}")
+        text = file.read_text(encoding="utf-8", errors="replace")
+        try:
+            if file.suffix.lower() == ".json":
+                data = json.loads(text)
+            else:
+                import yaml
+
+                data = yaml.safe_load(text)
+        except Exception as exc:  # yaml.YAMLError, json.JSONDecodeError
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RecipeError(f"unreadable recipe {file}: {first}") from exc
+        return cls.from_dict(data, source=str(file))
+
+
+#: built-in recipes; the pipeline fills data and budget into them
+PRESETS: dict[str, dict[str, Any]] = {
+    "normalize-only": {"name": "normalize-only", "passes": [{"normalize": {}}]},
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def load_recipe(recipe: Recipe | str | os.PathLike[str] | Mapping[str, Any] | Sequence[Any]) -> Recipe:
+    """A Recipe from a Recipe, a preset name, a file path, or the mapping/list form."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, str) and recipe in PRESETS:
+        return Recipe.from_dict(PRESETS[recipe], source=f"preset {recipe}")
+    if isinstance(recipe, (str, os.PathLike)):
+        path = Path(recipe)
+        if not path.exists() and isinstance(recipe, str) and path.suffix == "":
+            raise RecipeError(f"unknown preset {recipe!r}; presets: {', '.join(preset_names())}")
+        return Recipe.from_file(path)
+    return Recipe.from_dict(recipe)

@@ -1,0 +1,105 @@
+"""The report as a self-contained HTML page with an embedded PNG plot (matplotlib).
+
+The plot has two panels: the metric against file size, and against median latency, one point
+per kept stage, joined in stage order and labelled, with the budget line when there is one.
+Without matplotlib the page is written without the plot and says which extra to install.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+
+from onnx_compress.report.stages import Report
+
+__all__ = ["render_html", "plot_png"]
+
+
+def plot_png(report: Report) -> bytes | None:
+    """The size/latency-vs-metric plot as PNG bytes, or None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    kept = [s for s in report.stages if s.kept and not math.isnan(s.metric_value)]
+    if not kept:
+        return None
+    # stages that handed on the same model (no change) share one point and one label
+    points: list[tuple[str, float, float, float]] = []  # label, size MiB, latency ms, metric
+    for stage in kept:
+        key = (stage.size_bytes / 2**20, stage.latency_median_ms, stage.metric_value)
+        if points and points[-1][1:] == key:
+            points[-1] = (f"{points[-1][0]}, {stage.name}", *key)
+        else:
+            points.append((stage.name, *key))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    panels = [
+        ("size (MiB, log scale)", [p[1] for p in points]),
+        ("median latency (ms)", [p[2] for p in points]),
+    ]
+    for ax, (label, xs) in zip(axes, panels):
+        ys = [p[3] for p in points]
+        ax.plot(xs, ys, "o-", color="#2a6fb0")
+        for x, y, point in zip(xs, ys, points):
+            ax.annotate(point[0], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if label.startswith("size"):
+            ax.set_xscale("log")
+        if report.max_drop is not None:
+            reference = report.original.metric_value
+            higher_is_better = report.metric != "max_abs"
+            limit = reference - report.max_drop if higher_is_better else reference + report.max_drop
+            ax.axhline(limit, color="#c0392b", linestyle="--", linewidth=1, label="budget")
+            ax.legend(loc="best", fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel(report.metric)
+        ax.grid(alpha=0.3)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def render_html(report: Report) -> str:
+    from onnx_compress.report.text import render_text
+
+    png = plot_png(report)
+    image = (
+        f'<img alt="size and latency against {html.escape(report.metric)}" '
+        f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        if png else '<p>(plot unavailable: pip install "onnx-compress[report]")</p>'
+    )
+    stage_rows = []
+    for s in report.stages:
+        stage_rows.append(
+            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+                s.name, s.decision, s.pass_summary, s.reason,
+                ", ".join(f"{t.get('strength', 0):.3g}: drop {t.get('drop', float('nan')):.4g} "
+                          f"({'ok' if t.get('holds') else 'over budget'})" for t in s.trials),
+            )) + "</tr>"
+        )
+    warnings = "".join(f"<p class=warn>WARNING: {html.escape(w)}</p>" for w in report.warnings)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>onnx-compress report: {html.escape(report.model)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} pre{{background:#f6f6f6;padding:1em;overflow:auto}}
+table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:90%}}
+.warn{{color:#c0392b;font-weight:bold}}</style></head><body>
+<h1>onnx-compress report</h1>
+<p>model: <code>{html.escape(report.model)}</code>; recipe: <code>{html.escape(str(report.recipe.get("name", "")))}</code>;
+metric: {html.escape(report.metric)}; budget: {"none" if report.max_drop is None else f"max drop {report.max_drop:g}"}
+({"met" if report.budget_met else "NOT met"})</p>
+{warnings}
+{image}
+<h2>Stages</h2>
+<pre>{html.escape(render_text(report))}</pre>
+<h2>What each pass did</h2>
+<table><tr><th>stage</th><th>decision</th><th>result</th><th>reason</th><th>budget search trials</th></tr>
+{''.join(stage_rows)}</table>
+<h2>Environment</h2>
+<pre>{html.escape(str(report.environment))}</pre>
+</body></html>
+"""

@@ -1,0 +1,49 @@
+"""The report as a terminal table."""
+
+from __future__ import annotations
+
+import math
+
+from onnx_compress.report.stages import Report
+from onnx_compress.table import format_table, human_bytes, human_count
+
+__all__ = ["render_text"]
+
+
+def _num(value: float, fmt: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+
+def render_text(report: Report) -> str:
+    """Stages as rows: decision, size, params, MACs, latency, speedup, metric, drop."""
+    metric = report.metric
+    rows = []
+    for stage in report.stages:
+        kept = stage.kept
+        rows.append([
+            stage.name,
+            stage.decision + (f" ({stage.strength:.2f})" if stage.decision == "reduced" and stage.strength else ""),
+            human_bytes(stage.size_bytes) if kept else "-",
+            human_count(stage.params) if kept else "-",
+            human_count(stage.macs) if kept else "-",
+            _num(stage.latency_median_ms, ".3f") if kept else "-",
+            _num(stage.latency_p90_ms, ".3f") if kept else "-",
+            (_num(stage.speedup, ".2f") + "x") if kept and not math.isnan(stage.speedup) else "-",
+            _num(stage.metric_value, ".4f"),
+            _num(stage.drop, ".4f"),
+        ])
+    table = format_table(
+        ["stage", "decision", "size", "params", "MACs", "median ms", "p90 ms", "speedup", metric, "drop"], rows
+    )
+    budget = "no budget" if report.max_drop is None else f"max drop {report.max_drop:g} ({metric})"
+    lines = [table, "", f"{report.model}: {report.size_ratio:.2f}x smaller, "
+             f"{_num(report.final.speedup, '.2f')}x faster, {metric} drop {_num(report.final.drop, '.4f')} "
+             f"[{budget}: {'met' if report.budget_met else 'NOT met'}]"]
+    for stage in report.stages[1:]:
+        detail = stage.pass_summary or ""
+        if stage.reason:
+            detail = f"{detail}; {stage.reason}" if detail else stage.reason
+        if detail:
+            lines.append(f"  {stage.name}: {detail}")
+    lines += [f"WARNING: {w}" for w in report.warnings]
+    return "\n".join(lines)

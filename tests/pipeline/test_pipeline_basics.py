@@ -1,0 +1,49 @@
+"""The pipeline's plumbing on the seed CNN: data rules, report files, CLI errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from onnx_compress.errors import BudgetError, DataError
+from onnx_compress.pipeline import PipelineSettings, compress
+
+FAST = PipelineSettings(bench_runs=5, bench_batch=2)
+
+
+def test_normalize_only_report_and_save(torch_seed_onnx, digits_files, tmp_path):
+    files = digits_files["NCHW"]
+    outcome = compress(torch_seed_onnx, "normalize-only", calib=files["calib"], val=files["val"],
+                       max_drop=0.5, report_dir=tmp_path / "report", settings=FAST)
+    report = outcome.report
+    assert [s.name for s in report.stages] == ["original", "1. normalize"]
+    assert report.stages[1].decision == "no change" and report.budget_met
+    assert report.metric == "top1" and report.original.metric_value > 90
+    assert report.original.params == report.final.params == 225_034
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["summary"]["budget_met"] is True and data["stages"][0]["decision"] == "original"
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in html
+    out = outcome.save(tmp_path / "out.onnx")
+    assert out.stat().st_size > 0
+
+
+def test_budget_needs_held_out_validation_data(torch_seed_onnx, digits_files):
+    files = digits_files["NCHW"]
+    with pytest.raises(BudgetError, match="validation data"):
+        compress(torch_seed_onnx, "normalize-only", calib=files["calib"], max_drop=0.5, settings=FAST)
+    with pytest.raises(BudgetError, match="held-out"):
+        compress(torch_seed_onnx, "normalize-only", calib=files["calib"], val=files["calib"], max_drop=0.5,
+                 settings=FAST)
+    with pytest.raises(DataError, match="validation data"):
+        compress(torch_seed_onnx, "normalize-only", val=digits_files["NHWC"]["val"], max_drop=0.5, settings=FAST)
+
+
+def test_cli_refuses_bad_recipes_and_outputs_without_writing(cli, torch_seed_onnx, tmp_path, digits_files):
+    (tmp_path / "r.yaml").write_text("passes:\n  - quantise: {}\n")
+    proc = cli("compress", torch_seed_onnx, "-o", tmp_path / "o.onnx", "--recipe", tmp_path / "r.yaml")
+    assert proc.returncode == 2 and "unknown pass 'quantise'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("compress", torch_seed_onnx, "-o", torch_seed_onnx, "--preset", "normalize-only")
+    assert proc.returncode == 2 and "overwrite the input" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]

@@ -1,0 +1,318 @@
+"""The KServe v2 server, driven by Triton's OFFICIAL client (tritonclient.http), not our code.
+
+One server (uvicorn in a background thread, a free port on 127.0.0.1) serves a Triton
+repository written by deploy_triton: the seed CNN as "digits" (max_batch_size 8) and MiniLM
+(int64 inputs, batch and sequence axes dynamic). Outputs are compared with ONNX Runtime run
+in-process with the same session settings.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnx_compress.runtime import Runner, SessionSettings, deploy_triton
+from onnx_compress.runtime.serve import BackgroundServer
+
+httpclient = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+SETTINGS = SessionSettings(provider="auto", intra_op_threads=1, spinning=False)  # the server default
+LIMIT = 1 << 20  # the server's request body limit in these tests (1 MiB)
+
+
+@pytest.fixture(scope="module")
+def repository(torch_seed_onnx, minilm_onnx, tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("triton_repo")
+    deploy_triton(torch_seed_onnx, repo, "digits", max_batch=8)
+    deploy_triton(minilm_onnx, repo, "minilm")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(repository):
+    with BackgroundServer(repository, session=SETTINGS, max_request_bytes=LIMIT, concurrency=4) as running:
+        yield running
+    assert running.port is None  # stopped cleanly: the thread ended
+
+
+@pytest.fixture()
+def client(server):
+    with httpclient.InferenceServerClient(server.url) as connection:
+        yield connection
+
+
+@pytest.fixture(scope="module")
+def references(torch_seed_onnx, minilm_onnx):
+    return {"digits": Runner(torch_seed_onnx, SETTINGS), "minilm": Runner(minilm_onnx, SETTINGS)}
+
+
+def _input(name: str, array: np.ndarray, datatype: str, binary: bool):
+    tensor = httpclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array, binary_data=binary)
+    return tensor
+
+
+def _digits(client, images: np.ndarray, binary: bool = True, **kwargs) -> np.ndarray:
+    outputs = [httpclient.InferRequestedOutput("output", binary_data=binary)]
+    result = client.infer("digits", [_input("input", images, "FP32", binary)], outputs=outputs, **kwargs)
+    return result.as_numpy("output")
+
+
+def test_server_binds_loopback_by_default(server):
+    assert server.settings.host == "127.0.0.1"
+    assert server.url.startswith("127.0.0.1:")
+
+
+def test_health_and_metadata(client):
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("digits") and client.is_model_ready("minilm")
+    assert client.is_model_ready("digits", model_version="1")
+    assert not client.is_model_ready("no-such-model")
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+    digits = client.get_model_metadata("digits")
+    assert digits["name"] == "digits" and digits["versions"] == ["1"] and digits["platform"] == "onnxruntime_onnx"
+    assert digits["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
+    assert digits["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 10]}]
+    minilm = client.get_model_metadata("minilm")
+    assert [(t["name"], t["datatype"], t["shape"]) for t in minilm["inputs"]] == [
+        ("input_ids", "INT64", [-1, -1]), ("attention_mask", "INT64", [-1, -1])]
+    assert minilm["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}]
+    config = client.get_model_config("digits")
+    assert config["max_batch_size"] == 8 and config["platform"] == "onnxruntime_onnx"
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_digits_outputs_equal_onnx_runtime(client, references, digits_nchw, binary):
+    images = digits_nchw.test.take(8).inputs["input"]
+    served = _digits(client, images, binary=binary)
+    expected = references["digits"].run({"input": images})[0]
+    assert served.dtype == np.float32 and served.shape == (8, 10)
+    np.testing.assert_array_equal(served, expected)
+    # all outputs by default: the client then asks for binary outputs (binary_data_output)
+    result = client.infer("digits", [_input("input", images, "FP32", binary)])
+    np.testing.assert_array_equal(result.as_numpy("output"), expected)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_minilm_outputs_equal_onnx_runtime(client, references, minilm_texts, binary):
+    feeds = minilm_texts["val"].take(2).inputs
+    ids, mask = feeds["input_ids"], feeds["attention_mask"]
+    assert ids.dtype == np.int64 and ids.shape == (2, 64)
+    result = client.infer(
+        "minilm",
+        [_input("input_ids", ids, "INT64", binary), _input("attention_mask", mask, "INT64", binary)],
+        outputs=[httpclient.InferRequestedOutput("embedding", binary_data=not binary)],
+    )
+    expected = references["minilm"].run({"input_ids": ids, "attention_mask": mask})[0]
+    np.testing.assert_array_equal(result.as_numpy("embedding"), expected)
+    # a shorter sequence: both symbolic axes are free
+    short = {"input_ids": ids[:1, :16], "attention_mask": mask[:1, :16]}
+    result = client.infer("minilm", [_input(k, v, "INT64", binary) for k, v in short.items()])
+    np.testing.assert_array_equal(result.as_numpy("embedding"), references["minilm"].run(short)[0])
+
+
+def _refused(call, status: str, *fragments: str) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        call()
+    assert info.value.status() == status, info.value.message()
+    for fragment in fragments:
+        assert fragment in info.value.message(), info.value.message()
+
+
+def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(client, references, digits_nchw):
+    images = digits_nchw.test.take(2).inputs["input"]
+    expected = references["digits"].run({"input": images})[0]
+    ids = np.ones((1, 8), dtype=np.int64)
+    cases = [
+        (lambda: client.infer("nope", [_input("input", images, "FP32", True)]), "404", "unknown model 'nope'"),
+        (lambda: client.infer("digits", [_input("input", images, "FP32", True)], model_version="9"),
+         "404", "no version '9'"),
+        (lambda: client.infer("minilm", [_input("input_ids", ids, "INT64", False)]),
+         "400", "missing input 'attention_mask'"),
+        (lambda: client.infer("digits", [_input("input", images[:, 0], "FP32", True)]),
+         "400", "shape [2, 28, 28] (rank 3)", "[-1, 1, 28, 28]"),
+        (lambda: client.infer("digits", [_input("input", images[:, :, :27], "FP32", False)]),
+         "400", "axis 2 must be 28"),
+        (lambda: client.infer("digits", [_input("input", images.astype(np.float64), "FP64", True)]),
+         "400", "datatype FP64", "expects FP32"),
+        (lambda: client.infer("digits", [_input("image", images, "FP32", True)]), "400", "no input 'image'"),
+        (lambda: client.infer("minilm", [_input("input_ids", ids, "INT64", True),
+                                         _input("attention_mask", ids[:, :4], "INT64", True)]),
+         "400", "axis 'sequence' is 8 in input 'input_ids' but 4 in input 'attention_mask'"),
+        (lambda: client.infer("minilm", [_input("input_ids", ids + 10**6, "INT64", True),
+                                         _input("attention_mask", ids, "INT64", True)]),
+         "400", "ONNX Runtime refused the inputs"),
+        (lambda: _digits(client, digits_nchw.test.take(9).inputs["input"]), "400", "at most 8"),
+        (lambda: client.infer("digits", [_input("input", images, "FP32", True)],
+                              outputs=[httpclient.InferRequestedOutput("logits")]), "400", "no output 'logits'"),
+    ]
+    for call, status, *fragments in cases:
+        _refused(call, status, *fragments)
+        np.testing.assert_array_equal(_digits(client, images), expected)  # still serving
+
+
+def _raw(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    host, port = server.url.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_malformed_and_oversized_bodies(server, client, references, digits_nchw):
+    images = digits_nchw.test.take(1).inputs["input"]
+    expected = references["digits"].run({"input": images})[0]
+    for method, path, body, headers, status, fragment in [
+        ("POST", "/v2/models/digits/infer", b"{not json", {}, 400, "malformed JSON"),
+        ("POST", "/v2/models/digits/infer", b'["a list"]', {}, 400, "must be a JSON object"),
+        ("POST", "/v2/models/digits/infer", b'{"inputs": []}', {"Inference-Header-Content-Length": "99"},
+         400, "Inference-Header-Content-Length is 99"),
+        ("POST", "/v2/models/digits/infer", b"x", {"Content-Encoding": "br"}, 415, "not supported"),
+        ("POST", "/v2/models/digits/infer", b"x" * (LIMIT + 1), {}, 413, "limit of 1048576 bytes"),
+        ("GET", "/v2/models/digits/infer", None, {}, 405, "not allowed"),
+        ("GET", "/v2/nothing/here", None, {}, 404, "no such endpoint"),
+    ]:
+        got_status, got_body = _raw(server, method, path, body, headers)
+        assert got_status == status, got_body
+        assert fragment in json.loads(got_body)["error"]
+        np.testing.assert_array_equal(_digits(client, images), expected)  # still serving
+    # a body streamed in chunks, without Content-Length, is cut off at the limit too
+    chunks = (b"x" * 65536 for _ in range(LIMIT // 65536 + 2))
+    host, port = server.url.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.request("POST", "/v2/models/digits/infer", body=chunks, encode_chunked=True)
+    response = connection.getresponse()
+    assert response.status == 413 and "limit" in json.loads(response.read())["error"]
+    connection.close()
+    # and through the official client: 400 images are 1.25 MB of binary data
+    many = np.repeat(digits_nchw.test.take(8).inputs["input"], 50, axis=0)
+    _refused(lambda: _digits(client, many), "413", "larger than this server's limit")
+    np.testing.assert_array_equal(_digits(client, images), expected)
+
+
+def test_gzip_request_bodies(client, references, digits_nchw):
+    images = digits_nchw.test.take(3).inputs["input"]
+    result = client.infer("digits", [_input("input", images, "FP32", True)], request_compression_algorithm="gzip")
+    np.testing.assert_array_equal(result.as_numpy("output"), references["digits"].run({"input": images})[0])
+
+
+def test_load_16_concurrent_clients_x_50_requests(server, references, digits_nchw):
+    images = digits_nchw.test.inputs["input"]
+    expected = references["digits"].run({"input": images})[0]  # per-sample results do not depend on batch
+    answers: dict[tuple[int, int], bool] = {}
+    failures: list[str] = []
+
+    def one_client(k: int) -> None:
+        try:
+            with httpclient.InferenceServerClient(server.url, network_timeout=120) as connection:
+                for j in range(50):
+                    index = (k * 50 + j) % len(images)
+                    request_id = f"{k}-{j}"
+                    outputs = [httpclient.InferRequestedOutput("output", binary_data=j % 3 != 0)]
+                    result = connection.infer("digits", [_input("input", images[index:index + 1], "FP32", j % 2 == 0)],
+                                              outputs=outputs, request_id=request_id)
+                    assert result.get_response()["id"] == request_id
+                    answers[(k, j)] = bool(np.array_equal(result.as_numpy("output")[0], expected[index]))
+        except Exception as exc:  # reported below, with the client that failed
+            failures.append(f"client {k}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=one_client, args=(k,)) for k in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not failures, failures[:3]
+    assert len(answers) == 16 * 50  # none lost
+    assert all(answers.values()), [key for key, ok in answers.items() if not ok][:5]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_cli_with_two_workers(torch_seed_onnx, references, digits_nchw, tmp_path):
+    port = _free_port()
+    script = Path(sys.executable).parent / "onnx-compress"
+    log = tmp_path / "serve.log"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([str(script), "serve", str(torch_seed_onnx), "--port", str(port),
+                                    "--workers", "2", "--threads", "1", "--name", "seed"],
+                                   stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ})
+    try:
+        url = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with httpclient.InferenceServerClient(url) as probe:
+                    if probe.is_server_ready():
+                        break
+            except Exception:
+                pass
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        images = digits_nchw.test.take(4).inputs["input"]
+        with httpclient.InferenceServerClient(url) as client:
+            assert client.get_model_metadata("seed")["inputs"][0]["shape"] == [-1, 1, 28, 28]
+            for _ in range(4):  # spread over the worker processes
+                result = client.infer("seed", [_input("input", images, "FP32", True)])
+                np.testing.assert_array_equal(result.as_numpy("output"), references["digits"].run({"input": images})[0])
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            status = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    text = log.read_text()
+    assert status == 0, text
+    assert "serving seed v1 on http://127.0.0.1" in text and "Traceback" not in text
+
+
+def test_deploy_and_serve_help_explain_every_flag(capsys):
+    from onnx_compress.cli.main import main
+
+    for command, flags in [
+        ("deploy", ["--triton", "--name", "--version", "--max-batch", "--instances", "--gpu",
+                    "--dynamic-batching", "--overwrite", "--json"]),
+        ("serve", ["--host", "--port", "--workers", "--concurrency", "--max-request-mb", "--name",
+                   "--no-access-log", "--provider", "--threads", "127.0.0.1"]),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main([command, "--help"])
+        assert info.value.code == 0
+        text = capsys.readouterr().out
+        for flag in flags:
+            assert flag in text, (command, flag)
+
+
+@pytest.mark.slow
+def test_serve_benchmark_runs_and_writes_its_json(torch_seed_onnx, minilm_onnx, tmp_path):
+    from benchmarks import bench_serve
+
+    out = tmp_path / "serve.json"
+    assert bench_serve.main(["--seed-cnn", str(torch_seed_onnx), "--minilm", str(minilm_onnx), "--clients", "1,2",
+                             "--requests", "6", "--rounds", "1", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    for model in ("seed_cnn", "minilm"):
+        for clients in ("1", "2"):
+            cell = results[model][clients]
+            assert cell["in-process"]["requests"] == 6 and cell["served binary"]["requests"] == 6
+            assert cell["served JSON"]["overhead"] > 0 and cell["served binary"]["p99_ms"] >= cell["served binary"]["p50_ms"]
