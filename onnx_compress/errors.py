@@ -26,6 +26,7 @@ __all__ = [
     "BudgetError",
     "RecipeError",
     "DeployError",
+    "UnsupportedModelError",
     "one_line",
 ]
 
@@ -95,6 +96,11 @@ class RecipeError(SettingError):
 
 class DeployError(OnnxCompressError):
     """A model cannot be deployed as asked (e.g. a static batch axis with Triton batching)."""
+
+
+class UnsupportedModelError(OnnxCompressError):
+    """A model's architecture is outside what an operation handles (the message names the layer
+    and says why), e.g. a branching network given to the narrow-student builder."""
 
 
 def one_line(exc: BaseException, limit: int = 500) -> str:

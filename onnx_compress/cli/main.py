@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "onnx_compress.cli.deploy_cmd",
     "onnx_compress.cli.serve_cmd",
     "onnx_compress.cli.prune_cmd",
+    "onnx_compress.cli.distill_cmd",
 ]
 
 _DESCRIPTION = """\
