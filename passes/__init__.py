@@ -8,10 +8,15 @@ cannot do safely. ``passes/registry.py`` lists the passes recipes can name.
 
 from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
 from onnx_compress.passes.normalize import Normalize, NormalizeResult, NormalizeSettings
+from onnx_compress.passes.lowrank import LayerReport, LowRank, LowRankResult, LowRankSettings
 
 __all__ = [
     "CompressionPass",
     "CompressionResult",
+    "LayerReport",
+    "LowRank",
+    "LowRankResult",
+    "LowRankSettings",
     "Normalize",
     "NormalizeResult",
     "NormalizeSettings",

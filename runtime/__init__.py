@@ -3,6 +3,7 @@
 Nothing here imports torch, tensorflow or the converters.
 """
 
+from onnx_compress.runtime.activations import expose_values, iter_activations
 from onnx_compress.runtime.benchmark import Comparison, Latency, benchmark, compare
 from onnx_compress.runtime.metrics import Score, score
 from onnx_compress.runtime.session import Runner, SessionSettings, cuda_available, resolve_providers
@@ -18,6 +19,8 @@ __all__ = [
     "benchmark",
     "compare",
     "cuda_available",
+    "expose_values",
+    "iter_activations",
     "resolve_providers",
     "score",
     "validate",
