@@ -43,7 +43,7 @@ def _fmt(value: float | None) -> str:
 
 def _lowrank(args: argparse.Namespace) -> int:
     from onnx_compress.errors import SettingError
-    from onnx_compress.model_io import load_model, model_files, save_model
+    from onnx_compress.model_io import check_output_path, load_model, model_files, save_model
     from onnx_compress.passes.lowrank import LowRank
     from onnx_compress.passes.normalize import Normalize
     from onnx_compress.stats import size_on_disk
@@ -63,6 +63,7 @@ def _lowrank(args: argparse.Namespace) -> int:
     lowrank = LowRank(calibration=args.data, **settings)  # settings are checked before any work
 
     protected = model_files(args.model)
+    check_output_path(args.output, protected)  # before the work, not after it
     model = Normalize()(load_model(args.model)).model
     result = lowrank(model)
     save_model(result.model, args.output, protected=protected)
@@ -82,9 +83,9 @@ def _lowrank(args: argparse.Namespace) -> int:
     if factored:
         human += format_table(["factored", "op", "K x N", "rank", "params", "after", "weight err", "output err"],
                               factored) + "\n\n"
-    left = [[layer.node, layer.op_type, layer.reason] for layer in result.left_alone]
-    if left:
-        human += format_table(["left alone", "op", "reason"], left) + "\n\n"
+    if result.left_alone:
+        human += "left alone:\n" + "".join(f"  {layer.node} ({layer.op_type}): {layer.reason}\n"
+                                           for layer in result.left_alone) + "\n"
     human += (f"{result.summary()}\n"
               f"method {result.method}"
               + (f" on {result.calibration_samples} calibration samples" if result.calibration_samples else "")

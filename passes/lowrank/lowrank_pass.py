@@ -143,7 +143,7 @@ class LowRank(CompressionPass):
         criterion, value = settings.criterion
         work = self.copy_model(model)
         graph = work.graph
-        targets, skipped = find_targets(graph, settings)
+        targets, skipped = find_targets(graph, settings, opset=work.opset_imports.get("", 18))
         reports: dict[str, LayerReport] = {item.node: LayerReport.skipped(item) for item in skipped}
 
         moments = {}

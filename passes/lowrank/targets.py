@@ -16,7 +16,8 @@ A node is left alone, with the reason, when its weight is not a constant initial
 ``Normalize`` first), is a graph input (it can be overridden at run time), feeds other nodes too
 (factoring it for one would change or duplicate it for the others), is not floating point, or
 is smaller than ``min_size``; when it is a grouped Conv; when the constant is the left operand of
-a MatMul; or when the node is excluded by name. Only nodes of the main graph are considered.
+a MatMul; when it is a ``transA`` Gemm below opset 11; or when the node is excluded by name.
+Only nodes of the main graph are considered.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def _weight_problem(graph: ir.Graph, value: ir.Value | None) -> str | None:
     return None
 
 
-def _classify(graph: ir.Graph, node: ir.Node) -> tuple[Target | None, str]:
+def _classify(graph: ir.Graph, node: ir.Node, opset: int) -> tuple[Target | None, str]:
     """A Target, or None and the reason the node is left alone."""
     op = node.op_type
     inputs = list(node.inputs)
@@ -131,6 +132,9 @@ def _classify(graph: ir.Graph, node: ir.Node) -> tuple[Target | None, str]:
         problem = _weight_problem(graph, w)
         if problem:
             return None, problem
+        if node.attributes.get_int("transA", 0) and opset < 11:
+            return None, "a transA Gemm is factored into a Gemm without C, which needs opset >= 11 " \
+                         "(run Normalize(min_opset=11) first)"
         shape = w.const_value.shape.numpy()  # type: ignore[union-attr]
         trans_b = node.attributes.get_int("transB", 0)
         k, n = (shape[1], shape[0]) if trans_b else (shape[0], shape[1])
@@ -153,8 +157,11 @@ def _classify(graph: ir.Graph, node: ir.Node) -> tuple[Target | None, str]:
     return None, f"op {op} is not factored"
 
 
-def find_targets(graph: ir.Graph, settings: LowRankSettings) -> tuple[list[Target], list[Skipped]]:
-    """The nodes of ``settings.op_types`` to factor, and those left alone with their reasons."""
+def find_targets(graph: ir.Graph, settings: LowRankSettings, opset: int = 18) -> tuple[list[Target], list[Skipped]]:
+    """The nodes of ``settings.op_types`` to factor, and those left alone with their reasons.
+
+    ``opset`` is the model's default-domain opset (a transA Gemm needs >= 11).
+    """
     targets: list[Target] = []
     skipped: list[Skipped] = []
     excluded = set(settings.exclude)
@@ -167,7 +174,7 @@ def find_targets(graph: ir.Graph, settings: LowRankSettings) -> tuple[list[Targe
         if name in excluded:
             skipped.append(Skipped(name, node.op_type, weight_name, "excluded by the 'exclude' setting"))
             continue
-        target, reason = _classify(graph, node)
+        target, reason = _classify(graph, node, opset)
         if target is None:
             skipped.append(Skipped(name, node.op_type, weight_name, reason))
             continue
