@@ -144,7 +144,7 @@ class LowRank(CompressionPass):
         work = self.copy_model(model)
         graph = work.graph
         targets, skipped = find_targets(graph, settings, opset=work.opset_imports.get("", 18))
-        reports: dict[str, LayerReport] = {item.node: LayerReport.skipped(item) for item in skipped}
+        reports = [LayerReport.skipped(item) for item in skipped]
 
         moments = {}
         if self.calibration is not None and targets:
@@ -170,18 +170,18 @@ class LowRank(CompressionPass):
                 output_error=None if decomposition.output_error is None else float(decomposition.output_error[rank]),
             )
             if not saves(rank, k, n):
-                reports[target.name] = LayerReport(
+                reports.append(LayerReport(
                     factored=False, params_after=k * n,
                     reason=(f"{settings.describe_criterion()} needs rank {rank}; only ranks up to {max_saving} "
                             f"save MACs and bytes for a {k}x{n} weight (r (K+N) < K N)"),
-                    **common)  # type: ignore[arg-type]
+                    **common))  # type: ignore[arg-type]
                 continue
             a, b = decomposition.factors(rank)
             factor_node(graph, target, a, b, scope)
-            reports[target.name] = LayerReport(factored=True, params_after=rank * (k + n), **common)  # type: ignore[arg-type]
+            reports.append(LayerReport(factored=True, params_after=rank * (k + n), **common))  # type: ignore[arg-type]
 
         order = {str(node.name or node.outputs[0].name): i for i, node in enumerate(model.graph)}
-        layers = sorted(reports.values(), key=lambda r: order.get(r.node, len(order)))
+        layers = sorted(reports, key=lambda r: order.get(r.node, len(order)))
         modified = any(layer.factored for layer in layers)
         if modified:
             _check_structure(work)
