@@ -8,13 +8,13 @@ cannot do safely. ``passes/registry.py`` lists the passes recipes can name.
 
 from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
 from onnx_compress.passes.normalize import Normalize, NormalizeResult, NormalizeSettings
-from onnx_compress.passes.lowrank import LayerReport, LowRank, LowRankResult, LowRankSettings
+from onnx_compress.passes.lowrank import LowRank, LowRankLayer, LowRankResult, LowRankSettings
 
 __all__ = [
     "CompressionPass",
     "CompressionResult",
-    "LayerReport",
     "LowRank",
+    "LowRankLayer",
     "LowRankResult",
     "LowRankSettings",
     "Normalize",

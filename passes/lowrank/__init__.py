@@ -37,7 +37,7 @@ Limits
     benchmark the result.
 """
 
-from onnx_compress.passes.lowrank.lowrank_pass import LayerReport, LowRank, LowRankResult
+from onnx_compress.passes.lowrank.lowrank_pass import LowRank, LowRankLayer, LowRankResult
 from onnx_compress.passes.lowrank.settings import DEFAULT_ENERGY, LowRankSettings
 
-__all__ = ["DEFAULT_ENERGY", "LayerReport", "LowRank", "LowRankResult", "LowRankSettings"]
+__all__ = ["DEFAULT_ENERGY", "LowRank", "LowRankLayer", "LowRankResult", "LowRankSettings"]

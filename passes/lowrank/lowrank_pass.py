@@ -20,13 +20,13 @@ from onnx_compress.passes.lowrank.targets import Skipped, find_targets
 from onnx_compress.runtime.session import SessionSettings
 from onnx_compress.stats import count_params
 
-__all__ = ["LowRank", "LowRankResult", "LayerReport"]
+__all__ = ["LowRank", "LowRankResult", "LowRankLayer"]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class LayerReport:
+class LowRankLayer:
     """What happened to one layer.
 
     Attributes:
@@ -63,7 +63,7 @@ class LayerReport:
     output_error: float | None = None
 
     @classmethod
-    def skipped(cls, item: Skipped) -> LayerReport:
+    def skipped(cls, item: Skipped) -> LowRankLayer:
         return cls(node=item.node, op_type=item.op_type, weight=item.weight, shape=None, factored=False,
                    reason=item.reason)
 
@@ -77,23 +77,23 @@ class LowRankResult(CompressionResult):
             ``asvd`` (data-aware).
         criterion: the rank criterion, e.g. ``energy=0.95``.
         calibration_samples: samples of calibration data used (0 without data).
-        layers: one :class:`LayerReport` per MatMul/Gemm/Conv node considered.
+        layers: one :class:`LowRankLayer` per MatMul/Gemm/Conv node considered.
         params_before / params_after: the model's parameter count before and after.
     """
 
     method: str = ""
     criterion: str = ""
     calibration_samples: int = 0
-    layers: list[LayerReport] = dataclasses.field(default_factory=list)
+    layers: list[LowRankLayer] = dataclasses.field(default_factory=list)
     params_before: int = 0
     params_after: int = 0
 
     @property
-    def factored(self) -> list[LayerReport]:
+    def factored(self) -> list[LowRankLayer]:
         return [layer for layer in self.layers if layer.factored]
 
     @property
-    def left_alone(self) -> list[LayerReport]:
+    def left_alone(self) -> list[LowRankLayer]:
         return [layer for layer in self.layers if not layer.factored]
 
     def summary(self) -> str:
@@ -144,7 +144,7 @@ class LowRank(CompressionPass):
         work = self.copy_model(model)
         graph = work.graph
         targets, skipped = find_targets(graph, settings, opset=work.opset_imports.get("", 18))
-        reports = [LayerReport.skipped(item) for item in skipped]
+        reports = [LowRankLayer.skipped(item) for item in skipped]
 
         moments = {}
         if self.calibration is not None and targets:
@@ -170,7 +170,7 @@ class LowRank(CompressionPass):
                 output_error=None if decomposition.output_error is None else float(decomposition.output_error[rank]),
             )
             if not saves(rank, k, n):
-                reports.append(LayerReport(
+                reports.append(LowRankLayer(
                     factored=False, params_after=k * n,
                     reason=(f"{settings.describe_criterion()} needs rank {rank}; only ranks up to {max_saving} "
                             f"save MACs and bytes for a {k}x{n} weight (r (K+N) < K N)"),
@@ -178,7 +178,7 @@ class LowRank(CompressionPass):
                 continue
             a, b = decomposition.factors(rank)
             factor_node(graph, target, a, b, scope)
-            reports.append(LayerReport(factored=True, params_after=rank * (k + n), **common))  # type: ignore[arg-type]
+            reports.append(LowRankLayer(factored=True, params_after=rank * (k + n), **common))  # type: ignore[arg-type]
 
         order = {str(node.name or node.outputs[0].name): i for i, node in enumerate(model.graph)}
         layers = sorted(reports, key=lambda r: order.get(r.node, len(order)))
