@@ -16,10 +16,15 @@ from onnx_compress.passes.prune import (
     PruneUnstructuredResult,
     PruneUnstructuredSettings,
 )
+from onnx_compress.passes.lowrank import LowRank, LowRankLayer, LowRankResult, LowRankSettings
 
 __all__ = [
     "CompressionPass",
     "CompressionResult",
+    "LowRank",
+    "LowRankLayer",
+    "LowRankResult",
+    "LowRankSettings",
     "Normalize",
     "NormalizeResult",
     "NormalizeSettings",

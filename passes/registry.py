@@ -18,6 +18,7 @@ PASS_PATHS: dict[str, str] = {
     "normalize": "onnx_compress.passes.normalize:Normalize",
     "prune_structured": "onnx_compress.passes.prune.structured:PruneStructured",
     "prune_unstructured": "onnx_compress.passes.prune.unstructured:PruneUnstructured",
+    "lowrank": "onnx_compress.passes.lowrank:LowRank",
 }
 
 

@@ -5,7 +5,8 @@ Nothing here imports torch, tensorflow or the converters. The server lives in
 ``serve`` extra), Triton repositories in ``onnx_compress.runtime.deploy``.
 """
 
-from onnx_compress.runtime.benchmark import Comparison, Latency, benchmark, compare
+from onnx_compress.runtime.activations import expose_values, iter_activations
+from onnx_compress.runtime.benchmark import Comparison, Latency, benchmark, compare, compare_many
 from onnx_compress.runtime.deploy import TritonDeployment, deploy_triton
 from onnx_compress.runtime.metrics import Score, score
 from onnx_compress.runtime.session import Runner, SessionSettings, cuda_available, resolve_providers
@@ -21,8 +22,11 @@ __all__ = [
     "TritonDeployment",
     "benchmark",
     "compare",
+    "compare_many",
     "cuda_available",
     "deploy_triton",
+    "expose_values",
+    "iter_activations",
     "resolve_providers",
     "score",
     "validate",

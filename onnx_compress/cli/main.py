@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "onnx_compress.cli.serve_cmd",
     "onnx_compress.cli.prune_cmd",
     "onnx_compress.cli.distill_cmd",
+    "onnx_compress.cli.lowrank_cmd",
 ]
 
 _DESCRIPTION = """\
