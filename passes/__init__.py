@@ -8,6 +8,7 @@ cannot do safely. ``passes/registry.py`` lists the passes recipes can name.
 
 from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
 from onnx_compress.passes.normalize import Normalize, NormalizeResult, NormalizeSettings
+from onnx_compress.passes.quantize import Quantize, QuantizeResult, QuantizeSettings
 
 __all__ = [
     "CompressionPass",
@@ -16,4 +17,7 @@ __all__ = [
     "NormalizeResult",
     "NormalizeSettings",
     "PassSettings",
+    "Quantize",
+    "QuantizeResult",
+    "QuantizeSettings",
 ]

@@ -16,6 +16,7 @@ __all__ = ["PASS_PATHS", "pass_class", "pass_names"]
 #: recipe name -> "module:Class"
 PASS_PATHS: dict[str, str] = {
     "normalize": "onnx_compress.passes.normalize:Normalize",
+    "quantize": "onnx_compress.passes.quantize:Quantize",
 }
 
 

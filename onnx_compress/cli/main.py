@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "onnx_compress.cli.inspect_cmd",
     "onnx_compress.cli.validate_cmd",
     "onnx_compress.cli.bench_cmd",
+    "onnx_compress.cli.quantize_cmd",
 ]
 
 _DESCRIPTION = """\
