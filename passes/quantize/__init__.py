@@ -23,9 +23,9 @@ What it computes
       parity before use), reduce_range from the CPU's VNNI flag (``target.py``), the activation
       type, small layers left float;
     - the speed guard (``guard.py``): the result is benchmarked against the input, interleaved,
-      on this CPU; when it is not faster, auto mode drops the op types whose removal helps most
-      and retries (on the seed CNN, dynamic ConvInteger ran 4-7x slower than float: Conv is
-      dropped); otherwise the result carries a loud warning;
+      in blocks, on this CPU; when every block is slower, auto mode drops the op types whose
+      removal helps most and retries (on the seed CNN, dynamic ConvInteger ran 5-30x slower than
+      float: Conv is dropped); a result that is not measurably faster carries a loud warning;
     - sensitivity analysis (``sensitivity.py``): each node quantized alone, scored on validation
       data with the budget metric; ``exclude="auto"`` keeps the most sensitive nodes float
       until ``max_drop`` holds on all validation data, and the result lists them with their

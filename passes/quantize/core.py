@@ -227,13 +227,15 @@ class _Run:
         path, score = self._budget(path)
         if self._changed_since_guard and speed is not None and self.feeds is not None:
             speed = measure_speed(self.input_path, path, self.feeds, runs=s.benchmark_runs, threads=s.threads,
-                                  label="final")
+                                  threshold=s.min_speedup, label="final")
             self.speed_trials.append({"op_types": list(self.op_types), "excluded": len(self.excluded),
-                                      "speedup": speed.speedup, "label": "final"})
-        if speed is not None and speed.speedup < s.min_speedup:
+                                      "speedup": speed.speedup, "verdict": speed.verdict, "label": "final"})
+        if speed is not None and speed.verdict != "faster":
+            what = "SLOWER than" if speed.verdict == "slower" else "not measurably faster than"
             self.warnings.append(
-                f"the quantized model is NOT faster than its input on this CPU: {speed.speedup:.2f}x "
-                f"(batch {speed.batch}); it is {file_bytes(self.input_path) / file_bytes(path):.2f}x smaller"
+                f"the quantized model is {what} its input on this CPU: {speed.speedup:.2f}x (batch {speed.batch}, "
+                f"blocks {', '.join(f'{r:.2f}' for r in speed.block_speedups)}); it is "
+                f"{file_bytes(self.input_path) / file_bytes(path):.2f}x smaller"
             )
         return self._result(path, speed, score)
 
@@ -345,8 +347,11 @@ class _Run:
         s = self.settings
         op_types = list(self.op_types if op_types is None else op_types)
         excluded = set(self.excluded if exclude is None else exclude)
-        # every candidate of an op type not quantized is excluded explicitly (see backend.QuantConfig)
-        excluded |= {c.name for c in self.candidates.values() if c.op_type not in op_types}
+        if self.mode == "fp16" and s.auto_op_types:
+            op_types = []  # fp16 converts every op ONNX Runtime's converter allows, not only weight ops
+        else:
+            # every candidate of an op type not quantized is excluded explicitly (see backend.QuantConfig)
+            excluded |= {c.name for c in self.candidates.values() if c.op_type not in op_types}
         return QuantConfig(
             mode=self.mode,
             op_types=tuple(op_types),
@@ -365,15 +370,22 @@ class _Run:
             all_candidates=tuple(self.candidates),
         )
 
+    def _fixed_batch(self) -> int | None:
+        """The model's batch size when its first input fixes it, else None."""
+        specs = input_specs(self.model)
+        if specs and specs[0].shape and isinstance(specs[0].shape[0], int) and specs[0].shape[0] > 0:
+            return int(specs[0].shape[0])
+        return None
+
+    def _eval_batch(self) -> int:
+        return self._fixed_batch() or 64
+
     def _reader(self) -> DatasetReader:
         s = self.settings
         assert self.calibration is not None  # static mode is refused without it
-        specs = input_specs(self.model)
-        fixed = specs[0].shape[0] if specs and specs[0].shape and isinstance(specs[0].shape[0], int) \
-            and specs[0].shape[0] > 0 else None
         data = self.calibration.take(s.calibration_samples)
-        return DatasetReader(data, [spec.name for spec in specs], fixed or s.calibration_batch,
-                             progress=self.pass_.progress)
+        return DatasetReader(data, [spec.name for spec in input_specs(self.model)],
+                             self._fixed_batch() or s.calibration_batch, progress=self.pass_.progress)
 
     def _quantize(self, config: QuantConfig, stem: str = "quantized") -> Path:
         dst = self.ws.path(f"{stem}-{self.mode}")
@@ -399,9 +411,11 @@ class _Run:
             self.speed_note = source
             self.warnings.append(source)
             return path, None
-        speed = measure_speed(self.input_path, path, feeds, runs=s.benchmark_runs, threads=s.threads)
-        self.speed_trials.append({"op_types": list(self.op_types), "speedup": speed.speedup, "label": "first"})
-        if speed.speedup >= s.min_speedup or not self._drop_mode():
+        speed = measure_speed(self.input_path, path, feeds, runs=s.benchmark_runs, threads=s.threads,
+                              threshold=s.min_speedup)
+        self.speed_trials.append({"op_types": list(self.op_types), "speedup": speed.speedup,
+                                  "verdict": speed.verdict, "label": "first"})
+        if speed.verdict != "slower" or not self._drop_mode():
             return path, speed
 
         def try_without(kept: list[str]) -> tuple[Path, SpeedCheck] | None:
@@ -409,9 +423,9 @@ class _Run:
                 return None
             candidate = self._quantize(self._config(op_types=kept), stem="guard")
             return candidate, measure_speed(self.input_path, candidate, feeds, runs=s.benchmark_runs,
-                                            threads=s.threads, label="+".join(kept))
+                                            threads=s.threads, threshold=s.min_speedup, label="+".join(kept))
 
-        outcome = drop_slow_op_types(self.op_types, (path, speed), try_without, s.min_speedup)
+        outcome = drop_slow_op_types(self.op_types, (path, speed), try_without)
         self.speed_trials.extend(outcome.trials)
         if outcome.best is None:
             tried = ", ".join(f"{'+'.join(t['op_types'])}: {t['speedup']:.2f}x" for t in outcome.trials)
@@ -427,7 +441,8 @@ class _Run:
                     self._exclude(c.name, "op type dropped", f"{op} made the model slower")
         self.op_types = outcome.kept
         self.choices.append(Choice("op_types", "+".join(self.op_types),
-                                   f"measured on this CPU: {outcome.best[1].speedup:.2f}x faster than the input"))
+                                   f"measured on this CPU: {outcome.best[1].speedup:.2f}x the input's speed "
+                                   f"({outcome.best[1].verdict})"))
         return outcome.best
 
     # ------------------------------------------------------------------ accuracy budget
@@ -435,7 +450,8 @@ class _Run:
         s = self.settings
         if self.validation is None:
             return path, None
-        evaluator = Evaluator(self.input_path, self.validation, s.metric, settings=self.session)
+        evaluator = Evaluator(self.input_path, self.validation, s.metric, batch_size=self._eval_batch(),
+                              settings=self.session)
         measured = evaluator.evaluate(path)
         over = s.max_drop is not None and measured.drop > s.max_drop
         want_ranking = s.analyze_sensitivity or (over and s.auto_exclude)
@@ -475,7 +491,8 @@ class _Run:
         s = self.settings
         assert self.validation is not None
         subset = self.validation.take(s.sensitivity_samples)
-        evaluator = Evaluator(self.input_path, subset, s.metric, settings=self.session)
+        evaluator = Evaluator(self.input_path, subset, s.metric, batch_size=self._eval_batch(),
+                              settings=self.session)
         active = self._active()
         logger.info("sensitivity analysis of %d nodes on %d samples", len(active), len(subset))
 

@@ -1,19 +1,31 @@
 """The speed guard: is the quantized model faster than its input, on this machine?
 
-The input model and a candidate run side by side in ONE interleaved loop (A B B A ...,
-:func:`onnx_compress.runtime.benchmark.compare`) on the same batch, in ONNX Runtime on the CPU;
-``speedup = median(input) / median(candidate)``. The number of runs adapts to the model: as many
-pairs as fit in about ``seconds`` (between 10 and 200) after a short warm-up, unless given.
+Measurement
+    The input model and a candidate run side by side, interleaved (A B B A ...,
+    :func:`onnx_compress.runtime.benchmark.compare`), on the same batch, in ONNX Runtime on the
+    CPU, in ``blocks`` consecutive blocks (default 5). Each block gives a ratio of median
+    latencies; the reported ``speedup`` is the median of the block ratios. The number of runs
+    adapts to the model: as many pairs as fit in about ``seconds`` (at least 3 per block, at most
+    200 in all) after a short warm-up, unless given.
 
-:func:`drop_slow_op_types` is the guard's retry in auto mode: while the model is not faster,
-try the model without each remaining op type, keep the removal that helps most, and stop when
-it is fast enough or nothing helps (greedy backward elimination; ``k`` op types cost at most
+Verdict (relative to ``threshold``, normally 1.0)
+    ``faster`` when the median block ratio reaches the threshold; ``slower`` when EVERY block is
+    below it, by its ratio of medians or by its ratio of fastest runs (with 5 blocks, a sign
+    test at p = 1/32 for each statistic; the fastest run of a block is what a burst of load on a
+    busy machine leaves intact); ``inconclusive`` otherwise: not measurably faster. Only
+    ``slower`` makes the guard drop op types; ``inconclusive`` is reported loudly. On a shared
+    machine a single ratio of medians flips around 1.0 from run to run; the sign test keeps the
+    decisions that change the model for differences larger than the noise.
+
+:func:`drop_slow_op_types` is the guard's retry in auto mode: while the model is slower, try the
+model without each remaining op type, keep the removal that helps most, and stop when it is no
+longer slower or nothing helps (greedy backward elimination; ``k`` op types cost at most
 ``k (k + 1) / 2`` extra quantizations, and models have one to four weight op types).
 
-Limits: latency on a shared machine is noisy (a few percent); the guard reports what it measured
-and never asserts beyond it. The inputs come from the validation data, else the calibration
-data, else random inputs of the model's static shape; a model with symbolic axes other than the
-batch and no data cannot be timed (the result says so).
+Limits: latency is a measurement, not a constant; the guard reports what it measured and never
+asserts beyond it. The inputs come from the validation data, else the calibration data, else
+random inputs of the model's static shape; a model with symbolic axes other than the batch and
+no data cannot be timed (the result says so).
 """
 
 from __future__ import annotations
@@ -54,14 +66,23 @@ def benchmark_feeds(
         return None, f"speed not measured: no data to time the model with ({exc})"
 
 
-def _runs_for(a: Runner, b: Runner, feeds: Mapping[str, np.ndarray], seconds: float) -> int:
+def _runs_for(a: Runner, b: Runner, feeds: Mapping[str, np.ndarray], seconds: float, blocks: int) -> int:
     for runner in (a, b, a, b):  # warm-up, and a first estimate of one pair's cost
         runner.run(feeds)
     start = time.perf_counter()
     a.run(feeds)
     b.run(feeds)
     pair = max(time.perf_counter() - start, 1e-6)
-    return int(min(200, max(10, seconds / pair)))
+    return int(min(200, max(3 * blocks, seconds / pair)))
+
+
+def verdict(block_speedups: Sequence[float], block_min_speedups: Sequence[float], threshold: float) -> str:
+    """``faster``, ``slower`` or ``inconclusive`` (see the module docstring)."""
+    if float(np.median(block_speedups)) >= threshold:
+        return "faster"
+    if all(r < threshold for r in block_speedups) or all(r < threshold for r in block_min_speedups):
+        return "slower"
+    return "inconclusive"
 
 
 def measure_speed(
@@ -72,19 +93,34 @@ def measure_speed(
     runs: int | None = None,
     threads: int | None = None,
     seconds: float = 2.0,
+    blocks: int = 5,
+    threshold: float = 1.0,
     label: str = "result",
 ) -> SpeedCheck:
-    """Interleaved benchmark of the candidate against the input (see the module docstring)."""
+    """Interleaved benchmark of the candidate against the input, in blocks, with a verdict."""
     settings = SessionSettings(provider="cpu", intra_op_threads=threads)
     a = Runner(input_path, settings)
     b = Runner(candidate_path, settings)
-    count = runs if runs is not None else _runs_for(a, b, feeds, seconds)
-    result = compare(a, b, feeds, runs=count, warmup=2)
+    total = runs if runs is not None else _runs_for(a, b, feeds, seconds, blocks)
+    per_block = max(1, total // blocks)
+    results = [compare(a, b, feeds, runs=per_block, warmup=1 if i == 0 else 0) for i in range(blocks)]
+    ratios = [r.speedup for r in results]
+    min_ratios = [r.a.min_ms / r.b.min_ms for r in results]
     batch = int(next(iter(feeds.values())).shape[0])
-    check = SpeedCheck(input_ms=result.a.median_ms, output_ms=result.b.median_ms, speedup=result.speedup,
-                       batch=batch, runs=count, threads=threads, label=label)
-    logger.info("speed guard (%s): %.2fx (%.3f -> %.3f ms, batch %d, %d runs)", label, check.speedup,
-                check.input_ms, check.output_ms, batch, count)
+    check = SpeedCheck(
+        input_ms=float(np.median([r.a.median_ms for r in results])),
+        output_ms=float(np.median([r.b.median_ms for r in results])),
+        speedup=float(np.median(ratios)),
+        batch=batch,
+        runs=per_block * blocks,
+        threads=threads,
+        label=label,
+        block_speedups=[float(r) for r in ratios],
+        verdict=verdict(ratios, min_ratios, threshold),
+    )
+    logger.info("speed guard (%s): %.2fx, %s (blocks %s; %.3f -> %.3f ms, batch %d, %d runs)", label,
+                check.speedup, check.verdict, ", ".join(f"{r:.2f}" for r in ratios), check.input_ms,
+                check.output_ms, batch, check.runs)
     return check
 
 
@@ -102,27 +138,26 @@ def drop_slow_op_types(
     op_types: Sequence[str],
     current: tuple[Path, SpeedCheck],
     try_without: Callable[[list[str]], tuple[Path, SpeedCheck] | None],
-    min_speedup: float,
 ) -> Elimination:
-    """Greedy backward elimination of op types until the model is fast enough.
+    """Greedy backward elimination of op types while the model is measurably slower.
 
     ``try_without(kept)`` quantizes with only ``kept`` op types and measures it (None when that
     leaves nothing to quantize). Returns the last accepted configuration in ``best``, or
-    ``best=None`` when no configuration with at least one op type reached ``min_speedup``
-    while the remaining one still was not faster (the caller then decides).
+    ``best=None`` when even the best configuration tried is still measurably slower (the caller
+    then decides).
     """
     kept = list(op_types)
     dropped: dict[str, str] = {}
     trials: list[dict[str, object]] = []
     best = current
-    while best[1].speedup < min_speedup and len(kept) > 1:
+    while best[1].verdict == "slower" and len(kept) > 1:
         options = []
         for op in kept:
             remaining = [o for o in kept if o != op]
             outcome = try_without(remaining)
             if outcome is None:
                 continue
-            trials.append({"op_types": remaining, "speedup": outcome[1].speedup})
+            trials.append({"op_types": remaining, "speedup": outcome[1].speedup, "verdict": outcome[1].verdict})
             options.append((outcome[1].speedup, op, outcome))
         if not options:
             break
@@ -133,6 +168,6 @@ def drop_slow_op_types(
                        f"without it {speedup:.2f}x")
         kept.remove(op)
         best = outcome
-    if best[1].speedup < min_speedup:
+    if best[1].verdict == "slower":
         return Elimination(kept, dropped, None, trials)
     return Elimination(kept, dropped, best, trials)

@@ -61,7 +61,11 @@ class NodeSensitivity:
 
 @dataclasses.dataclass
 class SpeedCheck:
-    """The guard's interleaved benchmark of the result against the input (median latencies)."""
+    """The guard's interleaved benchmark of the result against the input.
+
+    ``speedup`` = median over blocks of (input median / result median); ``verdict`` is
+    ``faster``, ``slower`` (every block slower) or ``inconclusive`` (see ``guard.py``).
+    """
 
     input_ms: float
     output_ms: float
@@ -70,10 +74,8 @@ class SpeedCheck:
     runs: int
     threads: int | None
     label: str = "result"
-
-    @property
-    def faster(self) -> bool:
-        return self.speedup > 1.0
+    block_speedups: list[float] = dataclasses.field(default_factory=list)
+    verdict: str = "faster"
 
 
 @dataclasses.dataclass
@@ -118,7 +120,8 @@ class QuantizeResult(CompressionResult):
             text += f"; {len(self.excluded)} kept float"
         text += f"; {self.size_ratio:.2f}x smaller"
         if self.speed is not None:
-            text += f", {self.speed.speedup:.2f}x {'faster' if self.speed.speedup >= 1 else 'SLOWER'}"
+            word = {"faster": "faster", "slower": "SLOWER", "inconclusive": "not measurably faster"}
+            text += f", {self.speed.speedup:.2f}x ({word.get(self.speed.verdict, self.speed.verdict)})"
         if self.accuracy is not None:
             text += f", {self.accuracy['metric']} drop {self.accuracy['drop']:.4g}"
         return text
@@ -144,8 +147,10 @@ class QuantizeResult(CompressionResult):
                    f"({self.size_ratio:.2f}x smaller)")
         if self.speed is not None:
             s = self.speed
-            out.append(f"speed: {s.speedup:.2f}x vs the input ({s.input_ms:.3f} -> {s.output_ms:.3f} ms median, "
-                       f"batch {s.batch}, {s.runs} interleaved runs, threads {s.threads or 'auto'})")
+            blocks = ", ".join(f"{r:.2f}" for r in s.block_speedups)
+            out.append(f"speed: {s.speedup:.2f}x vs the input, {s.verdict} ({s.input_ms:.3f} -> {s.output_ms:.3f} ms "
+                       f"median, batch {s.batch}, {s.runs} interleaved runs in blocks of {blocks}x, "
+                       f"threads {s.threads or 'auto'})")
         elif self.speed_note:
             out.append(f"speed: {self.speed_note}")
         if self.accuracy is not None:

@@ -109,11 +109,12 @@ class QuantizeSettings(PassSettings):
             holds or is not set (needs validation data; default False).
 
     Speed guard
-        guard: ``auto`` (default: benchmark the result against the input; when it is not
-            faster, in static/dynamic mode with ``op_types="auto"`` drop the op types whose
-            removal helps most and retry, otherwise warn), ``drop`` (drop and retry in every
-            mode), ``warn`` (only warn) or ``off`` (no benchmark).
-        min_speedup: the result must be at least this much faster (default 1.0).
+        guard: ``auto`` (default: benchmark the result against the input; when it is
+            measurably slower, in static/dynamic mode with ``op_types="auto"`` drop the op types
+            whose removal helps most and retry, otherwise warn; when it is not measurably faster,
+            warn), ``drop`` (drop and retry in every mode), ``warn`` (only warn) or ``off`` (no
+            benchmark). See ``guard.py`` for how "measurably" is decided.
+        min_speedup: the speedup the result must reach (default 1.0: faster than the input).
         benchmark_batch: samples per call in the guard's benchmark (default 8).
         benchmark_runs: interleaved runs per model (default None: as many as fit in about two
             seconds, between 10 and 200).

@@ -19,7 +19,8 @@ def _model(nodes, inputs, outputs, initializers, opset: int = 17) -> ir.Model:
     return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
 
 
-def matmul_chain(width: int = 64, depth: int = 4, fragile: int | None = None, seed: int = 0) -> ir.Model:
+def matmul_chain(width: int = 64, depth: int = 4, fragile: int | None = None, seed: int = 0,
+                 batch: int | str = "batch") -> ir.Model:
     """x[batch, width] -> (MatMul W_i -> Relu) x depth -> y. Node names ``mm0`` ... ``mm{depth-1}``.
 
     With ``fragile=i`` (i >= 1), ``W_i`` gets a first row of large weights (50) that never
@@ -44,8 +45,8 @@ def matmul_chain(width: int = 64, depth: int = 4, fragile: int | None = None, se
             nodes.append(helper.make_node("Relu", [f"h{i}"], [f"r{i}"], name=f"relu{i}"))
             current = f"r{i}"
     nodes.append(helper.make_node("Identity", [f"h{depth - 1}"], ["y"], name="out"))
-    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
-                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])], inits)
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, width])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, width])], inits)
 
 
 def chain_inputs(count: int, width: int = 64, seed: int = 1) -> dict[str, np.ndarray]:

@@ -123,6 +123,17 @@ def test_fp16_keeps_float_io_and_halves_the_weights(qm):
     assert result.model.graph.outputs[0].dtype == ir.DataType.FLOAT
     assert result.weight_bytes_after * 2 == pytest.approx(result.weight_bytes_before, rel=0.01)
     assert result.accuracy["drop"] < 1e-4
+    # the whole chain runs in float16: one Cast in, one Cast out (keep_io_types)
+    assert len(_nodes(result.model, "Cast")) == 2
+
+
+def test_a_model_with_a_fixed_batch_is_calibrated_validated_and_timed_at_that_batch(qm):
+    model = qm.matmul_chain(batch=1)
+    data = qm.chain_inputs(24)
+    result = Quantize(mode="static", calibration=data, validation=data, metric="cosine",
+                      calibration_batch=8, benchmark_batch=8, guard="warn")(model)
+    assert result.modified and result.speed is not None and result.speed.batch == 1
+    assert result.accuracy["drop"] < 0.01
 
 
 # --------------------------------------------------------------------------- settings and CPU
@@ -175,3 +186,13 @@ def test_cpu_flags_decide_reduce_range(tmp_path, qm):
     result = pass_(qm.matmul_chain(width=128))
     choice = next(c for c in result.choices if c.setting == "reduce_range")
     assert choice.value is True and "avx2" in choice.reason
+
+
+def test_speed_verdict_needs_every_block_to_call_a_model_slower():
+    from onnx_compress.passes.quantize.guard import verdict
+
+    assert verdict([1.1, 0.9, 1.05, 1.2, 1.0], [1.0] * 5, 1.0) == "faster"
+    assert verdict([0.9, 0.95, 0.99, 0.97, 0.92], [1.1, 0.9, 1.0, 0.95, 0.9], 1.0) == "slower"
+    # a burst of load lifts one block's median; the fastest runs still show the model is slower
+    assert verdict([0.07, 0.44, 0.54, 0.02, 0.03], [0.03, 0.04, 0.03, 0.02, 0.03], 0.5) == "slower"
+    assert verdict([0.97, 1.02, 0.95, 0.99, 1.01], [1.0, 1.03, 0.98, 0.99, 1.02], 1.0) == "inconclusive"
