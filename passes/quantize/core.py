@@ -481,7 +481,7 @@ class _Run:
             self._exclude(name, "sensitivity", f"quantized alone: {evaluator.metric_name} drop {node.drop:.4g}, "
                           f"output error {node.output_error:.3g}", sensitivity=node.drop)
         self.choices.append(Choice(
-            "exclude", f"{len(outcome.excluded)} most sensitive kept float",
+            "exclude", f"{len(outcome.excluded)} kept float (most accuracy recovered per weight)",
             f"all quantized: drop {measured.drop:.4g} > max_drop {s.max_drop:.4g}; with them float: "
             f"{outcome.score.drop:.4g}"))  # type: ignore[union-attr]
         self._changed_since_guard = True

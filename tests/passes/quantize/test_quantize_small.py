@@ -113,6 +113,15 @@ def test_choose_exclusions_grows_the_prefix_until_the_measured_drop_holds():
     assert not never.met and len(never.excluded) == 4  # never all five: that is no quantization
 
 
+def test_exclusion_prefers_nodes_that_recover_most_accuracy_per_weight():
+    from onnx_compress.passes.quantize.sensitivity import exclusion_order
+
+    big = NodeSensitivity("ff2", "MatMul", 0.0012, 0.0012, 589824)
+    small = NodeSensitivity("v", "MatMul", 0.0004, 0.0004, 147456)
+    tiny = NodeSensitivity("tiny", "MatMul", 0.0, 0.0001, 4096)
+    assert [n.name for n in exclusion_order([big, tiny, small])] == ["v", "ff2", "tiny"]
+
+
 # --------------------------------------------------------------------------- fp16
 def test_fp16_keeps_float_io_and_halves_the_weights(qm):
     model = qm.matmul_chain(width=128, depth=3)
