@@ -11,8 +11,9 @@ Run:  python -m benchmarks quantize [--only cnn|minilm] [--threads 2] [--max-dro
     static is calibrated on 64 sentences; ours gets 200 validation sentences (disjoint from the
     test sentences) and ``--max-drop`` on the mean cosine.
 
-Every latency ratio comes from one interleaved run of fp32 against that model
-(``onnx_compress.runtime.compare``), ONNX Runtime on the CPU with ``--threads`` intra-op threads.
+Every latency ratio comes from interleaved runs of fp32 against that model
+(``onnx_compress.runtime.compare``) in 5 consecutive blocks, the median of the block ratios,
+ONNX Runtime on the CPU with ``--threads`` intra-op threads.
 Writes ``artifacts/benchmarks/quantize.json``.
 """
 
@@ -74,10 +75,11 @@ def _ours(src: Path, dst: Path, **kwargs: Any) -> tuple[float, Any]:
 
 
 def _speed(fp32: Path, candidate: Path, feeds, threads: int, runs: int) -> float:
-    from onnx_compress.runtime import SessionSettings, compare
+    """fp32 vs candidate, interleaved, in 5 blocks: the median of the block ratios of medians
+    (the speed guard's measurement; robust to bursts of load on a shared machine)."""
+    from onnx_compress.passes.quantize.guard import measure_speed
 
-    settings = SessionSettings(provider="cpu", intra_op_threads=threads)
-    return compare(fp32, candidate, feeds, runs=runs, warmup=5, settings=settings).speedup
+    return measure_speed(fp32, candidate, feeds, runs=runs, threads=threads, label=candidate.name).speedup
 
 
 def bench_cnn(args: argparse.Namespace, folder: Path) -> dict[str, Any]:

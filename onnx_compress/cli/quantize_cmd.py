@@ -129,7 +129,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--guard", choices=["auto", "drop", "warn", "off"], default="auto",
                         help="speed guard: auto drops op types that make an int8 model slower and warns "
                              "otherwise (default); drop always drops; warn only warns; off skips the benchmark")
-    parser.add_argument("--batch", type=int, default=8, help="batch size of the speed guard's benchmark (default 8)")
+    parser.add_argument("--batch", type=int, default=8, metavar="N",
+                        help="batch size of the speed guard's benchmark (default 8)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="ONNX Runtime intra-op threads for the benchmark and validation (default: ORT's choice)")
     add_json_flag(parser)

@@ -24,7 +24,7 @@ What it computes
       type, small layers left float;
     - the speed guard (``guard.py``): the result is benchmarked against the input, interleaved,
       in blocks, on this CPU; when every block is slower, auto mode drops the op types whose
-      removal helps most and retries (on the seed CNN, dynamic ConvInteger ran 5-30x slower than
+      removal helps most and retries (on the seed CNN, dynamic ConvInteger ran 4-30x slower than
       float: Conv is dropped); a result that is not measurably faster carries a loud warning;
     - sensitivity analysis (``sensitivity.py``): each node quantized alone, scored on validation
       data with the budget metric; ``exclude="auto"`` keeps the most sensitive nodes float

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnx_compress.data import input_specs
+from onnx_compress.data import Dataset, input_specs
 from onnx_compress.errors import BudgetError, SettingError
 from onnx_compress.model_io import weights_nbytes
 from onnx_compress.passes.base import CompressionPass
@@ -114,6 +114,12 @@ def _name_nodes(model: ir.Model) -> int:
     return renamed
 
 
+def _same_data(a: Dataset, b: Dataset) -> bool:
+    if len(a) != len(b) or a.names != b.names:
+        return False
+    return all(np.array_equal(a.inputs[name], b.inputs[name]) for name in a.names)
+
+
 def _load_proto(path: Path) -> onnx.ModelProto:
     return onnx.load(str(path), load_external_data=False)
 
@@ -137,6 +143,7 @@ class _Run:
         self.feeds: dict[str, np.ndarray] | None = None
         self._changed_since_guard = False
         self.speed_note = ""
+        self.mode: str = self.settings.mode
 
     # ------------------------------------------------------------------ entry
     def execute(self) -> QuantizeResult:
@@ -149,7 +156,7 @@ class _Run:
             return QuantizeResult(
                 model=self.pass_.copy_model(self.model),
                 modified=False,
-                mode=getattr(self, "mode", self.settings.mode),
+                mode=self.mode,
                 nothing_to_do=nothing.reason,
                 choices=self.choices,
                 warnings=self.warnings,
@@ -247,6 +254,10 @@ class _Run:
         if self.validation is not None:
             self.validation.check_against(specs, what="validation data")
             resolve_metric(s.metric, self.validation.labels is not None)  # top1 without labels -> DataError
+        if s.max_drop is not None and self.validation is not None and self.calibration is not None \
+                and _same_data(self.calibration, self.validation):
+            raise BudgetError("the validation data is the calibration data; a budget must be checked on "
+                              "held-out data (pass a different validation=... / --val)")
         if s.max_drop is not None and self.validation is None:
             raise BudgetError("max_drop needs held-out validation data: pass validation=... (CLI: --val val.npz)")
         if s.analyze_sensitivity and self.validation is None:

@@ -12,7 +12,9 @@ Verdict (relative to ``threshold``, normally 1.0)
     ``faster`` when the median block ratio reaches the threshold; ``slower`` when EVERY block is
     below it, by its ratio of medians or by its ratio of fastest runs (with 5 blocks, a sign
     test at p = 1/32 for each statistic; the fastest run of a block is what a burst of load on a
-    busy machine leaves intact); ``inconclusive`` otherwise: not measurably faster. Only
+    busy machine leaves intact), and the median is more than 3 % below it (a consistent 1 %
+    difference is real but not worth giving up 4x in size); ``inconclusive`` otherwise: not
+    measurably faster. Only
     ``slower`` makes the guard drop op types; ``inconclusive`` is reported loudly. On a shared
     machine a single ratio of medians flips around 1.0 from run to run; the sign test keeps the
     decisions that change the model for differences larger than the noise.
@@ -76,11 +78,17 @@ def _runs_for(a: Runner, b: Runner, feeds: Mapping[str, np.ndarray], seconds: fl
     return int(min(200, max(3 * blocks, seconds / pair)))
 
 
+#: a candidate within this fraction of the threshold is never called "slower" (practical significance)
+SLOWER_MARGIN = 0.03
+
+
 def verdict(block_speedups: Sequence[float], block_min_speedups: Sequence[float], threshold: float) -> str:
     """``faster``, ``slower`` or ``inconclusive`` (see the module docstring)."""
-    if float(np.median(block_speedups)) >= threshold:
+    median = float(np.median(block_speedups))
+    if median >= threshold:
         return "faster"
-    if all(r < threshold for r in block_speedups) or all(r < threshold for r in block_min_speedups):
+    consistent = all(r < threshold for r in block_speedups) or all(r < threshold for r in block_min_speedups)
+    if consistent and median < threshold * (1.0 - SLOWER_MARGIN):
         return "slower"
     return "inconclusive"
 

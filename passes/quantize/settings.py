@@ -86,9 +86,11 @@ class QuantizeSettings(PassSettings):
     How (4-bit)
         block_size: weights per quantization block along the reduction axis (default 32, a
             power of two >= 16): 4 bits per weight plus one float32 scale and a 4-bit zero
-            point per block, i.e. 5.1 bits per weight at 32, 4.3 at 128.
-        symmetric: symmetric 4-bit blocks (no zero point; default False, asymmetric is more
-            accurate for the same size within 3 %).
+            point per block, i.e. 5.1 bits per weight at 32 (6.2x smaller than float32), 4.3 at
+            128 (7.4x).
+        symmetric: symmetric 4-bit blocks, without zero points (default False: asymmetric blocks
+            were more accurate on all-MiniLM-L6-v2, embedding cosine 0.974 vs 0.967 at block 32,
+            for 6.2x instead of 6.4x smaller weights).
 
     Preparation
         preprocess: ``ort`` (ONNX Runtime's quantization pre-processing: symbolic shape

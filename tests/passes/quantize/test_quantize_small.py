@@ -163,9 +163,12 @@ def test_settings_are_validated_with_the_field_named():
     assert Quantize(metric=lambda outputs, labels: 1.0).settings.as_dict()["metric"] == "<lambda>"
 
 
-def test_a_budget_without_validation_data_is_refused(qm):
+def test_a_budget_without_held_out_validation_data_is_refused(qm):
     with pytest.raises(BudgetError, match="validation"):
         Quantize(mode="dynamic", max_drop=0.01)(qm.matmul_chain())
+    data = qm.chain_inputs(16)
+    with pytest.raises(BudgetError, match="held-out"):
+        Quantize(mode="dynamic", max_drop=0.01, calibration=data, validation=data)(qm.matmul_chain())
 
 
 def test_op_types_the_mode_cannot_quantize_are_refused(qm):
@@ -205,3 +208,5 @@ def test_speed_verdict_needs_every_block_to_call_a_model_slower():
     # a burst of load lifts one block's median; the fastest runs still show the model is slower
     assert verdict([0.07, 0.44, 0.54, 0.02, 0.03], [0.03, 0.04, 0.03, 0.02, 0.03], 0.5) == "slower"
     assert verdict([0.97, 1.02, 0.95, 0.99, 1.01], [1.0, 1.03, 0.98, 0.99, 1.02], 1.0) == "inconclusive"
+    # consistently 1 % slower: real, but within the 3 % margin -> reported, not acted on
+    assert verdict([0.99, 0.985, 0.99, 0.995, 0.99], [0.99] * 5, 1.0) == "inconclusive"
