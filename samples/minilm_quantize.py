@@ -64,12 +64,14 @@ def main() -> None:
     fp32_size, int8_size = size_on_disk(fp32_path), size_on_disk(int8_path)
 
     ops = ", ".join(f"{op} x{n}" for op, n in sorted(result.quantized_op_types.items()))
-    kept = [f"{n.name} ({n.reason}{f', {n.sensitivity:.2g}' if n.sensitivity is not None else ''})"
-            for n in result.excluded]
+    reasons: dict[str, int] = {}
+    for node in result.excluded:
+        reasons[node.reason] = reasons.get(node.reason, 0) + 1
+    kept = ", ".join(f"{n} {reason}" for reason, n in reasons.items()) or "none"
     print(f"all-MiniLM-L6-v2, {len(test)} held-out test sentences, quantized in {seconds:.0f} s")
     print(format_table(["what", "value"], [
         ["mode", f"{result.mode} int8 per-channel ({ops})"],
-        ["kept float", f"{len(kept)}: " + "; ".join(kept) if kept else "none"],
+        ["kept float (listed below)", kept],
         ["embedding cosine vs fp32 (mean / min)", f"{cos.mean():.4f} / {cos.min():.4f}"],
         ["validation cosine drop (budget)", f"{result.accuracy['drop']:.4f} ({args.max_drop})"],
         ["size fp32 -> int8", f"{human_bytes(fp32_size)} -> {human_bytes(int8_size)} "
@@ -77,6 +79,9 @@ def main() -> None:
         [f"latency fp32 / int8 (median ms, batch {args.batch}, seq {args.sequence}, {args.threads} threads)",
          f"{speed.a.median_ms:.2f} / {speed.b.median_ms:.2f} ({speed.speedup:.2f}x faster)"],
     ]))
+    for node in result.excluded:
+        cost = f", sensitivity {node.sensitivity:.2g}" if node.sensitivity is not None else ""
+        print(f"kept float: {node.name} ({node.op_type}, {node.reason}{cost}, {human_bytes(node.float_bytes_kept)})")
     for line in result.lines():
         if line.startswith(("auto ", "WARNING")):
             print(line)
