@@ -203,10 +203,6 @@ class DatasetReader(CalibrationDataReader):
             self._bar.update(1)
         return feeds
 
-    def rewind(self) -> None:
-        self._index = 0
-        self._bar = None
-
 
 # --------------------------------------------------------------------------- pre-processing
 def preprocess_ort(src: Path, dst: Path) -> None:
