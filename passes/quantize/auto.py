@@ -19,8 +19,8 @@ The rules, and the measurements behind them (ONNX Runtime 1.32, x86-64 with AVX-
 - reduce_range: only on x86-64 without VNNI (``target.py``).
 - activation type (static): uint8 on x86-64 (U8S8, the fastest int8 kernels there: 1.14x vs
   1.05x for S8S8 on the seed CNN at batch 1), int8 elsewhere.
-- small layers: in dynamic and 4-bit mode, nodes with fewer than 4096 weights stay float; in
-  static mode none (keeping a small layer float inside an int8 chain adds a dequantize/quantize
+- small layers: in dynamic and 4-bit mode, nodes with fewer than 4096 weights stay float (each
+  saves under 13 KiB); in static mode none (keeping a small layer float inside an int8 chain adds a dequantize/quantize
   pair and forced ONNX Runtime into a slow uint8 NCHW MaxPool: the seed CNN with conv1 (288
   weights) float ran 0.6x instead of 1.2x).
 """
@@ -99,11 +99,16 @@ def choose_activation_type(settings: QuantizeSettings, mode: str, cpu: CpuFeatur
 def choose_min_weight_elements(settings: QuantizeSettings, mode: str) -> tuple[int, Choice | None]:
     if settings.min_weight_elements is not None:
         return settings.min_weight_elements, None
-    if mode in ("dynamic", "weight_only"):
+    if mode == "dynamic":
         return SMALL_LAYER_WEIGHTS, Choice(
             "min_weight_elements", SMALL_LAYER_WEIGHTS,
-            f"{mode}: each quantized node quantizes its own input at run time; below {SMALL_LAYER_WEIGHTS} "
+            f"dynamic: each quantized node quantizes its own input at run time; below {SMALL_LAYER_WEIGHTS} "
             "weights (16 KiB) that costs more than it saves")
+    if mode == "weight_only":
+        return SMALL_LAYER_WEIGHTS, Choice(
+            "min_weight_elements", SMALL_LAYER_WEIGHTS,
+            f"weight_only: below {SMALL_LAYER_WEIGHTS} weights (16 KiB) a 4-bit layer saves under 13 KiB "
+            "and runs a dequantizing kernel instead of a plain MatMul")
     if mode == "static":
         return 0, Choice("min_weight_elements", 0,
                          "static: a float layer inside an int8 chain adds a dequantize/quantize pair, "

@@ -468,6 +468,8 @@ class _Run:
         want_ranking = s.analyze_sensitivity or (over and s.auto_exclude)
         if want_ranking:
             self.ranking = self._rank()
+        if s.max_drop is None:
+            self._sanity_warning(measured, evaluator.metric_name)
         if not over:
             return path, measured
         if not s.auto_exclude:
@@ -497,6 +499,16 @@ class _Run:
             f"{outcome.score.drop:.4g}"))  # type: ignore[union-attr]
         self._changed_since_guard = True
         return outcome.path, outcome.score  # type: ignore[return-value]
+
+    def _sanity_warning(self, measured: Score, metric: str) -> None:
+        """Without a budget, still say so when the outputs are far from the input model's."""
+        limits = {"cosine": 0.05, "top1": 5.0}  # 1 - mean cosine; accuracy points
+        limit = limits.get(metric)
+        if limit is not None and measured.drop > limit:
+            self.warnings.append(
+                f"large accuracy loss on the validation data: {metric} drop {measured.drop:.4g} (no max_drop set; "
+                "with max_drop, exclude='auto' keeps the most sensitive nodes float)"
+            )
 
     def _rank(self) -> list[NodeSensitivity]:
         s = self.settings

@@ -76,7 +76,8 @@ def test_exclude_auto_keeps_the_fragile_node_float_until_the_budget_holds(qm):
     model = qm.matmul_chain(fragile=2)
     val = qm.chain_inputs(64)
     full = Quantize(mode="dynamic", validation=val, metric="cosine", guard="off", exclude=())(model)
-    assert full.accuracy["drop"] > 0.01  # quantizing mm2 breaks the model
+    assert full.accuracy["drop"] > 0.05  # quantizing mm2 breaks the model, and without a budget it says so
+    assert any("large accuracy loss" in warning for warning in full.warnings)
     result = Quantize(mode="dynamic", validation=val, metric="cosine", max_drop=0.002, guard="off")(model)
     assert result.modified
     excluded = {node.name: node for node in result.excluded}
