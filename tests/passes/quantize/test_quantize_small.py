@@ -211,3 +211,22 @@ def test_speed_verdict_needs_every_block_to_call_a_model_slower():
     assert verdict([0.97, 1.02, 0.95, 0.99, 1.01], [1.0, 1.03, 0.98, 0.99, 1.02], 1.0) == "inconclusive"
     # consistently 1 % slower: real, but within the 3 % margin -> reported, not acted on
     assert verdict([0.99, 0.985, 0.99, 0.995, 0.99], [0.99] * 5, 1.0) == "inconclusive"
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "weight_only", "fp16"])
+def test_models_over_the_external_data_threshold_go_through_ort_with_external_data(qm, monkeypatch, mode):
+    # the threshold lowered to 1 KB exercises the >2 GB path (ONNX Runtime's use_external_data_format)
+    import onnx_compress.model_io as model_io
+    import onnx_compress.passes.quantize.backend as backend
+
+    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD_BYTES", 1024)
+    monkeypatch.setattr(backend, "EXTERNAL_DATA_THRESHOLD_BYTES", 1024)
+    model = qm.matmul_chain(width=128, depth=2)
+    data = qm.chain_inputs(16, width=128)
+    result = Quantize(mode=mode, calibration=data, guard="off")(model)
+    assert result.modified, result.nothing_to_do
+    assert any(choice.setting == "external data" for choice in result.choices)
+    # every weight is in memory: the workspace is gone and the model still runs
+    expected = _run(model, data)
+    got = _run(result.model, data)
+    assert cosine_per_sample(expected, got).mean() > 0.98
