@@ -440,8 +440,10 @@ class _Run:
         self.speed_trials.extend(outcome.trials)
         if outcome.best is None:
             tried = ", ".join(f"{'+'.join(t['op_types'])}: {t['speedup']:.2f}x" for t in outcome.trials)
+            label = {"static": "static int8", "dynamic": "dynamic int8", "weight_only": "4-bit weight-only",
+                     "fp16": "fp16"}[self.mode]
             raise _Nothing(
-                f"{self.mode} int8 made the model slower on this CPU ({speed.speedup:.2f}x with "
+                f"{label} made the model slower on this CPU ({speed.speedup:.2f}x with "
                 f"{'+'.join(self.op_types)}{'; ' + tried if tried else ''}); the input is returned unchanged "
                 "(guard='warn' keeps the smaller, slower model)"
             )
