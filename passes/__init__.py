@@ -17,6 +17,7 @@ from onnx_compress.passes.prune import (
     PruneUnstructuredSettings,
 )
 from onnx_compress.passes.lowrank import LowRank, LowRankLayer, LowRankResult, LowRankSettings
+from onnx_compress.passes.quantize import Quantize, QuantizeResult, QuantizeSettings
 
 __all__ = [
     "CompressionPass",
@@ -35,4 +36,7 @@ __all__ = [
     "PruneUnstructured",
     "PruneUnstructuredResult",
     "PruneUnstructuredSettings",
+    "Quantize",
+    "QuantizeResult",
+    "QuantizeSettings",
 ]

@@ -19,6 +19,7 @@ PASS_PATHS: dict[str, str] = {
     "prune_structured": "onnx_compress.passes.prune.structured:PruneStructured",
     "prune_unstructured": "onnx_compress.passes.prune.unstructured:PruneUnstructured",
     "lowrank": "onnx_compress.passes.lowrank:LowRank",
+    "quantize": "onnx_compress.passes.quantize:Quantize",
 }
 
 

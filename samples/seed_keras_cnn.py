@@ -5,7 +5,8 @@ Run:  python samples/seed_keras_cnn.py [--out artifacts/keras] [--epochs 10]
 It trains the seed ``Sequential`` model on scikit-learn's digits (upscaled to 28x28, NHWC),
 saves it as ``seed_cnn.keras``, exports that file with ``onnx_compress.export_keras`` (loaded
 with safe_mode, parity-checked in ONNX Runtime), verifies that ONNX Runtime's test accuracy
-equals Keras's, benchmarks the model and prints a table. The data splits are written as
+equals Keras's, benchmarks the model, quantizes it statically and dynamically (``seed_quantize.py``)
+and prints a table. The data splits are written as
 ``.npz`` files next to the model.
 """
 
@@ -26,6 +27,7 @@ import onnx_compress as oc  # noqa: E402
 from onnx_compress.data import Dataset  # noqa: E402
 from onnx_compress.runtime import Runner, SessionSettings, benchmark  # noqa: E402
 from onnx_compress.table import format_table, human_bytes, human_count  # noqa: E402
+from seed_quantize import quantize_rows  # noqa: E402
 
 
 def build_model() -> keras.Sequential:
@@ -111,6 +113,7 @@ def main() -> None:
             ["file size", human_bytes(stats.size_bytes)],
             ["ORT latency batch 1 (median / p90 ms)", f"{latency.median_ms:.3f} / {latency.p90_ms:.3f}"],
             ["ORT latency batch 32 (median / p90 ms)", f"{latency32.median_ms:.3f} / {latency32.p90_ms:.3f}"],
+            *quantize_rows(onnx_path, splits),
         ],
     ))
     print(f"wrote {keras_path}, {onnx_path} and {args.out}/{{train,calib,val,test}}.npz")

@@ -4,8 +4,9 @@ Run:  python samples/seed_torch_cnn.py [--out artifacts/torch] [--epochs 12]
 
 It trains ``SimpleModel`` on scikit-learn's digits (upscaled to 28x28; see
 ``onnx_compress.datasets``), exports it with ``onnx_compress.export_torch`` (parity-checked in
-ONNX Runtime), verifies that ONNX Runtime's test accuracy equals PyTorch's, benchmarks the model
-and prints a table. It also writes the data splits as ``.npz`` files next to the model so that
+ONNX Runtime), verifies that ONNX Runtime's test accuracy equals PyTorch's, benchmarks the model,
+quantizes it statically and dynamically (``seed_quantize.py``: ``seed_cnn_static.onnx``,
+``seed_cnn_dynamic.onnx``) and prints a table. It also writes the data splits as ``.npz`` files next to the model so that
 the CLI can be tried on them (``onnx-compress validate ... --data artifacts/torch/test.npz``).
 
 ``SimpleModel`` is also a valid ``FILE.py:NAME`` for the CLI:
@@ -28,6 +29,7 @@ import onnx_compress as oc
 from onnx_compress.data import Dataset
 from onnx_compress.runtime import Runner, SessionSettings, benchmark
 from onnx_compress.table import format_table, human_bytes, human_count
+from seed_quantize import quantize_rows
 
 
 class SimpleModel(nn.Module):
@@ -135,6 +137,7 @@ def main() -> None:
             ["file size", human_bytes(stats.size_bytes)],
             ["ORT latency batch 1 (median / p90 ms)", f"{latency.median_ms:.3f} / {latency.p90_ms:.3f}"],
             ["ORT latency batch 32 (median / p90 ms)", f"{latency32.median_ms:.3f} / {latency32.p90_ms:.3f}"],
+            *quantize_rows(onnx_path, splits),
         ],
     ))
     print(f"wrote {onnx_path} and {args.out}/{{train,calib,val,test}}.npz")

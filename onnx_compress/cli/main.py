@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "onnx_compress.cli.prune_cmd",
     "onnx_compress.cli.distill_cmd",
     "onnx_compress.cli.lowrank_cmd",
+    "onnx_compress.cli.quantize_cmd",
 ]
 
 _DESCRIPTION = """\

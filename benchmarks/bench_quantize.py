@@ -1,0 +1,213 @@
+"""Quantization: onnx-compress's Quantize vs ONNX Runtime's quantize_dynamic / quantize_static with
+their DEFAULT settings, on (a) the seed CNN trained on digits and (b) all-MiniLM-L6-v2.
+
+Run:  python -m benchmarks quantize [--only cnn|minilm] [--threads 2] [--max-drop 0.004]
+
+(a) seed CNN (PyTorch sample, trained here): top-1 on the digits test split, size, latency ratio
+    vs fp32 at batch 1, 8 and 32. ONNX Runtime static is calibrated on the calibration split; ours
+    also gets the validation split and a budget of 0.5 top-1 points.
+(b) all-MiniLM-L6-v2 (pretrained, offline): embedding cosine against fp32 (mean and min) on 200
+    held-out real sentences, size, latency ratio vs fp32 at batch 8, sequence 64. ONNX Runtime
+    static is calibrated on 64 sentences; ours gets 200 validation sentences (disjoint from the
+    test sentences) and ``--max-drop`` on the mean cosine.
+
+Every latency ratio comes from interleaved runs of fp32 against that model
+(``onnx_compress.runtime.compare``) in 5 consecutive blocks, the median of the block ratios,
+ONNX Runtime on the CPU with ``--threads`` intra-op threads.
+Writes ``artifacts/benchmarks/quantize.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "samples"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _ort_reader(data, input_names: list[str], batch: int):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{n: feeds[n] for n in input_names} for feeds in data.batches(batch)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    return Reader()
+
+
+def _ort_default(kind: str, src: Path, dst: Path, calib=None, batch: int = 8) -> float:
+    from onnxruntime.quantization import quantize_dynamic, quantize_static
+
+    from onnx_compress.passes.quantize.backend import quiet_ort
+
+    start = time.perf_counter()
+    with quiet_ort():  # ONNX Runtime's advice to pre-process is the point of the comparison
+        if kind == "dynamic":
+            quantize_dynamic(str(src), str(dst))
+        else:
+            quantize_static(str(src), str(dst), _ort_reader(calib, list(calib.inputs), batch))
+    return time.perf_counter() - start
+
+
+def _ours(src: Path, dst: Path, **kwargs: Any) -> tuple[float, Any]:
+    from onnx_compress.model_io import load_model, save_model
+    from onnx_compress.passes import Normalize, Quantize
+
+    start = time.perf_counter()
+    result = Quantize(**kwargs)(Normalize()(load_model(src)).model)
+    seconds = time.perf_counter() - start
+    if result.modified:
+        save_model(result.model, dst)
+    return seconds, result
+
+
+def _speed(fp32: Path, candidate: Path, feeds, threads: int, runs: int) -> float:
+    """fp32 vs candidate, interleaved, in 5 blocks: the median of the block ratios of medians
+    (the speed guard's measurement; robust to bursts of load on a shared machine)."""
+    from onnx_compress.passes.quantize.guard import measure_speed
+
+    return measure_speed(fp32, candidate, feeds, runs=runs, threads=threads, label=candidate.name).speedup
+
+
+def bench_cnn(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    import seed_torch_cnn
+    import torch
+
+    import onnx_compress as oc
+    from onnx_compress.stats import size_on_disk
+
+    torch.set_num_threads(args.threads)
+    model, splits = seed_torch_cnn.trained_model()
+    fp32 = folder / "seed_cnn.onnx"
+    oc.export_torch(model, torch.from_numpy(splits.test.take(1).inputs["input"]), fp32)
+    variants: dict[str, dict[str, Any]] = {"fp32": {"path": fp32, "seconds": 0.0}}
+    out = folder / "cnn_ort_dynamic.onnx"
+    variants["ORT quantize_dynamic (defaults)"] = {"path": out, "seconds": _ort_default("dynamic", fp32, out)}
+    out = folder / "cnn_ort_static.onnx"
+    variants["ORT quantize_static (defaults)"] = {"path": out,
+                                                  "seconds": _ort_default("static", fp32, out, splits.calib)}
+    for mode in ("static", "dynamic"):
+        out = folder / f"cnn_ours_{mode}.onnx"
+        seconds, result = _ours(fp32, out, mode=mode, calibration=splits.calib, validation=splits.val,
+                                max_drop=0.5, threads=args.threads)
+        variants[f"ours {mode}"] = {"path": out if result.modified else fp32, "seconds": seconds,
+                                    "summary": result.summary()}
+    rows = {}
+    for name, info in variants.items():
+        score = oc.validate(fp32, info["path"], splits.test, "top1")
+        row = {"top1": score.candidate, "top1_drop": score.drop, "size_bytes": size_on_disk(info["path"]),
+               "seconds": info["seconds"], "summary": info.get("summary", "")}
+        for batch, runs in ((1, 300), (8, 200), (32, 60)):
+            row[f"speedup_b{batch}"] = 1.0 if name == "fp32" else _speed(
+                fp32, info["path"], splits.test.take(batch).inputs, args.threads, runs)
+        rows[name] = row
+    fp32_size = rows["fp32"]["size_bytes"]
+    for row in rows.values():
+        row["smaller"] = fp32_size / row["size_bytes"]
+    return rows
+
+
+def bench_minilm(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    import minilm
+
+    from onnx_compress.runtime import Runner, SessionSettings
+    from onnx_compress.runtime.metrics import cosine_per_sample
+    from onnx_compress.stats import size_on_disk
+
+    fp32 = folder / "minilm.onnx"
+    minilm.export_minilm(fp32, sequence=64)
+    data = minilm.text_dataset(minilm.sentences(600), sequence=64)
+    calib, val, test = (data.subset(slice(a, a + 200)) for a in (0, 200, 400))
+    variants: dict[str, dict[str, Any]] = {"fp32": {"path": fp32, "seconds": 0.0}}
+    out = folder / "minilm_ort_dynamic.onnx"
+    variants["ORT quantize_dynamic (defaults)"] = {"path": out, "seconds": _ort_default("dynamic", fp32, out)}
+    out = folder / "minilm_ort_static.onnx"
+    variants["ORT quantize_static (defaults)"] = {"path": out, "seconds": _ort_default(
+        "static", fp32, out, calib.take(64))}
+    out = folder / "minilm_ours.onnx"
+    seconds, result = _ours(fp32, out, mode="auto", calibration=calib, validation=val, metric="cosine",
+                            max_drop=args.max_drop, threads=args.threads)
+    variants["ours (auto, max_drop %.3g)" % args.max_drop] = {
+        "path": out if result.modified else fp32, "seconds": seconds, "summary": result.summary(),
+        "kept_float": [n.name for n in result.excluded]}
+    session = SessionSettings(provider="cpu", intra_op_threads=args.threads)
+    expected = Runner(fp32, session).run_dataset(test)["embedding"]
+    feeds = test.take(8).inputs
+    rows = {}
+    for name, info in variants.items():
+        cos = cosine_per_sample(expected, Runner(info["path"], session).run_dataset(test)["embedding"])
+        rows[name] = {
+            "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+            "size_bytes": size_on_disk(info["path"]), "seconds": info["seconds"],
+            "speedup_b8": 1.0 if name == "fp32" else _speed(fp32, info["path"], feeds, args.threads, 40),
+            "summary": info.get("summary", ""), "kept_float": info.get("kept_float", []),
+        }
+    fp32_size = rows["fp32"]["size_bytes"]
+    for row in rows.values():
+        row["smaller"] = fp32_size / row["size_bytes"]
+    return rows
+
+
+def _print(results: dict[str, Any]) -> None:
+    from onnx_compress.table import format_table
+
+    if "seed_cnn" in results:
+        print("seed CNN (digits test split, 361 images; latency ratio = fp32 median / model median)")
+        print(format_table(
+            ["model", "test top-1 %", "drop", "smaller", "speed b1", "speed b8", "speed b32"],
+            [[name, f"{r['top1']:.2f}", f"{r['top1_drop']:+.2f}", f"{r['smaller']:.2f}x",
+              f"{r['speedup_b1']:.2f}x", f"{r['speedup_b8']:.2f}x", f"{r['speedup_b32']:.2f}x"]
+             for name, r in results["seed_cnn"].items()]))
+    if "minilm" in results:
+        print("\nall-MiniLM-L6-v2 (200 held-out sentences; batch 8, sequence 64)")
+        print(format_table(
+            ["model", "cosine mean", "cosine min", "smaller", "speed b8"],
+            [[name, f"{r['cosine_mean']:.4f}", f"{r['cosine_min']:.4f}", f"{r['smaller']:.2f}x",
+              f"{r['speedup_b8']:.2f}x"] for name, r in results["minilm"].items()]))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks quantize", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["cnn", "minilm"], default=None, help="run one of the two benchmarks")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    parser.add_argument("--max-drop", type=float, default=0.004,
+                        help="ours on MiniLM: largest drop of the mean cosine on the validation sentences")
+    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks", help="output folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    folder = args.out / "quantize"
+    folder.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"threads": args.threads}
+    import onnxruntime
+
+    from onnx_compress.passes.quantize import detect_cpu
+
+    results["environment"] = {"onnxruntime": onnxruntime.__version__, "cpu": detect_cpu().describe(),
+                              "load_average": list(os.getloadavg())}
+    if args.only in (None, "cnn"):
+        results["seed_cnn"] = bench_cnn(args, folder)
+    if args.only in (None, "minilm"):
+        results["minilm"] = bench_minilm(args, folder)
+    results["environment"]["load_average_after"] = list(os.getloadavg())
+    _print(results)
+    path = args.out / "quantize.json"
+    path.write_text(json.dumps(results, indent=2, default=lambda v: float(v) if isinstance(v, np.floating) else str(v)))
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,167 @@
+"""What a model offers to quantize: candidate nodes per mode, already-quantized ops, model kind.
+
+A *candidate* is a node whose weight is a float32 initializer that the mode's ONNX Runtime
+quantizer can convert:
+
+==============  =====================================================================
+mode            op types (weight input)
+==============  =====================================================================
+static          Conv, ConvTranspose (W), Gemm, MatMul (B, 2-D)
+dynamic         Conv (W), MatMul (B), Gemm (B; ONNX Runtime rewrites it as MatMul + Add),
+                Gather (embedding table), Attention (weights), LSTM (W)
+weight_only     MatMul (B, 2-D), Gemm (B, 2-D, rewritten as MatMul + Add), Gather (table)
+fp16            every node with a float32 initializer input
+==============  =====================================================================
+
+Models that already hold quantized ops (QuantizeLinear, QLinearConv, MatMulInteger,
+MatMulNBits, ...) are reported as such: quantizing twice is refused.
+
+*Transformer-like* (for the automatic choices): at least one Softmax, at least four MatMul
+nodes with a weight, and a layer normalization (``LayerNormalization`` or the ReduceMean
+pattern of older exports).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+
+import onnx
+
+__all__ = ["Candidate", "ModelAnalysis", "analyze", "QUANTIZED_OP_TYPES", "WEIGHT_OP_TYPES"]
+
+#: op types that only appear in models that are already quantized
+QUANTIZED_OP_TYPES: frozenset[str] = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+    "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm",
+    "MatMulNBits", "GatherBlockQuantized", "QAttention", "QEmbedLayerNormalization", "DynamicQuantizeLSTM",
+    "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat",
+    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSoftmax", "QLinearWhere", "MatMulBnb4",
+})
+
+#: mode -> {op type: index of the weight input}
+WEIGHT_OP_TYPES: dict[str, dict[str, int]] = {
+    "static": {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1},
+    "dynamic": {"Conv": 1, "MatMul": 1, "Gemm": 1, "Gather": 0, "Attention": 1, "LSTM": 1},
+    "weight_only": {"MatMul": 1, "Gemm": 1, "Gather": 0},
+}
+
+_FLOAT = onnx.TensorProto.FLOAT
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A node that can be quantized, with its weight's size."""
+
+    name: str
+    op_type: str
+    weight: str
+    weight_elements: int
+    weight_bytes: int  # float32 bytes now
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelAnalysis:
+    """The facts the pass decides from (see the module docstring)."""
+
+    op_counts: dict[str, int]
+    candidates: dict[str, list[Candidate]]  # mode -> candidates
+    ineligible: dict[str, list[str]]  # mode -> "node: reason" for weight ops left out
+    quantized_ops: dict[str, int]
+    transformer_like: bool
+    transformer_reason: str
+    float_initializer_bytes: int
+    node_names: frozenset[str]
+
+    def describe_ops(self, limit: int = 8) -> str:
+        items = sorted(self.op_counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        text = ", ".join(f"{op} x{n}" for op, n in items[:limit])
+        return text + (", ..." if len(items) > limit else "")
+
+
+def _op_key(node: onnx.NodeProto) -> str:
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+
+
+def _is_weight_op(node: onnx.NodeProto, op_type: str) -> bool:
+    return node.op_type == op_type and node.domain in ("", "ai.onnx", "com.microsoft")
+
+
+def _gemm_reason(node: onnx.NodeProto) -> str:
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("transA", 0):
+        return "Gemm with transA=1"
+    return ""
+
+
+def analyze(model: onnx.ModelProto) -> ModelAnalysis:
+    """Analyze the main graph of ``model`` (weights may be external: only dims are read)."""
+    graph = model.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    graph_inputs = {value.name for value in graph.input}
+    op_counts = collections.Counter(_op_key(node) for node in graph.node)
+    quantized = {op: n for op, n in op_counts.items() if op.split("::")[-1] in QUANTIZED_OP_TYPES}
+
+    candidates: dict[str, list[Candidate]] = {mode: [] for mode in (*WEIGHT_OP_TYPES, "fp16")}
+    ineligible: dict[str, list[str]] = {mode: [] for mode in (*WEIGHT_OP_TYPES, "fp16")}
+    for node in graph.node:
+        for mode, table in WEIGHT_OP_TYPES.items():
+            index = table.get(node.op_type)
+            if index is None or not _is_weight_op(node, node.op_type):
+                continue
+            if index >= len(node.input) or not node.input[index]:
+                continue
+            weight = node.input[index]
+            tensor = initializers.get(weight)
+            reason = ""
+            if tensor is None or weight in graph_inputs:
+                # activation x activation (attention scores) or a weight fed at run time: not a weight op
+                continue
+            if tensor.data_type != _FLOAT:
+                reason = f"weight {weight} is {onnx.TensorProto.DataType.Name(tensor.data_type)}, not FLOAT"
+            elif node.op_type in ("MatMul", "Gemm") and len(tensor.dims) != 2 and mode != "dynamic":
+                reason = f"weight {weight} has rank {len(tensor.dims)}, not 2"
+            elif node.op_type == "Gemm":
+                reason = _gemm_reason(node)
+            elif node.op_type == "Gather" and len(tensor.dims) != 2:
+                reason = f"table {weight} has rank {len(tensor.dims)}, not 2"
+            if reason:
+                ineligible[mode].append(f"{node.name}: {reason}")
+                continue
+            elements = math.prod(int(d) for d in tensor.dims)
+            candidates[mode].append(Candidate(node.name, node.op_type, weight, elements, elements * 4))
+        float_inputs = [name for name in node.input if name in initializers and initializers[name].data_type == _FLOAT]
+        if float_inputs:
+            elements = sum(math.prod(int(d) for d in initializers[name].dims) for name in float_inputs)
+            candidates["fp16"].append(Candidate(node.name, node.op_type, float_inputs[0], elements, elements * 4))
+
+    float_bytes = sum(math.prod(int(d) for d in t.dims) * 4 for t in graph.initializer if t.data_type == _FLOAT)
+    transformer, reason = _transformer_like(graph, op_counts, initializers)
+    return ModelAnalysis(
+        op_counts=dict(op_counts),
+        candidates=candidates,
+        ineligible=ineligible,
+        quantized_ops=quantized,
+        transformer_like=transformer,
+        transformer_reason=reason,
+        float_initializer_bytes=float_bytes,
+        node_names=frozenset(node.name for node in graph.node),
+    )
+
+
+def _transformer_like(graph: onnx.GraphProto, op_counts: collections.Counter, initializers: dict) -> tuple[bool, str]:
+    softmax = op_counts.get("Softmax", 0) + op_counts.get("com.microsoft::Attention", 0) \
+        + op_counts.get("com.microsoft::MultiHeadAttention", 0)
+    weight_matmuls = sum(
+        1 for node in graph.node
+        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in initializers
+    )
+    norms = op_counts.get("LayerNormalization", 0) + op_counts.get("com.microsoft::SkipLayerNormalization", 0) \
+        + op_counts.get("com.microsoft::LayerNormalization", 0) + op_counts.get("ReduceMean", 0) \
+        + op_counts.get("com.microsoft::SimplifiedLayerNormalization", 0)
+    facts = f"{softmax} attention softmax, {weight_matmuls} weight MatMul/Gemm, {norms} layer norms"
+    return (softmax >= 1 and weight_matmuls >= 4 and norms >= 1), facts

@@ -1,0 +1,125 @@
+"""Quantize on the trained seed CNN and real digits: static int8 accuracy and size, dynamic's
+speed guard, exclusions, and the input left untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from onnx_compress.model_io import load_model
+from onnx_compress.passes import Quantize
+from onnx_compress.runtime import validate
+
+
+def _float_initializers(model: ir.Model) -> set[str]:
+    return {name for name, v in model.graph.initializers.items() if v.const_value.dtype == ir.DataType.FLOAT}
+
+
+@pytest.fixture(scope="module")
+def seed_model(torch_seed_onnx) -> ir.Model:
+    return load_model(torch_seed_onnx)
+
+
+@pytest.fixture(scope="module")
+def static_result(seed_model, digits_nchw):
+    before = ir.serde.serialize_model(seed_model).SerializeToString()
+    # guard="warn": the speed measurement must not change what this test checks (the machine is shared)
+    result = Quantize(mode="static", calibration=digits_nchw.calib, validation=digits_nchw.val,
+                      max_drop=0.5, guard="warn")(seed_model)
+    return result, before
+
+
+def test_static_int8_keeps_top1_on_the_test_split_and_is_3_5x_smaller(static_result, seed_model, digits_nchw):
+    result, _ = static_result
+    assert result.modified and result.mode == "static"
+    assert result.quantized_op_types == {"Conv": 2, "Gemm": 2}
+    score = validate(seed_model, result.model, digits_nchw.test, "top1")
+    assert score.drop <= 0.5, score
+    assert score.candidate > 95.0
+    assert result.size_ratio >= 3.5, (result.size_before, result.size_after)
+    ops = {node.op_type for node in result.model.graph}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # every weight of the four layers is stored as int8
+    assert not {"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"} & _float_initializers(result.model)
+    # the report: accuracy on the validation data, the speed measured, the automatic choices explained
+    assert result.accuracy["metric"] == "top1" and result.accuracy["drop"] <= 0.5
+    assert result.speed is not None and result.speed.batch == 8 and result.speed.speedup > 0
+    chosen = {choice.setting: choice for choice in result.choices}
+    assert {"preprocess", "reduce_range", "activation_type"} <= set(chosen)
+    assert "VNNI" in chosen["reduce_range"].reason or "vnni" in chosen["reduce_range"].reason
+    assert "static" in result.summary() and "smaller" in result.summary()
+
+
+def test_the_input_model_is_never_modified(static_result, seed_model):
+    _, before = static_result
+    assert ir.serde.serialize_model(seed_model).SerializeToString() == before
+
+
+def test_excluded_nodes_stay_float(seed_model, digits_nchw):
+    result = Quantize(mode="static", calibration=digits_nchw.calib, exclude=("node_linear_1",), guard="off")(seed_model)
+    assert result.modified
+    excluded = {node.name: node for node in result.excluded}
+    assert excluded["node_linear_1"].reason == "user"
+    assert excluded["node_linear_1"].float_bytes_kept == 128 * 10 * 4
+    assert "node_linear_1" not in result.quantized
+    floats = _float_initializers(result.model)
+    assert "fc2.weight" in floats and "fc1.weight" not in floats
+    gemm = next(node for node in result.model.graph if node.name == "node_linear_1")
+    assert gemm.op_type == "Gemm" and gemm.inputs[1].name == "fc2.weight"
+
+
+def test_dynamic_drops_conv_because_conv_integer_is_much_slower_here(seed_model, digits_nchw):
+    # ConvInteger ran 4-30x slower than float Conv on this CPU; min_speedup 0.5 keeps the
+    # decision far from timing noise on a loaded machine
+    result = Quantize(mode="dynamic", calibration=digits_nchw.calib, min_speedup=0.5)(seed_model)
+    assert result.modified
+    ops = {node.op_type for node in result.model.graph}
+    assert "ConvInteger" not in ops and "MatMulInteger" in ops
+    assert result.quantized_op_types == {"Gemm": 1}  # fc1; fc2 (1280 weights) is too small to gain
+    reasons = {node.name: node.reason for node in result.excluded}
+    assert reasons["node_conv2d_1"] == "op type dropped"
+    assert reasons["node_conv2d"] == "too small" and reasons["node_linear_1"] == "too small"
+    dropped = [c for c in result.choices if c.setting == "op_types" and "Conv" in str(c.value)]
+    assert dropped and "without it" in dropped[0].reason
+    assert any(t["op_types"] == ["Gemm"] for t in result.speed_trials)
+
+
+def test_an_already_quantized_model_is_left_alone(static_result):
+    result, _ = static_result
+    again = Quantize(mode="dynamic", guard="off")(result.model)
+    assert not again.modified
+    assert "already quantized" in again.nothing_to_do and "QuantizeLinear" in again.nothing_to_do
+    assert again.summary().startswith("nothing to do")
+    assert len(list(again.model.graph)) == len(list(result.model.graph))
+
+
+def test_static_without_calibration_data_is_a_clear_error(seed_model):
+    from onnx_compress.errors import DataError
+
+    with pytest.raises(DataError, match="static quantization needs calibration data"):
+        Quantize(mode="static")(seed_model)
+
+
+def test_calibration_data_with_a_missing_input_or_a_wrong_shape_is_refused(seed_model, digits_nchw):
+    from onnx_compress.errors import DataError
+
+    with pytest.raises(DataError, match="calibration data is missing model input"):
+        Quantize(mode="static", calibration={"image": digits_nchw.calib.inputs["input"]})(seed_model)
+    wrong = digits_nchw.calib.inputs["input"][:, :, :20, :20]
+    with pytest.raises(DataError, match="calibration data: input 'input' has shape"):
+        Quantize(mode="static", calibration={"input": wrong})(seed_model)
+    with pytest.raises(DataError, match="empty"):
+        Quantize(mode="static", calibration={"input": np.zeros((0, 1, 28, 28), np.float32)})
+
+
+def test_result_reports_json_friendly(static_result):
+    import json
+
+    result, _ = static_result
+    payload = result.as_dict()
+    assert "model" not in payload
+    text = json.dumps(payload)
+    assert '"mode": "static"' in text and "choices" in payload and payload["size_after"] < payload["size_before"]
+    assert onnx.load_from_string(ir.serde.serialize_model(result.model).SerializeToString()).graph.node

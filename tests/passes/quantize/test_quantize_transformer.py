@@ -1,0 +1,79 @@
+"""Dynamic int8 on a real transformer block (torch's TransformerEncoderLayer exported to ONNX), and
+the pretrained all-MiniLM-L6-v2 reaching the issue's targets (slow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from onnx_compress.model_io import load_model
+from onnx_compress.passes import Quantize
+from onnx_compress.runtime import Runner
+from onnx_compress.runtime.metrics import cosine_per_sample
+
+
+@pytest.fixture(scope="module")
+def block_onnx(artifacts):
+    import torch
+
+    import onnx_compress as oc
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(d_model=64, nhead=4, dim_feedforward=256, batch_first=True,
+                                             dropout=0.0).eval()
+    path = artifacts / "transformer_block.onnx"
+    oc.export_torch(layer, torch.randn(2, 16, 64), path)
+    return path
+
+
+def _inputs(count: int, seed: int) -> dict[str, np.ndarray]:
+    return {"input": np.random.default_rng(seed).standard_normal((count, 16, 64)).astype(np.float32)}
+
+
+def test_dynamic_int8_on_a_transformer_block(block_onnx):
+    model = load_model(block_onnx)
+    val = _inputs(32, seed=1)
+    result = Quantize(mode="dynamic", validation=val, metric="cosine", guard="warn", exclude=("node_MatMul_90",))(model)
+    assert result.modified and result.mode == "dynamic"
+    # the three other weight MatMul/Gemm are int8; the one named in exclude stays float
+    assert sorted(result.quantized) == ["node_Gemm_116", "node_MatMul_3", "node_MatMul_88"]
+    ops = {node.op_type for node in result.model.graph}
+    assert "DynamicQuantizeLinear" in ops or "DynamicQuantizeMatMul" in ops
+    assert "MatMulInteger" in ops
+    kept = next(node for node in result.model.graph if node.name == "node_MatMul_90")
+    assert kept.op_type == "MatMul" and kept.inputs[1].const_value.dtype == ir.DataType.FLOAT
+    # transformer-like: the transformer optimizer ran first, checked for output parity
+    prep = [c for c in result.choices if c.setting == "preprocess"]
+    assert prep and prep[-1].value in ("transformer", "none")
+    test = _inputs(16, seed=2)
+    expected = Runner(model).run(test)[0]
+    got = Runner(result.model).run(test)[0]
+    cos = cosine_per_sample(expected.reshape(-1, 64), got.reshape(-1, 64))
+    assert cos.mean() > 0.995 and cos.min() > 0.98, (cos.mean(), cos.min())
+    # 49,152 weights: the 32,768 quantized ones shrink 4x, the excluded 256x64 FF weight stays float
+    assert result.weight_bytes_before - result.weight_bytes_after >= 0.7 * 32768 * 4
+    assert result.size_ratio > 1.5
+    assert result.accuracy["metric"] == "cosine" and result.accuracy["drop"] < 0.005
+
+
+@pytest.mark.slow
+def test_minilm_dynamic_with_auto_exclusion_reaches_the_targets(minilm_onnx, minilm_texts):
+    """all-MiniLM-L6-v2: mean cosine >= 0.995 and min >= 0.985 on held-out sentences (the issue's
+    accuracy targets; ONNX Runtime's default dynamic quantization gives 0.962 / 0.910 here)."""
+    import minilm
+
+    model = load_model(minilm_onnx)
+    result = Quantize(mode="auto", validation=minilm_texts["val"], metric="cosine", max_drop=0.004,
+                      threads=2, guard="warn")(model)
+    assert result.modified and result.mode == "dynamic"
+    assert any(c.setting == "preprocess" and c.value == "transformer" for c in result.choices)
+    test = minilm.text_dataset(minilm.sentences(600)[400:600], sequence=64)
+    expected = Runner(model).run_dataset(test)["embedding"]
+    got = Runner(result.model).run_dataset(test)["embedding"]
+    cos = cosine_per_sample(expected, got)
+    assert cos.mean() >= 0.995 and cos.min() >= 0.985, (cos.mean(), cos.min())
+    # about 2.2M of the 22.7M weights stay float for the budget: ~3x smaller instead of ~3.9x
+    assert result.size_ratio >= 2.8
+    if result.accuracy["drop"] > 0.0:
+        assert all(node.reason in ("sensitivity", "too small") for node in result.excluded)
