@@ -125,6 +125,20 @@ class Recipe:
 #: built-in recipes; the pipeline fills data and budget into them
 PRESETS: dict[str, dict[str, Any]] = {
     "normalize-only": {"name": "normalize-only", "passes": [{"normalize": {}}]},
+    # int8 for CPUs: static with calibration data, dynamic otherwise; op types and exclusions chosen
+    # by measurement and sensitivity (see passes/quantize)
+    "cpu-int8": {"name": "cpu-int8", "passes": [{"quantize": {"mode": "auto"}}]},
+    # smaller and faster: fewer channels, factored layers, then int8
+    "small": {
+        "name": "small",
+        "passes": [
+            {"prune_structured": {"ratio": 0.5}},
+            {"lowrank": {"max_error": 0.05}},
+            {"quantize": {"mode": "auto"}},
+        ],
+    },
+    # half precision for GPUs (float inputs and outputs kept)
+    "gpu-fp16": {"name": "gpu-fp16", "passes": [{"quantize": {"mode": "fp16"}}]},
 }
 
 
