@@ -31,6 +31,9 @@ _LAZY: dict[str, str] = {
     "load_data": "onnx_compress.data",
     "load_digits": "onnx_compress.datasets",
     "model_stats": "onnx_compress.stats",
+    "compress": "onnx_compress.pipeline",
+    "PipelineSettings": "onnx_compress.pipeline",
+    "load_recipe": "onnx_compress.recipe",
     "validate": "onnx_compress.runtime.validate",
     "Evaluator": "onnx_compress.runtime.validate",
     "benchmark": "onnx_compress.runtime.benchmark",
@@ -67,4 +70,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from onnx_compress.runtime.serve import serve
     from onnx_compress.runtime.session import SessionSettings
     from onnx_compress.runtime.validate import Evaluator, validate
+    from onnx_compress.pipeline import PipelineSettings, compress
+    from onnx_compress.recipe import load_recipe
     from onnx_compress.stats import model_stats

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -44,6 +45,8 @@ __all__ = [
     "save_model",
     "model_files",
     "model_bytes",
+    "needs_file",
+    "check_model",
     "materialized_path",
     "weights_nbytes",
     "external_data_locations",
@@ -211,7 +214,29 @@ def load_model(path: PathLike) -> ir.Model:
         raise ModelLoadError(f"ONNX model could not be read ({type(exc).__name__}: {exc}): {path}") from exc
     # Lazy external tensors resolve their location against this folder.
     ir.external_data.set_base_dir(model.graph, model_path.parent.resolve())
+    if weights_nbytes(model) <= EXTERNAL_DATA_THRESHOLD_BYTES:
+        _materialize_external_tensors(model)
     return model
+
+
+def _materialize_external_tensors(model: ir.Model) -> None:
+    """Read externally stored weights into memory.
+
+    A model that fits in one protobuf is then self-contained: it serializes to bytes for ONNX
+    Runtime, onnx.checker and the ONNX Runtime quantizers without references to a data file
+    beside the ORIGINAL model (which they would resolve against the wrong folder, or not at all).
+    Models over the limit keep their memory-mapped lazy tensors and are written to disk with
+    external data whenever a tool needs a file.
+    """
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                try:
+                    array = np.array(tensor.numpy(), copy=True)
+                except Exception as exc:
+                    raise ModelLoadError(f"could not read external data of {value.name!r}: {exc}") from exc
+                value.const_value = ir.Tensor(array, dtype=tensor.dtype, name=tensor.name, doc_string=tensor.doc_string)
 
 
 def weights_nbytes(model: ir.Model) -> int:
@@ -287,11 +312,12 @@ def save_model(
         path: the output ``.onnx`` file. Its folder must exist.
         protected: files that must not be overwritten (the input model and its data files).
         external_data: force (True) or forbid (False) external data; ``None`` chooses external
-            data when the weights exceed :data:`EXTERNAL_DATA_THRESHOLD_BYTES`.
+            data when the weights exceed :data:`EXTERNAL_DATA_THRESHOLD_BYTES` or some weights
+            are still lazy external tensors.
     """
-    use_external = external_data if external_data is not None else (
-        weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES
-    )
+    # a model that still holds lazy external tensors (what is left of a large model) is written
+    # with external data too: ir.save copies them into the new data file
+    use_external = external_data if external_data is not None else needs_file(model)
     with staged_output(path, protected) as staged:
         try:
             if use_external:
@@ -309,10 +335,37 @@ def save_model(
     return Path(path)
 
 
+def needs_file(model: ir.Model) -> bool:
+    """Whether tools must be given the model as a file rather than as serialized bytes.
+
+    True above the protobuf limit, and whenever some weights are still lazy external tensors
+    (a large model, or what remains of one after a pass shrank it): their locations are relative
+    to the original model's folder and only mean something to a model written to disk.
+    """
+    if weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES:
+        return True
+    return any(
+        isinstance(value.const_value, ir.ExternalTensor)
+        for graph in model.graphs()
+        for value in graph.initializers.values()
+    )
+
+
 def model_bytes(model: ir.Model) -> bytes:
-    """Serialize a model (< 2 GB) to bytes for ``onnxruntime.InferenceSession``."""
+    """Serialize a self-contained model (see :func:`needs_file`) to bytes for ONNX Runtime."""
+    if needs_file(model):
+        raise ValueError("model_bytes() on a model that needs a file; use materialized_path()")
     proto = ir.serde.serialize_model(model)
     return proto.SerializeToString()
+
+
+def check_model(model: ir.Model, *, full_check: bool = False) -> None:
+    """``onnx.checker.check_model`` on an in-memory model of any size (raises its errors)."""
+    if needs_file(model):
+        with materialized_path(model) as path:
+            onnx.checker.check_model(str(path), full_check=full_check)
+    else:
+        onnx.checker.check_model(ir.serde.serialize_model(model), full_check=full_check)
 
 
 @contextlib.contextmanager

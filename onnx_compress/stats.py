@@ -31,12 +31,11 @@ import dataclasses
 import math
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import onnx_ir as ir
 
 from onnx_compress.data import input_specs
-from onnx_compress.model_io import EXTERNAL_DATA_THRESHOLD_BYTES, load_model, model_files, weights_nbytes
+from onnx_compress.model_io import load_model, needs_file, model_files, weights_nbytes
 from onnx_compress.shapes import Shape, infer_value_shapes
 
 __all__ = ["ModelStats", "model_stats", "count_params", "count_macs", "op_histogram", "size_on_disk"]
@@ -165,10 +164,9 @@ def size_on_disk(path: str | os.PathLike[str]) -> int:
 
 def serialized_size(model: ir.Model) -> int:
     """Bytes the model takes when saved (exact below the protobuf limit, weights + graph above)."""
-    weights = weights_nbytes(model)
-    if weights < EXTERNAL_DATA_THRESHOLD_BYTES:
+    if not needs_file(model):
         return int(ir.serde.serialize_model(model).ByteSize())
-    return weights  # external data dominates; the graph itself is negligible
+    return weights_nbytes(model)  # external data dominates; the graph itself is negligible
 
 
 def model_stats(

@@ -104,7 +104,7 @@ def _rewrite_rules(fold_batchnorm: bool) -> list[object]:
 def _upgrade_opset(model: ir.Model, target: int) -> ir.Model:
     if weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES:
         raise PassRefusedError(
-            f"cannot upgrade the opset of a model over 2 GB (the ONNX version converter needs one protobuf)"
+            "cannot upgrade the opset of a model over 2 GB (the ONNX version converter needs one protobuf)"
         )
     proto = ir.serde.serialize_model(model)
     try:

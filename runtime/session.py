@@ -24,12 +24,7 @@ import onnxruntime as ort
 
 from onnx_compress.data import Dataset, InputSpec
 from onnx_compress.errors import RuntimeSessionError, SettingError, one_line
-from onnx_compress.model_io import (
-    EXTERNAL_DATA_THRESHOLD_BYTES,
-    materialized_path,
-    model_bytes,
-    weights_nbytes,
-)
+from onnx_compress.model_io import materialized_path, model_bytes, needs_file
 
 __all__ = ["Provider", "SessionSettings", "Runner", "resolve_providers", "cuda_available"]
 
@@ -139,7 +134,7 @@ class Runner:
         options = self.settings.session_options()
         try:
             if isinstance(model, ir.Model):
-                if weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES:
+                if needs_file(model):
                     with materialized_path(model) as path:
                         self.session = ort.InferenceSession(str(path), options, providers=providers)
                 else:

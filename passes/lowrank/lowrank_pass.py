@@ -10,7 +10,7 @@ import onnx
 import onnx_ir as ir
 
 from onnx_compress.errors import PassRefusedError, one_line
-from onnx_compress.model_io import EXTERNAL_DATA_THRESHOLD_BYTES, weights_nbytes
+from onnx_compress.model_io import check_model
 from onnx_compress.passes.base import CompressionPass, CompressionResult
 from onnx_compress.passes.lowrank.factorize import decompose, saves, select_rank
 from onnx_compress.passes.lowrank.rewrite import NameScope, factor_node
@@ -200,10 +200,8 @@ class LowRank(CompressionPass):
 
 
 def _check_structure(model: ir.Model) -> None:
-    """onnx.checker on the rewritten model (below the protobuf limit): never hand over a broken graph."""
-    if weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES:
-        return
+    """onnx.checker on the rewritten model: never hand over a broken graph."""
     try:
-        onnx.checker.check_model(ir.serde.serialize_model(model))
+        check_model(model)
     except onnx.checker.ValidationError as exc:  # a bug in the rewrite, not a user error
         raise RuntimeError(f"the factored model fails onnx.checker: {one_line(exc)}") from exc

@@ -13,12 +13,11 @@ import dataclasses
 import logging
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from onnx_compress.data import Dataset, input_specs, synthetic_inputs
 from onnx_compress.errors import OnnxCompressError, one_line
-from onnx_compress.model_io import EXTERNAL_DATA_THRESHOLD_BYTES, materialized_path, weights_nbytes
+from onnx_compress.model_io import check_model
 
 __all__ = ["Probe", "make_probe", "check_pruned"]
 
@@ -56,11 +55,7 @@ def check_pruned(model: ir.Model, probe: Probe) -> str | None:
     from onnx_compress.runtime.session import Runner, SessionSettings
 
     try:
-        if weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES:
-            with materialized_path(model) as path:
-                onnx.checker.check_model(str(path), full_check=True)
-        else:
-            onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
+        check_model(model, full_check=True)
     except Exception as exc:  # the checker raises ValidationError / InferenceError
         return f"onnx.checker: {one_line(exc)}"
     if probe.feeds is None or probe.outputs is None:

@@ -53,3 +53,35 @@ def test_save_writes_one_relative_data_file(large_model, tmp_path):
     locations = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
     assert locations == {"copy.onnx.data"}
     assert out.stat().st_size < 10 << 20  # the graph is small; the weights are in the data file
+
+
+def _runs_in_ort(path, width: int = 8192) -> np.ndarray:
+    runner = Runner(path, SessionSettings(provider="cpu"))
+    (out,) = runner.run({"x": np.ones((2, width), np.float32)})
+    return out
+
+
+def test_dynamic_quantization_of_a_large_model(large_model, tmp_path):
+    from onnx_compress.passes import Normalize, Quantize
+
+    model = Normalize()(load_model(large_model)).model
+    result = Quantize(mode="dynamic", guard="off")(model)
+    assert result.modified
+    out = save_model(result.model, tmp_path / "q.onnx", protected=model_files(large_model))
+    size = sum(f.stat().st_size for f in model_files(out))
+    assert size < 0.3 * 2.25 * 2**30  # int8 weights: about a quarter
+    reference = _runs_in_ort(large_model)
+    got = _runs_in_ort(out)
+    cos = (reference * got).sum() / (np.linalg.norm(reference) * np.linalg.norm(got))
+    assert cos > 0.99
+
+
+def test_structured_pruning_of_a_large_model(large_model, tmp_path):
+    from onnx_compress.passes import PruneStructured
+
+    result = PruneStructured(ratio=0.5)(load_model(large_model))
+    assert result.modified
+    out = save_model(result.model, tmp_path / "p.onnx", protected=model_files(large_model))
+    stats = model_stats(out)
+    assert stats.params < 0.55 * (2 * 8192 * 36864)
+    assert _runs_in_ort(out).shape == (2, 8192)
