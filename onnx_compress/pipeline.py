@@ -8,7 +8,9 @@ the candidate is run on the validation data and scored against the *original* mo
 - it does not, and the pass can be dialled down (``scaled``) -> the strength is bisected for the
   most aggressive setting that holds (**reduced**), or the pass is **rolled back** when none does;
 - the pass refuses, fails, or produces a model ONNX Runtime cannot run -> **rolled back**, with
-  the reason.
+  the reason;
+- the pass costs accuracy but saves less than ``min_gain`` (5 %) of parameters, weight bytes and
+  MACs -> **rolled back**: the budget is left to the passes after it.
 
 Passes that check the budget themselves (quantization's sensitivity-driven exclusions: a pass
 whose settings have ``max_drop`` / ``metric``) get what is left of the budget and the metric.
@@ -38,7 +40,7 @@ import onnxruntime as ort
 from onnx_compress.budget import Budget, bisect_strength
 from onnx_compress.data import Dataset, DataSource, input_specs, load_data, synthetic_inputs
 from onnx_compress.errors import BudgetError, OnnxCompressError, one_line
-from onnx_compress.model_io import load_model, model_files, save_model
+from onnx_compress.model_io import load_model, model_files, save_model, weights_nbytes
 from onnx_compress.passes.base import CompressionPass
 from onnx_compress.passes.normalize import Normalize
 from onnx_compress.recipe import Recipe, load_recipe
@@ -47,7 +49,7 @@ from onnx_compress.runtime.benchmark import compare_many
 from onnx_compress.runtime.metrics import MetricSpec, Score, resolve_metric, score
 from onnx_compress.runtime.session import Runner, SessionSettings
 from onnx_compress.runtime.validate import Evaluator
-from onnx_compress.stats import model_stats
+from onnx_compress.stats import count_macs, count_params, model_stats
 
 __all__ = ["compress", "CompressionOutcome", "PipelineSettings"]
 
@@ -65,18 +67,24 @@ class PipelineSettings:
         search_steps: the most trials of a pass's budget search, counting full strength (5).
         bench_batch: samples per call when timing the stages (8).
         bench_runs: timed calls per stage, round-robin over all stages (50).
+        min_gain: a pass that costs accuracy must cut parameters, weight bytes or MACs by at least
+            this fraction (0.05), or it is rolled back: it would spend budget that later passes
+            can use better.
         session: ONNX Runtime settings for validation and timing (default: auto provider).
     """
 
     search_steps: int = 5
     bench_batch: int = 8
     bench_runs: int = 50
+    min_gain: float = 0.05
     session: SessionSettings = dataclasses.field(default_factory=SessionSettings)
 
     def __post_init__(self) -> None:
         for name in ("search_steps", "bench_batch", "bench_runs"):
             if getattr(self, name) < 1:
                 raise BudgetError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.min_gain < 1:
+            raise BudgetError(f"min_gain must be in [0, 1), got {self.min_gain}")
 
 
 @dataclasses.dataclass
@@ -204,10 +212,34 @@ class _Pipeline:
         if not result.modified:
             stage.decision = "no change"
             return _Stage(stage, self.current)  # the same model: measured once
+        cost = (measured.drop - self.drop) if measured is not None else 0.0
+        if cost > 1e-12:
+            gain = _gain(self.current, result.model)
+            if gain < self.settings.min_gain:
+                stage.decision = "rolled back"
+                stage.reason = (f"saves only {gain:.1%} of parameters, weight bytes and MACs for "
+                                f"{cost:.4g} of the budget (min_gain {self.settings.min_gain:.0%})")
+                return _Stage(stage, None)
         if measured is not None:
             self.drop = measured.drop
         self.current = result.model
         return _Stage(stage, result.model)
+
+
+def _gain(before: ir.Model, after: ir.Model) -> float:
+    """The largest relative reduction of parameters, weight bytes or MACs (batch 1)."""
+    def fraction(old: float, new: float) -> float:
+        return 1.0 - new / old if old > 0 else 0.0
+
+    gains = [
+        fraction(count_params(before), count_params(after)),
+        fraction(weights_nbytes(before), weights_nbytes(after)),
+    ]
+    macs_before, unknown_before = count_macs(before)
+    macs_after, unknown_after = count_macs(after)
+    if not unknown_before and not unknown_after:
+        gains.append(fraction(macs_before, macs_after))
+    return max(gains)
 
 
 def _environment(settings: PipelineSettings, providers: list[str]) -> dict[str, Any]:

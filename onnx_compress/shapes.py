@@ -15,12 +15,12 @@ A dimension that inference cannot resolve is ``None``; callers must treat it as 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import onnx
 import onnx_ir as ir
 
-__all__ = ["Shape", "infer_value_shapes"]
+__all__ = ["Shape", "infer_value_shapes", "measured_shapes"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,18 @@ def _fix_input_dims(proto: onnx.ModelProto, batch: int, dims: Mapping[str, int])
                 dim.dim_value = batch
 
 
+def _contrib_aware_inference(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+    """ONNX Runtime's symbolic shape inference, which knows the com.microsoft ops (fused
+    transformer ops, quantized MatMuls) that ONNX's own inference stops at; None if it fails."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=True)
+    except Exception as exc:  # it raises on graphs it cannot follow
+        logger.info("ONNX Runtime's symbolic shape inference failed (%s); using ONNX's", exc)
+        return None
+
+
 def _shape_of(type_proto: onnx.TypeProto) -> Shape | None:
     if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
         return None
@@ -79,11 +91,15 @@ def infer_value_shapes(
     """Shape of every value (inputs, initializers, node outputs) by name; see the module doc."""
     proto = _light_proto(model)
     _fix_input_dims(proto, batch, dims or {})
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
-    except Exception as exc:  # inference errors on exotic graphs: fall back to declared shapes
-        logger.warning("shape inference failed (%s); using declared shapes only", exc)
-        inferred = proto
+    inferred = None
+    if any(opset.domain not in ("", "ai.onnx") for opset in proto.opset_import):
+        inferred = _contrib_aware_inference(proto)
+    if inferred is None:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+        except Exception as exc:  # inference errors on exotic graphs: fall back to declared shapes
+            logger.warning("shape inference failed (%s); using declared shapes only", exc)
+            inferred = proto
     shapes: dict[str, Shape] = {}
     for tensor in inferred.graph.initializer:
         shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
@@ -92,3 +108,48 @@ def infer_value_shapes(
         if shape is not None:
             shapes[value.name] = shape
     return shapes
+
+
+def measured_shapes(
+    model: ir.Model, names: Iterable[str], *, batch: int = 1, dims: Mapping[str, int] | None = None
+) -> dict[str, Shape]:
+    """Shapes of the named values measured by running the model once in ONNX Runtime.
+
+    The fallback for values that static inference cannot follow (exporter-specific reshapes,
+    ops neither ONNX nor ONNX Runtime's symbolic inference know): a copy of the model exposes
+    them as extra (untyped) graph outputs and runs on synthetic inputs of the requested batch
+    and dimension sizes. Returns {} when the model cannot run that way (a symbolic input axis
+    without a size, an ONNX Runtime error): callers keep those values unknown.
+    """
+    import onnxruntime as ort
+
+    from onnx_compress.data import input_specs, synthetic_inputs
+    from onnx_compress.model_io import materialized_path, model_bytes, needs_file
+
+    wanted = set(names)
+    work = model.clone()
+    produced = {v.name: v for node in work.graph for v in node.outputs if v.name in wanted}
+    existing = {v.name for v in work.graph.outputs}
+    for name, value in produced.items():
+        if name not in existing:
+            value.type = None  # ONNX Runtime accepts untyped outputs; a wrong type would fail
+            value.shape = None
+            work.graph.outputs.append(value)
+    try:
+        feeds = synthetic_inputs(input_specs(work), batch=batch, dims=dims)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if needs_file(work):
+            with materialized_path(work) as path:
+                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        else:
+            session = ort.InferenceSession(model_bytes(work), options, providers=["CPUExecutionProvider"])
+        outputs = session.run(None, feeds)
+    except Exception as exc:  # DataError for a missing dim size, ORT errors
+        logger.info("could not measure shapes by running the model: %s", exc)
+        return {}
+    return {
+        meta.name: tuple(int(d) for d in array.shape)
+        for meta, array in zip(session.get_outputs(), outputs)
+        if meta.name in wanted
+    }

@@ -15,8 +15,9 @@ MACs
     - Gemm: ``M * N * K``; MatMul / MatMulInteger / QLinearMatMul / MatMulNBits and the
       com.microsoft fused MatMuls: ``prod(Y.shape) * K``.
 
-    Nodes of these types whose shapes stay unknown are listed in ``macs_unknown_nodes`` rather
-    than guessed. Elementwise ops, pooling and normalization are not counted (by convention,
+    When static inference leaves shapes of such nodes unknown, the model is run once in ONNX
+    Runtime on synthetic inputs to measure them (:func:`onnx_compress.shapes.measured_shapes`);
+    nodes whose shapes stay unknown are listed in ``macs_unknown_nodes`` rather than guessed. Elementwise ops, pooling and normalization are not counted (by convention,
     as in most MAC counters). Symbolic dimensions other than the batch axis (a transformer's
     sequence length) need a size in ``dims``.
 Size
@@ -36,7 +37,7 @@ import onnx_ir as ir
 
 from onnx_compress.data import input_specs
 from onnx_compress.model_io import load_model, needs_file, model_files, weights_nbytes
-from onnx_compress.shapes import Shape, infer_value_shapes
+from onnx_compress.shapes import Shape, infer_value_shapes, measured_shapes
 
 __all__ = ["ModelStats", "model_stats", "count_params", "count_macs", "op_histogram", "size_on_disk"]
 
@@ -145,7 +146,12 @@ def count_macs(
     model: ir.Model, *, batch: int = 1, dims: Mapping[str, int] | None = None
 ) -> tuple[int, list[str]]:
     """(MACs, names of MAC-bearing nodes whose shapes were unknown); see the module docstring."""
-    shapes = infer_value_shapes(model, batch=batch, dims=dims)
+    shapes = dict(infer_value_shapes(model, batch=batch, dims=dims))
+    unresolved = [node for node in model.graph if _node_macs(node, shapes) is None]
+    if unresolved:
+        # static inference stopped somewhere: measure the missing shapes by running the model once
+        names = {str(v.name) for node in unresolved for v in (*node.inputs, *node.outputs) if v is not None}
+        shapes.update(measured_shapes(model, names, batch=batch, dims=dims))
     total = 0
     unknown: list[str] = []
     for node in model.graph:  # subgraph MACs depend on control flow: not counted

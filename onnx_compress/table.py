@@ -7,14 +7,18 @@ from collections.abc import Sequence
 __all__ = ["format_table", "human_bytes", "human_count"]
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Left-aligned first column, right-aligned others, columns sized to their content."""
+def format_table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], *, numeric: bool = True
+) -> str:
+    """Columns sized to their content; the first column left-aligned, the others right-aligned
+    (numbers) or, with ``numeric=False`` (key/value tables of text), left-aligned too."""
     cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
 
     def line(row: Sequence[str]) -> str:
         return "  ".join(
-            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+            cell.ljust(widths[i]) if i == 0 or not numeric else cell.rjust(widths[i])
+            for i, cell in enumerate(row)
         ).rstrip()
 
     rule = "  ".join("-" * w for w in widths)

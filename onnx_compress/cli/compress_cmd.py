@@ -43,6 +43,7 @@ def _compress(args: argparse.Namespace) -> int:
         search_steps=args.search_steps,
         bench_batch=args.bench_batch,
         bench_runs=args.bench_runs,
+        min_gain=args.min_gain,
         session=session_settings(args),
     )
     outcome = compress(
@@ -86,6 +87,9 @@ def register(subparsers: Any) -> None:
                         help="write report.json and report.html (with a plot) into DIR")
     parser.add_argument("--search-steps", type=int, default=5,
                         help="most trials of a pass's budget search, full strength included (default 5)")
+    parser.add_argument("--min-gain", type=float, default=0.05,
+                        help="a pass that costs accuracy must save at least this fraction of parameters, "
+                             "weight bytes or MACs, else it is rolled back (default 0.05)")
     parser.add_argument("--bench-batch", type=int, default=8, help="samples per call when timing stages (default 8)")
     parser.add_argument("--bench-runs", type=int, default=50, help="timed calls per stage (default 50)")
     add_session_flags(parser)

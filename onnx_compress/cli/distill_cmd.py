@@ -131,7 +131,7 @@ def _distill(args: argparse.Namespace) -> int:
         ["export parity (max abs error)", f"{export.max_abs_error:.3g}"],
         ["wrote", str(args.output)],
     ]
-    emit(args, payload, human + "\n\n" + format_table(["distill", ""], summary))
+    emit(args, payload, human + "\n\n" + format_table(["distill", ""], summary, numeric=False))
     return 0
 
 

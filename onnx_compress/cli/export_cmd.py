@@ -176,7 +176,7 @@ def _report(args: argparse.Namespace, result: Any) -> None:
         ["opset", result.opset],
         ["external data", "yes" if result.external_data else "no"],
     ] + [[f"parity at batch {c.batch} (max abs error)", f"{c.worst:.3g}"] for c in result.parity]
-    emit(args, result.as_dict(), format_table(["export", ""], rows))
+    emit(args, result.as_dict(), format_table(["export", ""], rows, numeric=False))
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

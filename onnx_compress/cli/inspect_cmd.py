@@ -37,7 +37,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if stats.macs_unknown_nodes:
         rows.append(["MACs unknown for", ", ".join(stats.macs_unknown_nodes[:10])
                      + (" ..." if len(stats.macs_unknown_nodes) > 10 else "")])
-    human = format_table([str(args.model), ""], rows)
+    human = format_table([str(args.model), ""], rows, numeric=False)
     human += "\n\n" + format_table(["op", "count"], [[op, n] for op, n in stats.ops.items()])
     emit(args, stats.as_dict(), human)
     return 0
