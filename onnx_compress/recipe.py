@@ -132,7 +132,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {
         "name": "small",
         "passes": [
-            {"prune_structured": {"ratio": 0.5}},
+            {"prune_structured": {"ratio": 0.5, "round_to": "auto"}},
             {"lowrank": {"max_error": 0.05}},
             {"quantize": {"mode": "auto"}},
         ],

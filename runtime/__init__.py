@@ -6,6 +6,7 @@ Nothing here imports torch, tensorflow or the converters. The server lives in
 """
 
 from onnx_compress.runtime.activations import expose_values, iter_activations
+from onnx_compress.runtime.cpu import CpuFeatures, detect_cpu
 from onnx_compress.runtime.benchmark import Comparison, Latency, benchmark, compare, compare_many
 from onnx_compress.runtime.deploy import TritonDeployment, deploy_triton
 from onnx_compress.runtime.metrics import Score, score
@@ -14,6 +15,7 @@ from onnx_compress.runtime.validate import Evaluator, validate
 
 __all__ = [
     "Comparison",
+    "CpuFeatures",
     "Evaluator",
     "Latency",
     "Runner",
@@ -25,6 +27,7 @@ __all__ = [
     "compare_many",
     "cuda_available",
     "deploy_triton",
+    "detect_cpu",
     "expose_values",
     "iter_activations",
     "resolve_providers",

@@ -53,6 +53,18 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _round_to(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {text!r}")
+    return value
+
+
 def _build_pass(args: argparse.Namespace, calibration: Any) -> Any:
     from onnx_compress.passes.prune import PruneStructured, PruneUnstructured
     from onnx_compress.passes.prune.unstructured import parse_nm
@@ -170,8 +182,9 @@ def register(subparsers: Any) -> None:
                              "also used to check the pruned model")
     parser.add_argument("--scope", choices=["layer", "global"], default="layer",
                         help="layer: every group (layer) loses the ratio (default); global: one ranking across groups")
-    parser.add_argument("--round-to", type=int, default=1, metavar="N",
-                        help="structured: round kept widths up to a multiple of N (e.g. 8; default 1)")
+    parser.add_argument("--round-to", type=_round_to, default=1, metavar="N|auto",
+                        help="structured: round kept widths up to a multiple of N (default 1); 'auto' "
+                             "= the CPU's convolution channel block (16 with AVX-512, 8 with AVX2)")
     parser.add_argument("--protect", nargs="+", action="extend", metavar="NODE",
                         help="names of nodes that must stay unchanged (repeatable)")
     parser.add_argument("--prune-first-last", action="store_true",

@@ -47,6 +47,7 @@ from onnx_compress.passes.prune.importance import (
 from onnx_compress.passes.prune.schedule import GroupBudget, plan_cuts
 from onnx_compress.passes.prune.slicers import apply_cuts
 from onnx_compress.passes.prune.verify import Probe, check_pruned, make_probe
+from onnx_compress.runtime.cpu import detect_cpu
 from onnx_compress.stats import count_macs, count_params
 
 __all__ = ["PruneStructured", "PruneStructuredSettings", "PruneStructuredResult", "GroupReport"]
@@ -72,8 +73,10 @@ class PruneStructuredSettings(PassSettings):
         importance: ``l2`` (default; on the seed CNNs at ratio 0.5 it kept 95-96 % test top-1
             where ``l1`` kept 92-94 %), ``l1``, ``bn`` (BatchNorm scales; keep BatchNorm with
             ``Normalize(fold_batchnorm=False)``) or ``activation`` (needs calibration data).
-        round_to: kept widths are rounded up to a multiple of this (default 1; 8 or 16 suit
-            fast kernels).
+        round_to: kept widths are rounded up to a multiple of this (default 1), or ``"auto"``:
+            the channel block of ONNX Runtime's convolution kernels on this CPU (16 with
+            AVX-512, 8 with AVX2; see :mod:`onnx_compress.runtime.cpu`). Odd widths are padded
+            up to the block at run time, so they save bytes but little time.
         protect: names of nodes that must not change (their weights stay whole).
         layer_ratios: per-node ratios, ``{node name: ratio}`` (a group takes the smallest
             ratio named for its producers); other groups use ``ratio``.
@@ -85,7 +88,7 @@ class PruneStructuredSettings(PassSettings):
     ratio: float = 0.5
     scope: str = "layer"
     importance: str = "l2"
-    round_to: int = 1
+    round_to: int | str = 1
     protect: tuple[str, ...] = ()
     layer_ratios: tuple[tuple[str, float], ...] = ()
     max_ratio: float = 0.9
@@ -98,8 +101,9 @@ class PruneStructuredSettings(PassSettings):
             raise SettingError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         if self.importance not in IMPORTANCE_METHODS:
             raise SettingError(f"importance must be one of {', '.join(IMPORTANCE_METHODS)}, got {self.importance!r}")
-        if not isinstance(self.round_to, int) or self.round_to < 1:
-            raise SettingError(f"round_to must be an integer >= 1, got {self.round_to!r}")
+        if self.round_to != "auto" and (not isinstance(self.round_to, int) or isinstance(self.round_to, bool)
+                                        or self.round_to < 1):
+            raise SettingError(f"round_to must be an integer >= 1 or 'auto', got {self.round_to!r}")
         if isinstance(self.protect, str) or not all(isinstance(n, str) for n in self.protect):
             raise SettingError(f"protect must be a list of node names, got {self.protect!r}")
         object.__setattr__(self, "protect", tuple(self.protect))
@@ -251,7 +255,11 @@ class PruneStructured(CompressionPass):
             budgets.append(GroupBudget(group.id, group.n_units, candidates, unit_scores.scores,
                                        self._group_ratio(group)))
 
-        cuts = plan_cuts(budgets, ratio=settings.ratio, scope=settings.scope, round_to=settings.round_to,
+        round_to = settings.round_to
+        if round_to == "auto":
+            round_to, why = detect_cpu().channel_multiple()
+            notes.append(f"round_to auto = {round_to}: {why}")
+        cuts = plan_cuts(budgets, ratio=settings.ratio, scope=settings.scope, round_to=int(round_to),
                          max_ratio=settings.max_ratio)
         cuts = {gid: _keep_every_axis(analysis.groups[gid], units, scores[gid])
                 for gid, units in cuts.items() if len(units)}
@@ -276,7 +284,7 @@ class PruneStructured(CompressionPass):
             if odd:
                 notes.append(f"kept Conv widths {odd} are not multiples of 16: ONNX Runtime's blocked (NCHWc) "
                              "convolutions pad channels to 8 or 16 (AVX2 / AVX-512), so such widths may run no "
-                             "faster; try round_to=16 and measure")
+                             "faster; try round_to='auto' and measure")
         macs_after = count_macs(result_model)[0] if modified else macs_before
         result = PruneStructuredResult(
             model=result_model,

@@ -57,7 +57,7 @@ from onnx_compress.passes.quantize.result import (
     SpeedCheck,
 )
 from onnx_compress.passes.quantize.settings import QuantizeSettings
-from onnx_compress.passes.quantize.target import CpuFeatures, detect_cpu
+from onnx_compress.runtime.cpu import CpuFeatures, detect_cpu
 
 __all__ = [
     "Choice",

@@ -2,7 +2,7 @@
 
 Every function takes the user's setting and, when it is ``"auto"``, decides from the model
 (:class:`~onnx_compress.passes.quantize.analysis.ModelAnalysis`), the CPU
-(:class:`~onnx_compress.passes.quantize.target.CpuFeatures`) and the data at hand, returning
+(:class:`~onnx_compress.runtime.cpu.CpuFeatures`) and the data at hand, returning
 ``(value, Choice | None)``: a Choice is recorded in the result whenever something was decided
 for the user. Which op types run faster quantized is not a rule here: the speed guard measures it
 (``guard.py``).
@@ -31,7 +31,7 @@ from onnx_compress.errors import DataError, SettingError
 from onnx_compress.passes.quantize.analysis import WEIGHT_OP_TYPES, ModelAnalysis
 from onnx_compress.passes.quantize.result import Choice
 from onnx_compress.passes.quantize.settings import QuantizeSettings
-from onnx_compress.passes.quantize.target import CpuFeatures
+from onnx_compress.runtime.cpu import CpuFeatures
 
 __all__ = [
     "choose_mode",

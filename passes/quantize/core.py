@@ -52,7 +52,7 @@ from onnx_compress.passes.quantize.result import (
 )
 from onnx_compress.passes.quantize.sensitivity import choose_exclusions, rank_nodes
 from onnx_compress.passes.quantize.settings import QuantizeSettings
-from onnx_compress.passes.quantize.target import CpuFeatures, detect_cpu
+from onnx_compress.runtime.cpu import CpuFeatures, detect_cpu
 from onnx_compress.runtime.metrics import Score, resolve_metric
 from onnx_compress.runtime.session import Runner, SessionSettings
 from onnx_compress.runtime.validate import Evaluator

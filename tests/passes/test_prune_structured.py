@@ -23,7 +23,7 @@ from onnx_compress.errors import PassRefusedError, SettingError
 from onnx_compress.model_io import load_model
 from onnx_compress.passes import Normalize, PruneStructured
 from onnx_compress.passes.prune.rules import align_dims
-from onnx_compress.runtime import Runner, SessionSettings
+from onnx_compress.runtime import Runner, SessionSettings, detect_cpu
 
 
 def _run(model: ir.Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -90,6 +90,10 @@ def test_global_scope_round_to_and_protect(torch_seed_onnx):
     after = {w[1] for g in rounded.pruned for w in g.widths.values()}
     assert after and all(w % 8 == 0 for w in after)
     assert rounded.params_after < rounded.params_before
+    auto = PruneStructured(ratio=0.5, round_to="auto")(model)
+    block = detect_cpu().channel_multiple()[0]
+    assert all(w[1] % block == 0 for g in auto.pruned for w in g.widths.values())
+    assert any(f"round_to auto = {block}" in note for note in auto.notes)
     conv2 = next(n.name for n in model.graph if n.op_type == "Conv" and n.inputs[1].name == "conv2.weight")
     protected = PruneStructured(ratio=0.5, protect=[conv2])(model)
     by_name = {name: w for g in protected.groups for name, w in g.widths.items()}
@@ -131,6 +135,8 @@ def test_settings_validation_and_scaled():
         PruneStructured(importance="taylor")
     with pytest.raises(SettingError, match="round_to"):
         PruneStructured(round_to=0)
+    with pytest.raises(SettingError, match="round_to"):
+        PruneStructured(round_to="fast")
     with pytest.raises(SettingError, match="layer_ratios"):
         PruneStructured(layer_ratios={"conv": 1.5})
     half = PruneStructured(ratio=0.6, layer_ratios={"a": 0.4}).scaled(0.5)

@@ -193,6 +193,8 @@ def test_cpu_flags_decide_reduce_range(tmp_path, qm):
     assert detect_cpu(vnni).needs_reduce_range()[0] is False
     assert detect_cpu(tmp_path / "missing").source == "unknown"
     assert CpuFeatures("aarch64", frozenset({"asimddp"}), "/proc/cpuinfo").needs_reduce_range()[0] is False
+    assert cpu.channel_multiple()[0] == 8 and detect_cpu(vnni).channel_multiple()[0] == 16
+    assert CpuFeatures("aarch64", frozenset({"asimddp"}), "/proc/cpuinfo").channel_multiple()[0] == 8
 
     pass_ = Quantize(mode="dynamic", guard="off")
     pass_.cpu = cpu
