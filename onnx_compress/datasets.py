@@ -7,8 +7,9 @@ seed models expect MNIST-like 28x28 inputs), and splits it, stratified by class 
 seed, into four disjoint parts:
 
 - ``train`` (60 %): to train the seed models;
-- ``calib`` (10 %): calibration data for quantization and data-aware passes;
-- ``val`` (10 %): held-out data on which a compression budget is checked;
+- ``calib`` (5 %, 90 images): calibration data for quantization and data-aware passes;
+- ``val`` (15 %, 270 images): held-out data on which a compression budget is checked (one
+  image is 0.37 points, so a 0.5-point budget allows one net error; with 10 % it allowed none);
 - ``test`` (20 %): the numbers reported in the README, never seen by any pass.
 
 Layout ``NCHW`` (PyTorch) gives arrays ``(n, 1, size, size)``; ``NHWC`` (Keras) gives
@@ -30,7 +31,7 @@ from onnx_compress.errors import MissingDependencyError, SettingError
 __all__ = ["DigitsSplits", "load_digits", "upscale_bilinear"]
 
 Layout = Literal["NCHW", "NHWC"]
-_SPLIT_FRACTIONS = {"train": 0.6, "calib": 0.1, "val": 0.1, "test": 0.2}
+_SPLIT_FRACTIONS = {"train": 0.6, "calib": 0.05, "val": 0.15, "test": 0.2}
 
 
 @dataclasses.dataclass(frozen=True)

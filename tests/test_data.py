@@ -74,7 +74,9 @@ def test_synthetic_inputs_follow_specs_and_conventions():
 
 def test_digits_splits_are_disjoint_stratified_and_shaped(digits_nchw, digits_nhwc):
     sizes = [len(getattr(digits_nchw, n)) for n in ("train", "calib", "val", "test")]
-    assert sum(sizes) == 1797 and sizes[0] > 1000 and min(sizes) >= 170
+    assert sum(sizes) == 1797 and sizes[0] > 1000 and sizes[1] >= 85
+    # a 0.5-point budget must allow one net error on the validation split
+    assert sizes[2] >= 200 and sizes[3] >= 350
     assert digits_nchw.train.inputs["input"].shape[1:] == (1, 28, 28)
     assert digits_nhwc.train.inputs["input"].shape[1:] == (28, 28, 1)
     x = digits_nchw.train.inputs["input"]

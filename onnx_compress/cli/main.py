@@ -37,9 +37,15 @@ COMMAND_MODULES = [
 _DESCRIPTION = """\
 Make trained neural networks smaller and faster through ONNX.
 
-Export a PyTorch or Keras model to ONNX (with a parity check in ONNX Runtime), inspect it,
-validate a candidate against a reference on data, and benchmark models side by side.
-Data files are .npz archives keyed by the model's input names, plus an optional 'labels' array.
+The usual path: export a PyTorch or Keras model (parity-checked in ONNX Runtime), then
+`compress` it with a preset or recipe under an accuracy budget (it proves the result with a
+report), then `deploy` or `serve` it. The passes also run one at a time (prune, lowrank,
+quantize), and inspect / validate / bench check any model. Data files are .npz archives keyed
+by the model's input names, plus an optional 'labels' array. No command ever modifies its input.
+
+  onnx-compress export torch net.py:make_model --input-shape 1x1x28x28 -o m.onnx
+  onnx-compress compress m.onnx -o small.onnx --preset small --data calib.npz --val val.npz --max-drop 0.5 --report rep/
+  onnx-compress serve small.onnx
 """
 
 
