@@ -20,10 +20,12 @@ Writes ``artifacts/benchmarks/quantize.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -53,8 +55,11 @@ def _ort_default(kind: str, src: Path, dst: Path, calib=None, batch: int = 8) ->
 
     from onnx_compress.passes.quantize.backend import quiet_ort
 
+    src, dst = src.resolve(), dst.resolve()
     start = time.perf_counter()
-    with quiet_ort():  # ONNX Runtime's advice to pre-process is the point of the comparison
+    # ONNX Runtime's tools may write uuid-named external-data files into the working directory:
+    # run them in a scratch folder so nothing lands in the user's checkout
+    with quiet_ort(), tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
         if kind == "dynamic":
             quantize_dynamic(str(src), str(dst))
         else:

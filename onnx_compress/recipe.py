@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -113,9 +114,7 @@ class Recipe:
             if file.suffix.lower() == ".json":
                 data = json.loads(text)
             else:
-                import yaml
-
-                data = yaml.safe_load(text)
+                data = _load_yaml(text)
         except Exception as exc:  # yaml.YAMLError, json.JSONDecodeError
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RecipeError(f"unreadable recipe {file}: {first}") from exc
@@ -140,6 +139,27 @@ PRESETS: dict[str, dict[str, Any]] = {
     # half precision for GPUs (float inputs and outputs kept)
     "gpu-fp16": {"name": "gpu-fp16", "passes": [{"quantize": {"mode": "fp16"}}]},
 }
+
+
+def _load_yaml(text: str) -> Any:
+    """YAML with only ``true`` / ``false`` as booleans.
+
+    YAML 1.1 (PyYAML) also reads unquoted ``on``, ``off``, ``yes``, ``no`` as booleans, so
+    ``guard: off`` would arrive as ``False``; here they stay strings, as a reader expects.
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    for first in "tTfF":
+        Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                     [first])
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def preset_names() -> list[str]:

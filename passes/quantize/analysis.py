@@ -29,7 +29,7 @@ import math
 
 import onnx
 
-__all__ = ["Candidate", "ModelAnalysis", "analyze", "QUANTIZED_OP_TYPES", "WEIGHT_OP_TYPES"]
+__all__ = ["Candidate", "ModelAnalysis", "analyze", "QUANTIZED_OP_TYPES", "WEIGHT_ONLY_OP_TYPES", "WEIGHT_OP_TYPES"]
 
 #: op types that only appear in models that are already quantized
 QUANTIZED_OP_TYPES: frozenset[str] = frozenset({
@@ -39,6 +39,10 @@ QUANTIZED_OP_TYPES: frozenset[str] = frozenset({
     "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat",
     "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSoftmax", "QLinearWhere", "MatMulBnb4",
 })
+
+#: quantized op types that hold 4-bit weights and take float activations: a model holding only
+#: these may still have its float nodes quantized (4-bit embeddings + int8 MatMuls)
+WEIGHT_ONLY_OP_TYPES: frozenset[str] = frozenset({"MatMulNBits", "GatherBlockQuantized"})
 
 #: mode -> {op type: index of the weight input}
 WEIGHT_OP_TYPES: dict[str, dict[str, int]] = {

@@ -30,7 +30,7 @@ from onnx_compress.errors import BudgetError, SettingError
 from onnx_compress.model_io import weights_nbytes
 from onnx_compress.passes.base import CompressionPass
 from onnx_compress.passes.quantize import auto
-from onnx_compress.passes.quantize.analysis import Candidate, ModelAnalysis, analyze
+from onnx_compress.passes.quantize.analysis import WEIGHT_ONLY_OP_TYPES, Candidate, ModelAnalysis, analyze
 from onnx_compress.passes.quantize.backend import (
     DatasetReader,
     QuantConfig,
@@ -180,7 +180,11 @@ class _Run:
         first = analyze(_load_proto(self.input_path))
         if first.quantized_ops:
             ops = ", ".join(f"{op} x{n}" for op, n in sorted(first.quantized_ops.items()))
-            raise _Nothing(f"the model is already quantized ({ops}); quantizing it again is refused")
+            if not {op.split("::")[-1] for op in first.quantized_ops} <= WEIGHT_ONLY_OP_TYPES:
+                raise _Nothing(f"the model is already quantized ({ops}); quantizing it again is refused")
+            self.choices.append(Choice("already quantized", ops,
+                                       "weight-only 4-bit nodes are left as they are; the float nodes "
+                                       "around them can still be quantized"))
         unknown = [name for name in s.excluded_names if name not in first.node_names]
         if unknown:
             some = ", ".join(sorted(first.node_names)[:8])

@@ -17,6 +17,9 @@ def test_yaml_and_json_recipes(tmp_path):
     assert recipe.build()[0].settings.fold_batchnorm is False
     (tmp_path / "r.json").write_text(json.dumps(recipe.as_dict()))
     assert load_recipe(tmp_path / "r.json") == recipe
+    # YAML 1.1 would read an unquoted `off` as False; a recipe means the word
+    (tmp_path / "q.yaml").write_text("passes:\n  - quantize: {mode: dynamic, guard: off}\n")
+    assert load_recipe(tmp_path / "q.yaml").build()[0].settings.guard == "off"
 
 
 def test_every_preset_builds():

@@ -43,6 +43,24 @@ def test_weight_only_4bit_runs_in_ort_and_is_6x_smaller_in_those_weights(qm):
     assert "w1" not in {n for n, v in result.model.graph.initializers.items() if v.const_value.dtype == ir.DataType.FLOAT}
 
 
+def test_weight_only_layers_then_int8_on_the_rest_compose(qm):
+    """4-bit for some weights (embeddings, here the MatMul), int8 for the float rest (the Gemm);
+    a model with int8 or QDQ nodes is still refused."""
+    model = qm.weight_only_model()
+    feeds = {"x": np.random.default_rng(0).standard_normal((16, 256)).astype(np.float32)}
+    expected = _run(model, feeds)
+    first = Quantize(mode="weight_only", op_types=["MatMul"], guard="off")(model)
+    assert first.modified and first.quantized_op_types == {"MatMul": 1}
+    second = Quantize(mode="dynamic", op_types=["Gemm"], guard="off")(first.model)
+    assert second.modified and second.quantized_op_types == {"Gemm": 1}
+    assert any(c.setting == "already quantized" and "MatMulNBits" in str(c.value) for c in second.choices)
+    ops = {n.op_type for n in second.model.graph}
+    assert "MatMulNBits" in ops and ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    assert cosine_per_sample(expected, _run(second.model, feeds)).min() > 0.99
+    third = Quantize(mode="dynamic", guard="off")(second.model)
+    assert not third.modified and "already quantized" in third.nothing_to_do
+
+
 def test_weight_only_on_a_model_without_matmul_has_nothing_to_do(qm):
     result = Quantize(mode="weight_only", guard="off")(qm.conv_only_model())
     assert not result.modified
