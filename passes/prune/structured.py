@@ -382,11 +382,11 @@ class PruneStructured(CompressionPass):
 
 def _keep_every_axis(group: Group, units: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Un-cut the best unit of any axis the cut would empty (no zero-width tensors)."""
-    removed = set(int(u) for u in units)
+    removed = {int(u) for u in units}
     for axis in group.axes:
         owners = group.unit_of[axis.id]
         if all(int(u) in removed for u in owners):
-            best = max(set(int(u) for u in owners), key=lambda u: (np.nan_to_num(scores[u], nan=-1.0), -u))
+            best = max({int(u) for u in owners}, key=lambda u: (np.nan_to_num(scores[u], nan=-1.0), -u))
             removed.discard(best)
     return np.array(sorted(removed), dtype=np.int64)
 
