@@ -128,9 +128,11 @@ def _prune(args: argparse.Namespace) -> int:
         if cut:
             human += "\n\n" + format_table(["cut group (producers)", "output channels", "importance"], cut)
         if result.reconstruction:
-            refit = [[layer.node, layer.status, f"{layer.rows:,}" if layer.rows else "",
-                      f"{layer.error_before:.4f}" if layer.rows else "", f"{layer.error_after:.4f}" if layer.rows else "",
-                      layer.reason] for layer in result.reconstruction]
+            def error(value: float | None) -> str:
+                return "" if value is None else f"{value:.4f}"
+
+            refit = [[layer.node, layer.status, f"{layer.rows:,}" if layer.rows else "", error(layer.error_before),
+                      error(layer.error_after), layer.reason] for layer in result.reconstruction]
             human += "\n\n" + format_table(["reconstructed layer", "status", "rows", "output error before",
                                               "after", "note"], refit)
         if result.untouched:

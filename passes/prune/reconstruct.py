@@ -83,8 +83,8 @@ class LayerReconstruction:
     op_type: str
     status: str
     rows: int = 0
-    error_before: float = float("nan")
-    error_after: float = float("nan")
+    error_before: float | None = None
+    error_after: float | None = None
     reason: str = ""
 
 
@@ -505,10 +505,12 @@ def reconstruct(
             check = held if held.rows else fit
             report.error_before = check.relative_error(target.weight, target.bias)
             weight, bias = fit.solve(target.weight, target.bias, ridge, target.intercept)
-            report.error_after = check.relative_error(weight, bias)
-            if not np.isfinite(report.error_after) or report.error_after >= report.error_before:
+            after = check.relative_error(weight, bias)
+            if not np.isfinite(after) or after >= report.error_before:
+                report.error_after = after if np.isfinite(after) else None
                 report.reason = "the refit did not lower the held-out output error"
                 continue
+            report.error_after = after
             weight, bias = fit.merged(held).solve(target.weight, target.bias, ridge, target.intercept)
             _write(pruned, target, weight, bias)
             report.status = "refit"
