@@ -68,3 +68,18 @@ def test_prune_errors_are_one_line(cli, torch_seed_onnx, tmp_path):
     _one_error(cli("prune", torch_seed_onnx, "-o", tmp_path / "x.onnx", "--structured", "0.5", "--protect", "nope"),
                "no node named")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_structured_prune_with_reconstruction(cli, torch_seed_onnx, digits_files, tmp_path):
+    calib = digits_files["NCHW"]["calib"]
+    report = _json(cli("prune", torch_seed_onnx, "-o", tmp_path / "r.onnx", "--structured", "0.5", "--reconstruct",
+                       "--data", calib, "--json"))
+    layers = report["result"]["reconstruction"]
+    assert [layer["status"] for layer in layers] == ["refit"] * 3
+    assert all(layer["error_after"] < layer["error_before"] for layer in layers)
+    human = cli("prune", torch_seed_onnx, "-o", tmp_path / "r2.onnx", "--structured", "0.3", "--reconstruct",
+                "--data", calib)
+    assert human.returncode == 0, human.stderr
+    assert "reconstructed layer" in human.stdout and "refit" in human.stdout
+    _one_error(cli("prune", torch_seed_onnx, "-o", tmp_path / "r3.onnx", "--structured", "0.5", "--reconstruct"),
+               "--reconstruct needs calibration data")

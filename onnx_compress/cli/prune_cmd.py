@@ -25,6 +25,9 @@ Prune a model and write the result; the input model is never modified.
                     ONNX Runtime kernels gain NO speed from zeros and the .onnx file keeps its
                     size: what shrinks is the compressed (gzip) file, which is reported.
   --nm N:M          unstructured with a pattern: keep N of every M weights (2:4).
+  --reconstruct     structured: after cutting, re-fit every layer that read the cut channels
+                    (least squares on --data, layer by layer) so that its output matches the
+                    original model's; no training needed. Needs --data.
 
 The model is normalized first (constant folding, shape inference; BatchNormalization is kept
 for --importance bn). The pruned model is checked with onnx.checker (full check) and run in
@@ -38,6 +41,7 @@ JSON keys: input, output, mode, before, after, result.
 examples:
   onnx-compress prune model.onnx -o pruned.onnx --structured 0.5
   onnx-compress prune model.onnx -o pruned.onnx --structured 0.3 --importance activation --data calib.npz
+  onnx-compress prune model.onnx -o pruned.onnx --structured 0.5 --reconstruct --data calib.npz
   onnx-compress prune model.onnx -o sparse.onnx --unstructured 0.7
   onnx-compress prune model.onnx -o sparse.onnx --nm 2:4
 """
@@ -78,9 +82,13 @@ def _build_pass(args: argparse.Namespace, calibration: Any) -> Any:
             raise SettingError(f"--structured cannot be combined with {' / '.join(given[1:])}")
         if args.importance == "activation" and calibration is None:
             raise SettingError("--importance activation needs calibration data: --data calib.npz")
+        if args.reconstruct and calibration is None:
+            raise SettingError("--reconstruct needs calibration data: --data calib.npz")
         return PruneStructured(ratio=args.structured, scope=args.scope, importance=args.importance,
                                round_to=args.round_to, protect=tuple(args.protect or ()),
-                               calibration=calibration)
+                               reconstruct=args.reconstruct, calibration=calibration)
+    if args.reconstruct:
+        raise SettingError("--reconstruct works with --structured only")
     nm = parse_nm(args.nm)
     ratio = args.unstructured
     if nm is not None and ratio is not None:
@@ -131,6 +139,14 @@ def _prune(args: argparse.Namespace) -> int:
                for g in result.pruned]
         if cut:
             human += "\n\n" + format_table(["cut group (producers)", "output channels", "importance"], cut)
+        if result.reconstruction:
+            def error(value: float | None) -> str:
+                return "" if value is None else f"{value:.4f}"
+
+            refit = [[layer.node, layer.status, f"{layer.rows:,}" if layer.rows else "", error(layer.error_before),
+                      error(layer.error_after), layer.reason] for layer in result.reconstruction]
+            human += "\n\n" + format_table(["reconstructed layer", "status", "rows", "output error before",
+                                              "after", "note"], refit)
         if result.untouched:
             human += "\n\nleft untouched (group: reason):"
             for group in result.untouched:
@@ -178,8 +194,11 @@ def register(subparsers: Any) -> None:
                         help="structured: how channels are ranked: weight L1 / L2 norm (default l2), BatchNorm "
                              "scale, or activation statistics on --data")
     parser.add_argument("--data", type=Path, metavar="CALIB.npz",
-                        help="calibration data (.npz keyed by input names) for --importance activation; "
-                             "also used to check the pruned model")
+                        help="calibration data (.npz keyed by input names) for --importance activation and "
+                             "--reconstruct; also used to check the pruned model")
+    parser.add_argument("--reconstruct", action="store_true",
+                        help="structured: re-fit the layers reading cut channels by least squares on --data "
+                             "so that their outputs match the original model's")
     parser.add_argument("--scope", choices=["layer", "global"], default="layer",
                         help="layer: every group (layer) loses the ratio (default); global: one ranking across groups")
     parser.add_argument("--round-to", type=_round_to, default=1, metavar="N|auto",

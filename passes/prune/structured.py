@@ -12,12 +12,15 @@ Steps (each in its own module, as Torch-Pruning's DepGraph keeps them apart):
 4. slicing (:mod:`.slicers`): initializers sliced, shapes and channel-naming attributes fixed;
 5. verification (:mod:`.verify`): ``onnx.checker`` (full check) and an ONNX Runtime run with
    the original output names, dtypes and shapes. A cut that fails verification is retried
-   group by group; groups that still fail are left untouched with the reason.
+   group by group; groups that still fail are left untouched with the reason;
+6. reconstruction (:mod:`.reconstruct`, only with ``reconstruct=True`` and calibration data):
+   the layers whose input channels were cut are re-fitted by least squares, layer by layer,
+   so that their outputs match the original model's on the calibration data.
 
 What is never cut: model inputs and outputs (so the model keeps its interface), the nodes
 named in ``protect`` (their weights stay whole), and any group the coupling analysis does not
 fully understand (reported with the reason). Pruning changes the function: cut channels are
-gone, not zeroed; fine-tune afterwards (or prune less) when accuracy drops too far. Channels
+gone, not zeroed; reconstruct, fine-tune afterwards, or prune less when accuracy drops too far. Channels
 whose weights are all zero (and whose bias is zero) are removed exactly.
 
 Limits: the main graph only; channel axes with static sizes; attention heads (a Reshape that
@@ -44,17 +47,22 @@ from onnx_compress.passes.prune.importance import (
     collect_activation_means,
     score_group,
 )
+from onnx_compress.passes.prune.reconstruct import LayerReconstruction, reconstruct
 from onnx_compress.passes.prune.schedule import GroupBudget, plan_cuts
 from onnx_compress.passes.prune.slicers import apply_cuts
 from onnx_compress.passes.prune.verify import Probe, check_pruned, make_probe
 from onnx_compress.runtime.cpu import detect_cpu
 from onnx_compress.stats import count_macs, count_params
 
-__all__ = ["PruneStructured", "PruneStructuredSettings", "PruneStructuredResult", "GroupReport"]
+__all__ = ["GroupReport", "LayerReconstruction", "PruneStructured", "PruneStructuredResult",
+           "PruneStructuredSettings"]
 
 logger = logging.getLogger(__name__)
 
 SCOPES = ("layer", "global")
+
+#: kept indices of every cut initializer axis: {initializer name: {axis: indices}}
+Kept = dict[str, dict[int, np.ndarray]]
 
 
 def _ratio_ok(value: Any) -> bool:
@@ -81,8 +89,18 @@ class PruneStructuredSettings(PassSettings):
         layer_ratios: per-node ratios, ``{node name: ratio}`` (a group takes the smallest
             ratio named for its producers); other groups use ``ratio``.
         max_ratio: in ``global`` scope, the largest fraction one group may lose (default 0.9).
-        calibration_samples: samples of calibration data used for activation statistics
-            (default 256).
+        calibration_samples: samples of calibration data used for activation statistics and
+            for reconstruction (default 256).
+        reconstruct: after cutting, re-fit the weights (and bias) of every layer whose input
+            channels were cut so that its output matches the original model's on calibration
+            data (ridge least squares, layer by layer in topological order, kept only where it
+            lowers the held-out output error; see :mod:`.reconstruct`). Needs calibration data
+            (default False).
+        reconstruct_rows: rows (samples x output positions) per layer for reconstruction, at
+            most (default 20000; Conv rows are subsampled with a fixed seed).
+        reconstruct_ridge: reconstruction's ridge strength relative to the mean eigenvalue of
+            the layer's input covariance; the fit is shrunk towards the pruned weights
+            (default 0.01).
     """
 
     ratio: float = 0.5
@@ -93,6 +111,9 @@ class PruneStructuredSettings(PassSettings):
     layer_ratios: tuple[tuple[str, float], ...] = ()
     max_ratio: float = 0.9
     calibration_samples: int = 256
+    reconstruct: bool = False
+    reconstruct_rows: int = 20000
+    reconstruct_ridge: float = 0.01
 
     def __post_init__(self) -> None:
         if not _ratio_ok(self.ratio):
@@ -120,6 +141,14 @@ class PruneStructuredSettings(PassSettings):
             raise SettingError(f"max_ratio must be in (0, 1), got {self.max_ratio!r}")
         if not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
             raise SettingError(f"calibration_samples must be an integer >= 1, got {self.calibration_samples!r}")
+        if not isinstance(self.reconstruct, bool):
+            raise SettingError(f"reconstruct must be true or false, got {self.reconstruct!r}")
+        if not isinstance(self.reconstruct_rows, int) or isinstance(self.reconstruct_rows, bool) \
+                or self.reconstruct_rows < 1:
+            raise SettingError(f"reconstruct_rows must be an integer >= 1, got {self.reconstruct_rows!r}")
+        if not isinstance(self.reconstruct_ridge, (int, float)) or isinstance(self.reconstruct_ridge, bool) \
+                or not 0 < self.reconstruct_ridge < float("inf"):
+            raise SettingError(f"reconstruct_ridge must be a number > 0, got {self.reconstruct_ridge!r}")
 
 
 @dataclasses.dataclass
@@ -150,6 +179,12 @@ class PruneStructuredResult(CompressionResult):
     macs_before: int = 0
     macs_after: int = 0
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: per consumer layer, what reconstruction did (empty unless ``reconstruct``)
+    reconstruction: list[LayerReconstruction] = dataclasses.field(default_factory=list)
+
+    @property
+    def refit(self) -> list[LayerReconstruction]:
+        return [layer for layer in self.reconstruction if layer.status == "refit"]
 
     @property
     def untouched(self) -> list[GroupReport]:
@@ -170,6 +205,8 @@ class PruneStructuredResult(CompressionResult):
             text += f", MACs {change(self.macs_before, self.macs_after)}"
         if self.untouched:
             text += f"; {len(self.untouched)} left untouched"
+        if self.reconstruction:
+            text += f"; {len(self.refit)} of {len(self.reconstruction)} layers reconstructed"
         return text
 
 
@@ -217,6 +254,9 @@ class PruneStructured(CompressionPass):
     def call(self, model: ir.Model) -> PruneStructuredResult:
         settings = self.settings
         self._check_names(model)
+        if settings.reconstruct and self.calibration is None:
+            raise PassRefusedError("reconstruct needs calibration data (the original layer outputs to match): "
+                                   "pass calibration=... (CLI: --data calib.npz)")
         work, analysis = self._analyzed(model)
         params_before = count_params(work)
         macs_before, _ = count_macs(work)
@@ -266,11 +306,15 @@ class PruneStructured(CompressionPass):
         cuts = {gid: units for gid, units in cuts.items() if len(units)}
 
         result_model = work
+        layers: list[LayerReconstruction] = []
         if cuts:
             probe = make_probe(work, self.calibration)
             if probe.note:
                 notes.append(probe.note)
-            result_model, cuts = self._cut_verified(model, cuts, probe, reports)
+            result_model, cuts, kept = self._cut_verified(model, cuts, probe, reports)
+            if cuts and settings.reconstruct and self.calibration is not None:
+                layers = reconstruct(work, result_model, kept, self.calibration.take(settings.calibration_samples),
+                                     ridge=settings.reconstruct_ridge, max_rows=settings.reconstruct_rows)
         for gid, units in cuts.items():
             group = analysis.groups[gid]
             report = reports[gid]
@@ -295,12 +339,14 @@ class PruneStructured(CompressionPass):
             macs_before=macs_before,
             macs_after=macs_after,
             notes=notes,
+            reconstruction=layers,
         )
         logger.info("prune_structured: %s", result.summary())
         return result
 
-    def _cut(self, model: ir.Model, cuts: Mapping[int, np.ndarray], probe: Probe) -> tuple[ir.Model, str | None]:
-        """A fresh copy of ``model`` with ``cuts`` applied, and why it fails verification."""
+    def _cut(self, model: ir.Model, cuts: Mapping[int, np.ndarray], probe: Probe) -> tuple[ir.Model, str | None, Kept]:
+        """A fresh copy of ``model`` with ``cuts`` applied, why it fails verification, and the
+        kept indices of every cut initializer axis (``{initializer name: {axis: indices}}``)."""
         fresh, analysis = self._analyzed(model)
         kept: dict[AxisNode, np.ndarray] = {}
         for gid, units in cuts.items():
@@ -309,42 +355,46 @@ class PruneStructured(CompressionPass):
             for axis in group.axes:
                 if len(indices[axis.id]) < axis.size:
                     kept[axis] = indices[axis.id]
+        by_weight: Kept = {}
+        for axis, indices in kept.items():
+            if axis.is_initializer:
+                by_weight.setdefault(str(axis.value.name), {})[axis.axis] = indices
         try:
             apply_cuts(fresh, kept)
         except ValueError as exc:
-            return fresh, str(exc)
-        return fresh, check_pruned(fresh, probe)
+            return fresh, str(exc), by_weight
+        return fresh, check_pruned(fresh, probe), by_weight
 
     def _cut_verified(self, model: ir.Model, cuts: dict[int, np.ndarray], probe: Probe,
-                      reports: dict[int, GroupReport]) -> tuple[ir.Model, dict[int, np.ndarray]]:
-        pruned, problem = self._cut(model, cuts, probe)
+                      reports: dict[int, GroupReport]) -> tuple[ir.Model, dict[int, np.ndarray], Kept]:
+        pruned, problem, kept = self._cut(model, cuts, probe)
         if problem is None:
-            return pruned, cuts
+            return pruned, cuts, kept
         logger.warning("pruned model failed verification (%s); retrying group by group", problem)
         good: dict[int, np.ndarray] = {}
         for gid, units in cuts.items():
-            _, single = self._cut(model, {gid: units}, probe)
+            _, single, _ = self._cut(model, {gid: units}, probe)
             if single is None:
                 good[gid] = units
             else:
                 reports[gid].status, reports[gid].reason = "untouched", f"verification failed: {single}"
         if good:
-            pruned, problem = self._cut(model, good, probe)
+            pruned, problem, kept = self._cut(model, good, probe)
             if problem is None:
-                return pruned, good
+                return pruned, good, kept
             for gid in good:
                 reports[gid].status, reports[gid].reason = "untouched", f"verification failed together: {problem}"
         fresh, _ = self._analyzed(model)
-        return fresh, {}
+        return fresh, {}, {}
 
 
 def _keep_every_axis(group: Group, units: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Un-cut the best unit of any axis the cut would empty (no zero-width tensors)."""
-    removed = set(int(u) for u in units)
+    removed = {int(u) for u in units}
     for axis in group.axes:
         owners = group.unit_of[axis.id]
         if all(int(u) in removed for u in owners):
-            best = max(set(int(u) for u in owners), key=lambda u: (np.nan_to_num(scores[u], nan=-1.0), -u))
+            best = max({int(u) for u in owners}, key=lambda u: (np.nan_to_num(scores[u], nan=-1.0), -u))
             removed.discard(best)
     return np.array(sorted(removed), dtype=np.int64)
 
