@@ -135,7 +135,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "name": "small",
         "passes": [
             {"prune_structured": {"ratio": 0.5, "round_to": "auto", "reconstruct": True}},
-            {"lowrank": {"max_error": 0.05}},
+            {"lowrank": {"max_error": 0.03}},
+            # 4-bit embedding tables (no-op without a Gather of a weight), then int8 for the rest
+            {"quantize": {"mode": "weight_only", "op_types": ["Gather"], "guard": "warn"}},
             {"quantize": {"mode": "auto"}},
         ],
     },

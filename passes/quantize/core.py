@@ -204,6 +204,9 @@ class _Run:
         self.candidates = {c.name: c for c in candidates}
 
         op_types, warnings = auto.choose_op_types(s, self.mode, self.analysis)
+        if not op_types and not s.auto_op_types:
+            raise _Nothing(f"the model has no {self.mode} candidate of op_types "
+                           f"{', '.join(s.op_types)}")  # type: ignore[arg-type]
         self.warnings.extend(warnings)
         self.excluded: dict[str, ExcludedNode] = {}
         for name in s.excluded_names:
