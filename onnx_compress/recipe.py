@@ -136,8 +136,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "passes": [
             {"prune_structured": {"ratio": 0.5, "round_to": "auto", "reconstruct": True}},
             {"lowrank": {"max_error": 0.03}},
-            # 4-bit embedding tables (no-op without a Gather of a weight), then int8 for the rest
-            {"quantize": {"mode": "weight_only", "op_types": ["Gather"], "guard": "warn"}},
+            # 4-bit embedding tables in blocks of 128 (MiniLM: 5.1x smaller with int8 after, where blocks
+            # of 32 gave 4.8x; cosine 0.998 for the tables alone); a no-op without one. Then int8.
+            {"quantize": {"mode": "weight_only", "op_types": ["Gather"], "block_size": 128, "guard": "warn"}},
             {"quantize": {"mode": "auto"}},
         ],
     },

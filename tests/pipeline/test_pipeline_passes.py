@@ -16,8 +16,13 @@ def test_small_preset_holds_the_budget_on_validation_data(torch_seed_onnx, digit
     outcome = compress(torch_seed_onnx, "small", calib=files["calib"], val=files["val"], max_drop=0.5,
                        report_dir=tmp_path / "report", settings=FAST)
     report = outcome.report
-    assert [s.pass_name for s in report.stages] == [None, "normalize", "prune_structured", "lowrank", "quantize"]
+    assert [s.pass_name for s in report.stages] == [None, "normalize", "prune_structured", "lowrank", "quantize",
+                                                    "quantize"]
     assert report.budget_met
+    # reconstruction keeps the full ratio within the budget (measured: val drop 0, 16x smaller)
+    assert report.stages[2].decision == "applied"
+    # the 4-bit embedding step finds no Gather table in a CNN and leaves the model as it is
+    assert report.stages[4].decision == "no change" and "Gather" in report.stages[4].pass_summary
     for stage in report.stages:
         if stage.kept:
             assert stage.drop <= 0.5 + 1e-9, stage.name
@@ -27,7 +32,7 @@ def test_small_preset_holds_the_budget_on_validation_data(torch_seed_onnx, digit
     saved = outcome.save(tmp_path / "small.onnx")
     assert saved.stat().st_size == pytest.approx(report.final.size_bytes, rel=0.02)
     assert report.final.params < report.original.params / 2
-    assert report.size_ratio > 2
+    assert report.size_ratio > 8
     check = validate(torch_seed_onnx, saved, files["val"], "top1")
     assert check.drop == pytest.approx(report.final.drop)
     assert (tmp_path / "report" / "report.html").is_file()
