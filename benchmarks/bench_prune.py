@@ -6,15 +6,17 @@ Seed CNN (PyTorch, and the Keras one through tf2onnx, NHWC), trained on the digi
 split, no fine-tuning after pruning:
 
 - structured pruning at ratios 0.25 / 0.5 / 0.75 (``l2`` filter norms, the same with kept
-  widths rounded up to multiples of 16, and ``activation`` statistics on the calibration
-  split): parameters, MACs (batch 1), gzip size, ONNX Runtime latency ratio against the
+  widths rounded up to multiples of 16, ``activation`` statistics on the calibration
+  split, and ``l2`` with ``round_to="auto"`` and least-squares reconstruction on the
+  calibration split): parameters, MACs (batch 1), gzip size, ONNX Runtime latency ratio against the
   original measured side by side in the same run (interleaved, batch 1 and batch 32; the
   ratio of medians, and in brackets the ratio of the fastest runs), test top-1;
 - unstructured 50 % and 2:4 for contrast: same parameters and latency (dense kernels), smaller
   gzip size.
 
 all-MiniLM-L6-v2 (pretrained, 22.7 M parameters): feed-forward neurons pruned at 0.25 / 0.5
-(``l2`` and ``activation`` on 200 real calibration sentences); attention and the hidden axis
+(``l2``, ``activation``, and ``activation`` with reconstruction, on 200 real calibration
+sentences); attention and the hidden axis
 stay untouched (heads and LayerNorm, see the pruning docs). Parameters, latency ratio at batch
 8 x sequence 64, and the cosine of the sentence embeddings against the original on 200
 held-out sentences (mean and min).
@@ -62,12 +64,14 @@ def _cnn_rows(name: str, model: Any, splits: Any, args: argparse.Namespace, sett
              "size_bytes": base.size_bytes, "gzip_bytes": compressed_size(model), "top1": base_top1,
              "speedup_b1": 1.0, "speedup_b32": 1.0, "speedup_min_b1": 1.0, "speedup_min_b32": 1.0}]
     candidates: list[tuple[str, Any, dict[str, Any]]] = []
-    for importance, round_to in (("l2", 1), ("l2", 16), ("activation", 1)):
+    variants = (("l2", 1, False), ("l2", 16, False), ("activation", 1, False), ("l2", "auto", True))
+    for importance, round_to, reconstruct in variants:
         for ratio in RATIOS:
             result = PruneStructured(ratio=ratio, importance=importance, round_to=round_to,
-                                     calibration=splits.calib)(model)
+                                     reconstruct=reconstruct, calibration=splits.calib)(model)
             widths = [w for g in result.pruned for w in g.widths.values()]
-            label = f"structured {ratio:g} {importance}" + (f" round_to {round_to}" if round_to > 1 else "")
+            label = (f"structured {ratio:g} {importance}" + (f" round_to {round_to}" if round_to != 1 else "")
+                     + (" reconstruct" if reconstruct else ""))
             candidates.append((label, result.model, {"widths": widths}))
     for label, kwargs in (("unstructured 0.5", {"ratio": 0.5}), ("unstructured 2:4", {"nm": "2:4"})):
         result = PruneUnstructured(**kwargs)(model)
@@ -140,19 +144,22 @@ def _minilm_rows(args: argparse.Namespace, settings: Any) -> list[dict[str, Any]
     rows = [{"model": "all-MiniLM-L6-v2", "method": "original", "params": base.params, "macs": base.macs,
              "cosine_mean": 1.0, "cosine_min": 1.0, "speedup_b8": 1.0, "speedup_min_b8": 1.0}]
     feeds = val.take(8).inputs
-    for importance in ("l2", "activation"):
+    for importance, reconstruct in (("l2", False), ("activation", False), ("activation", True)):
         for ratio in (0.25, 0.5):
-            result = PruneStructured(ratio=ratio, importance=importance, calibration=calib)(model)
+            result = PruneStructured(ratio=ratio, importance=importance, reconstruct=reconstruct,
+                                     calibration=calib)(model)
+            importance_label = importance + (" reconstruct" if reconstruct else "")
             got = Runner(result.model, settings).run_dataset(val)["embedding"]
             cosine = cosine_per_sample(reference, got)
             stats = model_stats(result.model, dims={"sequence": 64})
             side = compare(model, result.model, feeds, runs=max(20, args.runs // 10), warmup=3, settings=settings)
-            rows.append({"model": "all-MiniLM-L6-v2", "method": f"FFN {ratio:g} {importance}", "params": stats.params,
+            rows.append({"model": "all-MiniLM-L6-v2", "method": f"FFN {ratio:g} {importance_label}",
+                         "params": stats.params,
                          "macs": stats.macs, "cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()),
                          "speedup_b8": side.speedup, "speedup_min_b8": side.a.min_ms / side.b.min_ms,
                          "groups_cut": len(result.pruned),
                          "groups_untouched": len(result.untouched)})
-            print(f"  MiniLM: FFN {ratio:g} {importance} done", file=sys.stderr, flush=True)
+            print(f"  MiniLM: FFN {ratio:g} {importance_label} done", file=sys.stderr, flush=True)
     return rows
 
 
