@@ -4,8 +4,10 @@ fp16, "nothing to do" cases, settings, CPU detection and the exclusion search.""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from onnx_compress.errors import BudgetError, RecipeError, SettingError
 from onnx_compress.passes import Quantize
@@ -250,3 +252,32 @@ def test_models_over_the_external_data_threshold_go_through_ort_with_external_da
     expected = _run(model, data)
     got = _run(result.model, data)
     assert cosine_per_sample(expected, got).mean() > 0.98
+
+
+def test_guard_drops_the_op_type_that_keeps_the_model_smallest_among_those_not_slower(tmp_path):
+    """Speed is the constraint, size the aim: when removing Conv or Gemm both make the model no
+    longer slower, keep the op type holding more weights (the smaller model), even if the other
+    removal measured a little faster."""
+    from onnx_compress.passes.quantize.guard import drop_slow_op_types
+    from onnx_compress.passes.quantize.result import SpeedCheck
+
+    def check(speedup: float, verdict: str) -> SpeedCheck:
+        return SpeedCheck(1.0, 1.0 / speedup, speedup, 8, 50, 2, verdict=verdict)
+
+    files = {}
+    for name, size in (("all", 100), ("conv_only", 900), ("gemm_only", 150)):  # float weights kept
+        files[name] = tmp_path / f"{name}.onnx"
+        weight = numpy_helper.from_array(np.zeros(size, np.float32), "w")
+        graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], name,
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size])], [weight])
+        onnx.save(helper.make_model(graph), files[name])
+    measured = {("Conv",): (files["conv_only"], check(1.20, "faster")),
+                ("Gemm",): (files["gemm_only"], check(1.05, "inconclusive"))}
+    outcome = drop_slow_op_types(["Conv", "Gemm"], (files["all"], check(0.8, "slower")),
+                                 lambda kept: measured[tuple(kept)])
+    assert outcome.kept == ["Gemm"] and "Conv" in outcome.dropped and outcome.best[0] == files["gemm_only"]
+    # every removal still slower: the fastest is tried next, and None when nothing is fine
+    slow = {("Conv",): (files["conv_only"], check(0.9, "slower")), ("Gemm",): (files["gemm_only"], check(0.85, "slower"))}
+    outcome = drop_slow_op_types(["Conv", "Gemm"], (files["all"], check(0.8, "slower")), lambda kept: slow[tuple(kept)])
+    assert outcome.best is None and outcome.kept == ["Conv"]
