@@ -162,7 +162,8 @@ def main(argv: list[str]) -> int:
                         help="data-aware max_error variants for MiniLM (default 0.1 0.2)")
     parser.add_argument("--skip-minilm", action="store_true", help="only the seed CNN")
     parser.add_argument("--skip-cnn", action="store_true", help="only MiniLM")
-    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks" / "lowrank.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks",
+                        help="output folder (writes lowrank.json there)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -183,9 +184,10 @@ def main(argv: list[str]) -> int:
         payload["minilm"] = rows
         print("all-MiniLM-L6-v2 (embedding cosine vs original on 200 held-out sentences; batch 8 x 64 tokens)")
         print(_table(rows, ["cosine_mean", "cosine_min"], ["speedup"]))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
-    print(f"\nwrote {args.out}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / "lowrank.json"
+    out.write_text(json.dumps(payload, indent=2, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
+    print(f"\nwrote {out}")
     return 0
 
 

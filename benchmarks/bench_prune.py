@@ -169,7 +169,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=300, help="timed runs per model at batch 1 (default 300)")
     parser.add_argument("--skip-keras", action="store_true", help="skip the Keras seed CNN")
     parser.add_argument("--skip-minilm", action="store_true", help="skip MiniLM")
-    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks" / "prune.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks",
+                        help="output folder (writes prune.json there)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from onnx_compress.runtime import SessionSettings
@@ -199,11 +200,12 @@ def main(argv: list[str]) -> int:
             [[f"{r['model']}: {r['method']}", human_count(r["params"]), human_count(r["macs"]),
               f"{r['speedup_b8']:.2f}x ({r['speedup_min_b8']:.2f}x)", f"{r['cosine_mean']:.4f}",
               f"{r['cosine_min']:.4f}"] for r in transformer]))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / "prune.json"
     payload = {"threads": args.threads, "runs": args.runs, "cnn": cnn, "minilm": transformer,
                "note": "speed-up = median latency of the original / of the pruned model, measured interleaved in one run"}
-    args.out.write_text(json.dumps(payload, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
-    print(f"\nwrote {args.out}")
+    out.write_text(json.dumps(payload, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+    print(f"\nwrote {out}")
     return 0
 
 

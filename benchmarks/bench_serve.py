@@ -249,7 +249,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--requests", type=int, default=200, help="requests per phase, over all clients (default 200)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
-    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks" / "serve.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks",
+                        help="output folder (writes serve.json there)")
     args = parser.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
 
@@ -296,11 +297,12 @@ def main(argv: list[str]) -> int:
     print(f"(batch 1; MiniLM sequence 64; ONNX Runtime {args.threads} intra-op threads, CPU; "
           f"{args.requests} requests per phase x {args.rounds} interleaved rounds; "
           f"overhead = in-process req/s / served req/s; {os.cpu_count()} CPUs shared by clients and server)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / "serve.json"
     payload = {"settings": {"threads": args.threads, "requests": args.requests, "rounds": args.rounds,
                             "clients": clients, "cpus": os.cpu_count()}, "results": results}
-    args.out.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {args.out}")
+    out.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {out}")
     return 0
 
 
