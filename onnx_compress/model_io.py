@@ -212,11 +212,28 @@ def load_model(path: PathLike) -> ir.Model:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:
         raise ModelLoadError(f"ONNX model could not be read ({type(exc).__name__}: {exc}): {path}") from exc
+    _check_inputs_defined(model.graph, path)
     # Lazy external tensors resolve their location against this folder.
     ir.external_data.set_base_dir(model.graph, model_path.parent.resolve())
     if weights_nbytes(model) <= EXTERNAL_DATA_THRESHOLD_BYTES:
         _materialize_external_tensors(model)
     return model
+
+
+def _check_inputs_defined(graph: ir.Graph, path: PathLike) -> None:
+    """Refuse a main graph whose nodes read values that nothing defines.
+
+    Such a graph (a node deleted or an edge renamed by a broken tool) is not a model ONNX Runtime
+    can run; onnx-ir reads it with a warning and leaves a dangling value that copying the model
+    later trips over. Empty names are omitted optional inputs and are fine.
+    """
+    defined = {value.name for value in graph.inputs} | set(graph.initializers)
+    for node in graph:
+        for value in node.inputs:
+            if value is not None and value.name and value.producer() is None and value.name not in defined:
+                raise ModelLoadError(f"invalid ONNX graph: node {node.name or node.op_type!r} reads "
+                                     f"{value.name!r}, which no node, graph input or initializer defines: {path}")
+        defined.update(value.name for value in node.outputs if value.name)
 
 
 def _materialize_external_tensors(model: ir.Model) -> None:

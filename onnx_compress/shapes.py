@@ -119,7 +119,7 @@ def measured_shapes(
     ops neither ONNX nor ONNX Runtime's symbolic inference know): a copy of the model exposes
     them as extra (untyped) graph outputs and runs on synthetic inputs of the requested batch
     and dimension sizes. Returns {} when the model cannot run that way (a symbolic input axis
-    without a size, an ONNX Runtime error): callers keep those values unknown.
+    without a size, an ONNX Runtime error, an invalid graph): callers keep those values unknown.
     """
     import onnxruntime as ort
 
@@ -127,7 +127,11 @@ def measured_shapes(
     from onnx_compress.model_io import materialized_path, model_bytes, needs_file
 
     wanted = set(names)
-    work = model.clone()
+    try:
+        work = model.clone()
+    except RuntimeError as exc:  # an invalid graph (a node reading a value nothing produces)
+        logger.info("could not copy the model to measure shapes: %s", str(exc).splitlines()[0])
+        return {}
     produced = {v.name: v for node in work.graph for v in node.outputs if v.name in wanted}
     existing = {v.name for v in work.graph.outputs}
     for name, value in produced.items():

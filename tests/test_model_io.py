@@ -56,6 +56,24 @@ def test_bad_files_give_model_load_errors(tmp_path):
         load_model(tmp_path)
 
 
+def test_a_node_reading_an_undefined_value_is_refused(tmp_path):
+    """Found by the long fuzz run: a renamed edge left Relu reading a value nothing defines."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["h"], name="first"),
+         helper.make_node("Relu", ["renamed"], ["y"], name="second")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    path = tmp_path / "dangling.onnx"
+    onnx.save(helper.make_model(graph), path)
+    with pytest.raises(ModelLoadError, match="node 'second' reads 'renamed'"):
+        load_model(path)
+    # nodes listed out of order are still a valid graph
+    unsorted = helper.make_graph([helper.make_node("Relu", ["h"], ["y"]), helper.make_node("Relu", ["x"], ["h"])],
+                                 "g", graph.input, graph.output)
+    onnx.save(helper.make_model(unsorted), path)
+    assert len(load_model(path).graph) == 2
+
+
 @pytest.mark.parametrize("location", ["/etc/passwd", "../secret.bin", "sub/../../secret.bin"])
 def test_external_data_outside_the_folder_is_refused(tmp_path, location):
     path = _with_external_location(tmp_path, location)
