@@ -309,7 +309,7 @@ def test_serve_benchmark_runs_and_writes_its_json(torch_seed_onnx, minilm_onnx, 
 
     out = tmp_path / "serve.json"
     assert bench_serve.main(["--seed-cnn", str(torch_seed_onnx), "--minilm", str(minilm_onnx), "--clients", "1,2",
-                             "--requests", "6", "--rounds", "1", "--out", str(out)]) == 0
+                             "--requests", "6", "--rounds", "1", "--out", str(tmp_path)]) == 0
     results = json.loads(out.read_text())["results"]
     for model in ("seed_cnn", "minilm"):
         for clients in ("1", "2"):
