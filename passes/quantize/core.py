@@ -61,6 +61,9 @@ __all__ = ["Quantize"]
 
 logger = logging.getLogger(__name__)
 
+#: with guard 'auto'/'drop', a result that is not measurably faster must be at least this much smaller
+MIN_SIZE_RATIO = 1.05
+
 #: relative output difference above which a pre-processed model is rejected
 _PREPROCESS_TOLERANCE = 1e-3
 
@@ -244,12 +247,17 @@ class _Run:
                                   threshold=s.min_speedup, label="final")
             self.speed_trials.append({"op_types": list(self.op_types), "excluded": len(self.excluded),
                                       "speedup": speed.speedup, "verdict": speed.verdict, "label": "final"})
+        size_ratio = file_bytes(self.input_path) / file_bytes(path)
+        if speed is not None and speed.verdict != "faster" and size_ratio < MIN_SIZE_RATIO and self._drop_mode():
+            raise _Nothing(f"the quantized model gains nothing: {speed.speedup:.2f}x the input's speed "
+                           f"({speed.verdict}) and {size_ratio:.2f}x smaller (the float weights that stayed hold "
+                           "most of the bytes); the input is returned unchanged")
         if speed is not None and speed.verdict != "faster":
             what = "SLOWER than" if speed.verdict == "slower" else "not measurably faster than"
             self.warnings.append(
                 f"the quantized model is {what} its input on this CPU: {speed.speedup:.2f}x (batch {speed.batch}, "
                 f"blocks {', '.join(f'{r:.2f}' for r in speed.block_speedups)}); it is "
-                f"{file_bytes(self.input_path) / file_bytes(path):.2f}x smaller"
+                f"{size_ratio:.2f}x smaller"
             )
         return self._result(path, speed, score)
 

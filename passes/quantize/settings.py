@@ -114,7 +114,7 @@ class QuantizeSettings(PassSettings):
         guard: ``auto`` (default: benchmark the result against the input; when it is
             measurably slower, in static/dynamic mode with ``op_types="auto"`` drop the op types
             whose removal helps most and retry, otherwise warn; when it is not measurably faster,
-            warn), ``drop`` (drop and retry in every mode), ``warn`` (only warn) or ``off`` (no
+            warn, or return the input unchanged when it is also less than 5 % smaller), ``drop`` (drop and retry in every mode), ``warn`` (only warn) or ``off`` (no
             benchmark). See ``guard.py`` for how "measurably" is decided.
         min_speedup: the speedup the result must reach (default 1.0: faster than the input).
         benchmark_batch: samples per call in the guard's benchmark (default 8).
