@@ -160,7 +160,7 @@ def _print(results: dict[str, Any]) -> None:
 
     for framework in ("torch", "keras"):
         if framework in results:
-            print(f"\nseed {framework} CNN (digits TEST split, 359 images; speed = fp32 median / model median, "
+            print(f"\nseed {framework} CNN (digits TEST split, 360 images; speed = fp32 median / model median, "
                   "all models in one round-robin run)")
             print(format_table(
                 ["model", "test top-1 %", "drop", "smaller", "speed b1", "speed b8", "speed b32"],

@@ -170,7 +170,7 @@ def _print(results: dict[str, Any]) -> None:
     from onnx_compress.table import format_table
 
     if "seed_cnn" in results:
-        print("seed CNN (digits test split, 359 images; latency ratio = fp32 median / model median)")
+        print("seed CNN (digits test split, 360 images; latency ratio = fp32 median / model median)")
         print(format_table(
             ["model", "test top-1 %", "drop", "smaller", "speed b1", "speed b8", "speed b32"],
             [[name, f"{r['top1']:.2f}", f"{r['top1_drop']:+.2f}", f"{r['smaller']:.2f}x",

@@ -7,13 +7,13 @@ seed models expect MNIST-like 28x28 inputs), and splits it, stratified by class 
 seed, into three disjoint parts, plus calibration images drawn from the training part:
 
 - ``train`` (65 %, 1,168 images): to train the seed models;
-- ``calib`` (270 images, a stratified subset of ``train``): calibration data for quantization
+- ``calib`` (269 images, a stratified subset of ``train``): calibration data for quantization
   and data-aware passes (pruning reconstruction, whitened low-rank). Calibrating on training
   images is what ONNX Runtime's, Intel Neural Compressor's and NNCF's examples do; the budget
   and the reported numbers never see them;
-- ``val`` (15 %, 270 images): held-out data on which a compression budget is checked (one
+- ``val`` (15 %, 269 images): held-out data on which a compression budget is checked (one
   image is 0.37 points, so a 0.5-point budget allows one net error);
-- ``test`` (20 %, 359 images): the numbers reported in the README, never seen by any pass.
+- ``test`` (20 %, 360 images): the numbers reported in the README, never seen by any pass.
 
 Layout ``NCHW`` (PyTorch) gives arrays ``(n, 1, size, size)``; ``NHWC`` (Keras) gives
 ``(n, size, size, 1)``. All images are float32; labels are int64.

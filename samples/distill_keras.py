@@ -14,7 +14,7 @@ order:
   teacher's softmax probabilities are detected and taken to log space).
 
 It prints the test top-1 of the teacher and both students and their agreement with the teacher,
-per seed and on average, and says which won — honestly: the digits test split has 359 images,
+per seed and on average, and says which won — honestly: the digits test split has 360 images,
 one image is 0.28 points. The first distilled student is exported to ONNX (parity-checked) and
 its ONNX Runtime predictions are checked against Keras'.
 """

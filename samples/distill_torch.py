@@ -13,7 +13,7 @@ size and sample order:
 
 It prints the test top-1 of the teacher and of both students, and how often each student agrees
 with the teacher, per seed and on average, and says which won. The numbers are what they are: the
-digits test split has 359 images, so one image is 0.28 points, and seeds differ by about a point.
+digits test split has 360 images, so one image is 0.28 points, and seeds differ by about a point.
 The distilled student of the first seed is exported to ONNX (parity-checked) and its ONNX Runtime
 accuracy is checked against PyTorch's.
 """
