@@ -22,7 +22,6 @@ Writes ``artifacts/benchmarks/lowrank.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -31,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+
+from benchmarks import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -184,10 +184,7 @@ def main(argv: list[str]) -> int:
         payload["minilm"] = rows
         print("all-MiniLM-L6-v2 (embedding cosine vs original on 200 held-out sentences; batch 8 x 64 tokens)")
         print(_table(rows, ["cosine_mean", "cosine_min"], ["speedup"]))
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / "lowrank.json"
-    out.write_text(json.dumps(payload, indent=2, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
-    print(f"\nwrote {out}")
+    write_results(args.out, "lowrank", payload)
     return 0
 
 

@@ -23,7 +23,6 @@ Writes ``artifacts/benchmarks/pipeline.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -31,12 +30,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+
+from benchmarks import write_results
+from benchmarks.bench_quantize import _ort_default
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "samples"))
-
-from benchmarks.bench_quantize import _ort_default  # noqa: E402
 
 
 def _variants(fp32: Path, folder: Path, calib: Any, outcome_path: Path, label: str,
@@ -50,13 +49,22 @@ def _variants(fp32: Path, folder: Path, calib: Any, outcome_path: Path, label: s
     return variants
 
 
-def _timed(variants: dict[str, dict[str, Any]], feeds: dict[str, np.ndarray], runs: int, threads: int) -> list[float]:
-    """Median latency (ms) of every variant, measured together, round-robin."""
+def _add_speed_and_size(rows: dict[str, dict[str, Any]], variants: dict[str, dict[str, Any]], data: Any,
+                        plan: tuple[tuple[int, int], ...], threads: int) -> None:
+    """Per batch size in ``plan`` ((batch, runs), ...): every variant timed in ONE round-robin
+    run (``compare_many``), its median and its speed-up over fp32 (the first variant); then
+    each variant's size ratio against fp32."""
     from onnx_compress.runtime import SessionSettings, compare_many
 
     session = SessionSettings(provider="cpu", intra_op_threads=threads)
-    latencies = compare_many([info["path"] for info in variants.values()], feeds, runs=runs, settings=session)
-    return [lat.median_ms for lat in latencies]
+    paths = [info["path"] for info in variants.values()]
+    for batch, runs in plan:
+        medians = [lat.median_ms for lat in compare_many(paths, data.take(batch).inputs, runs=runs, settings=session)]
+        for name, median in zip(variants, medians):
+            rows[name][f"speedup_b{batch}"] = medians[0] / median
+            rows[name][f"median_ms_b{batch}"] = median
+    for row in rows.values():
+        row["smaller"] = rows["fp32"]["size_bytes"] / row["size_bytes"]
 
 
 def _compress(fp32: Path, folder: Path, args: argparse.Namespace, calib: Any, val: Any, metric: str,
@@ -104,13 +112,7 @@ def bench_cnn(args: argparse.Namespace, framework: str) -> dict[str, Any]:
         score = oc.validate(fp32, info["path"], splits.test, "top1")
         rows[name] = {"top1": score.candidate, "top1_drop": score.drop, "size_bytes": size_on_disk(info["path"]),
                       "seconds": info["seconds"]}
-    for batch, runs in ((1, 400), (8, 200), (32, 80)):
-        medians = _timed(variants, splits.test.take(batch).inputs, runs, args.threads)
-        for name, median in zip(variants, medians):
-            rows[name][f"speedup_b{batch}"] = medians[0] / median
-            rows[name][f"median_ms_b{batch}"] = median
-    for row in rows.values():
-        row["smaller"] = rows["fp32"]["size_bytes"] / row["size_bytes"]
+    _add_speed_and_size(rows, variants, splits.test, ((1, 400), (8, 200), (32, 80)), args.threads)
     rows[f"ours: {args.preset}, budget 0.5"]["stages"] = _stages(outcome)
     return rows
 
@@ -138,13 +140,7 @@ def bench_minilm(args: argparse.Namespace) -> dict[str, Any]:
         cos = cosine_per_sample(expected, Runner(info["path"], session).run_dataset(test)["embedding"])
         rows[name] = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                       "size_bytes": size_on_disk(info["path"]), "seconds": info["seconds"]}
-    for batch, runs in ((1, 60), (8, 30)):
-        medians = _timed(variants, test.take(batch).inputs, runs, args.threads)
-        for name, median in zip(variants, medians):
-            rows[name][f"speedup_b{batch}"] = medians[0] / median
-            rows[name][f"median_ms_b{batch}"] = median
-    for row in rows.values():
-        row["smaller"] = rows["fp32"]["size_bytes"] / row["size_bytes"]
+    _add_speed_and_size(rows, variants, test, ((1, 60), (8, 30)), args.threads)
     rows[label]["stages"] = _stages(outcome)
     return rows
 
@@ -203,10 +199,7 @@ def main(argv: list[str]) -> int:
         results["minilm"] = bench_minilm(args)
     results["environment"]["load_average_after"] = list(os.getloadavg())
     _print(results)
-    path = args.out / "pipeline.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, default=lambda v: float(v) if isinstance(v, np.floating) else str(v)))
-    print(f"\nwrote {path}")
+    write_results(args.out, "pipeline", results)
     return 0
 
 

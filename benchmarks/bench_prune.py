@@ -28,13 +28,14 @@ ONNX Runtime on CPU with ``--threads`` intra-op threads (default 2). Writes
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from benchmarks import write_results
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,12 +201,9 @@ def main(argv: list[str]) -> int:
             [[f"{r['model']}: {r['method']}", human_count(r["params"]), human_count(r["macs"]),
               f"{r['speedup_b8']:.2f}x ({r['speedup_min_b8']:.2f}x)", f"{r['cosine_mean']:.4f}",
               f"{r['cosine_min']:.4f}"] for r in transformer]))
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / "prune.json"
     payload = {"threads": args.threads, "runs": args.runs, "cnn": cnn, "minilm": transformer,
                "note": "speed-up = median latency of the original / of the pruned model, measured interleaved in one run"}
-    out.write_text(json.dumps(payload, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
-    print(f"\nwrote {out}")
+    write_results(args.out, "prune", payload)
     return 0
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -30,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+
+from benchmarks import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "samples"))
@@ -208,9 +208,7 @@ def main(argv: list[str]) -> int:
         results["minilm"] = bench_minilm(args, folder)
     results["environment"]["load_average_after"] = list(os.getloadavg())
     _print(results)
-    path = args.out / "quantize.json"
-    path.write_text(json.dumps(results, indent=2, default=lambda v: float(v) if isinstance(v, np.floating) else str(v)))
-    print(f"\nwrote {path}")
+    write_results(args.out, "quantize", results)
     return 0
 
 

@@ -30,7 +30,6 @@ Writes ``artifacts/benchmarks/serve.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
@@ -42,6 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -297,12 +298,9 @@ def main(argv: list[str]) -> int:
     print(f"(batch 1; MiniLM sequence 64; ONNX Runtime {args.threads} intra-op threads, CPU; "
           f"{args.requests} requests per phase x {args.rounds} interleaved rounds; "
           f"overhead = in-process req/s / served req/s; {os.cpu_count()} CPUs shared by clients and server)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / "serve.json"
     payload = {"settings": {"threads": args.threads, "requests": args.requests, "rounds": args.rounds,
                             "clients": clients, "cpus": os.cpu_count()}, "results": results}
-    out.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {out}")
+    write_results(args.out, "serve", payload)
     return 0
 
 

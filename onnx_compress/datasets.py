@@ -52,7 +52,7 @@ class DigitsSplits:
         """Write ``train.npz``, ``calib.npz``, ``val.npz`` and ``test.npz`` into ``folder``."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        return {name: getattr(self, name).save(out / f"{name}.npz") for name in ("train", "calib", "val", "test")}
+        return {f.name: getattr(self, f.name).save(out / f"{f.name}.npz") for f in dataclasses.fields(self)}
 
 
 def upscale_bilinear(images: np.ndarray, size: int) -> np.ndarray:
