@@ -7,6 +7,7 @@ cannot do safely. ``passes/registry.py`` lists the passes recipes can name.
 """
 
 from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
+from onnx_compress.passes.fuse import Fuse, FuseResult, FuseSettings
 from onnx_compress.passes.normalize import Normalize, NormalizeResult, NormalizeSettings
 from onnx_compress.passes.prune import (
     PruneStructured,
@@ -22,6 +23,9 @@ from onnx_compress.passes.quantize import Quantize, QuantizeResult, QuantizeSett
 __all__ = [
     "CompressionPass",
     "CompressionResult",
+    "Fuse",
+    "FuseResult",
+    "FuseSettings",
     "LowRank",
     "LowRankLayer",
     "LowRankResult",

@@ -16,6 +16,7 @@ __all__ = ["PASS_PATHS", "pass_class", "pass_names"]
 #: recipe name -> "module:Class"
 PASS_PATHS: dict[str, str] = {
     "normalize": "onnx_compress.passes.normalize:Normalize",
+    "fuse": "onnx_compress.passes.fuse:Fuse",
     "prune_structured": "onnx_compress.passes.prune.structured:PruneStructured",
     "prune_unstructured": "onnx_compress.passes.prune.unstructured:PruneUnstructured",
     "lowrank": "onnx_compress.passes.lowrank:LowRank",

@@ -11,6 +11,13 @@ same for any number of models (round-robin, rotating order), e.g. every stage of
 against the original. Speed is a measurement on a
 shared machine, not a constant: quote ratios measured side by side, never absolute numbers
 from different runs.
+
+Side by side, each turn of a model starts with one UNTIMED call: after a call, ONNX Runtime's
+worker threads spin-wait for more work for a while, so the first call of the next session
+competes with the previous session's spinning threads. Timing that call added a near-constant
+~35 ms per call to every model of all-MiniLM-L6-v2 at batch 8 on 2 threads (fp32 109 ms, int8
+64 ms: 1.71x), which squeezes every ratio towards 1; with the settling call the same pair read
+90 ms / 43 ms (2.1x), the same ratio as timing each model in blocks of four calls.
 """
 
 from __future__ import annotations
@@ -120,9 +127,9 @@ def compare_many(
 ) -> list[Latency]:
     """Latency of several models measured in ONE run, round-robin.
 
-    Each round times every model once; the order rotates from round to round so that no model
-    always runs right after the same neighbour. Ratios between the returned latencies are the
-    numbers to quote.
+    Each round times every model once, after one untimed settling call (see the module
+    docstring); the order rotates from round to round so that no model always runs right after
+    the same neighbour. Ratios between the returned latencies are the numbers to quote.
     """
     _check_counts(runs, warmup)
     if not models:
@@ -140,6 +147,8 @@ def compare_many(
         if (i // count) % 2:
             order.reverse()
         for index in order:
+            if count > 1:
+                runners[index].run(feeds)  # settle: the previous session's threads stop spinning
             samples[index].append(_timed_call(runners[index], feeds))
     batch = _batch_of(feeds)
     return [Latency.from_samples(s, batch, tuple(r.providers)) for s, r in zip(samples, runners)]

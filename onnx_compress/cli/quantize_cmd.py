@@ -41,6 +41,15 @@ examples:
 """
 
 
+def _smooth_value(text: str) -> str | float:
+    if text in ("auto", "off"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, off or a number in (0, 1), got {text!r}") from None
+
+
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = {
         "mode": args.mode,
@@ -48,6 +57,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "calibration_method": args.calibration_method,
         "block_size": args.block_size,
         "preprocess": args.preprocess,
+        "smooth": args.smooth,
         "guard": args.guard,
         "benchmark_batch": args.batch,
         "threads": args.threads,
@@ -124,8 +134,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--block-size", type=int, default=32, metavar="N",
                         help="weight_only: weights per 4-bit block, a power of two >= 16 (default 32)")
     parser.add_argument("--preprocess", choices=["auto", "ort", "transformer", "none"], default="auto",
-                        help="ONNX Runtime pre-processing before quantizing (default auto: the transformer "
-                             "optimizer for transformer-like models, quantization pre-processing otherwise)")
+                        help="pre-processing before quantizing (default auto: transformer fusions - attention, "
+                             "GELU, skip LayerNorm - for transformer-like models, ONNX Runtime's quantization "
+                             "pre-processing otherwise)")
+    parser.add_argument("--smooth", type=_smooth_value, default="auto", metavar="auto|off|ALPHA",
+                        help="activation smoothing (SmoothQuant) before int8: auto (default: transformer-like "
+                             "models in dynamic mode with --data and --val, strength chosen on --val), off, "
+                             "or a strength in (0, 1)")
     parser.add_argument("--guard", choices=["auto", "drop", "warn", "off"], default="auto",
                         help="speed guard: auto drops op types that make an int8 model slower and warns "
                              "otherwise (default); drop always drops; warn only warns; off skips the benchmark")

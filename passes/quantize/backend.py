@@ -223,14 +223,25 @@ def preprocess_ort(src: Path, dst: Path) -> None:
 
 
 def preprocess_transformer(src: Path, dst: Path) -> dict[str, int]:
-    """ONNX Runtime's transformer optimizer (model type bert, heads and width detected from the
-    graph, Python fusions only); returns the fused-op counts."""
+    """Transformer fusions for quantization: :class:`~onnx_compress.passes.fuse.Fuse` (attention
+    core -> ``MultiHeadAttention`` with the Q/K/V MatMuls left quantizable, GELU, skip
+    LayerNorm), then ONNX Runtime's transformer optimizer (model type bert, heads and width
+    detected from the graph, Python fusions only) for the patterns it knows that ``Fuse`` does
+    not; returns the fused-op counts of the result."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    with quiet_ort():
-        optimized = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
-        optimized.save_model_to_file(str(dst), use_external_data_format=is_large(src))
-        stats = optimized.get_fused_operator_statistics()
+    from onnx_compress.passes.fuse import Fuse
+
+    fused = Fuse()(load_model(src))
+    with tempfile.TemporaryDirectory(prefix="onnx-compress-fuse-") as scratch:
+        source = src
+        if fused.modified:
+            source = Path(scratch) / "fused.onnx"
+            save_model(fused.model, source)
+        with quiet_ort():
+            optimized = optimize_model(str(source), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+            optimized.save_model_to_file(str(dst), use_external_data_format=is_large(source))
+            stats = optimized.get_fused_operator_statistics()
     return {op: int(n) for op, n in stats.items() if n}
 
 

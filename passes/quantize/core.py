@@ -7,7 +7,9 @@ The steps of :meth:`Quantize.call`, in order:
 2. write the input to a workspace (nodes without a unique name get one: ONNX Runtime's
    quantizers address nodes by name), choose the mode, pre-process (checked for parity);
 3. find the candidates, apply the user's exclusions and the small-layer rule;
-4. quantize with ONNX Runtime (static: calibrate once, cached for every later re-quantization);
+4. transformer-like models in dynamic mode: smooth activation outliers into the weights
+   (``smooth.py``), at the strength that scores best on the validation data;
+   quantize with ONNX Runtime (static: calibrate once, cached for every later re-quantization);
 5. speed guard: benchmark against the input; in auto mode drop op types that make it slower;
 6. accuracy: validate on held-out data; over the budget with ``exclude="auto"``: rank the nodes
    by sensitivity and keep the most sensitive float until the budget holds;
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
+from tqdm.auto import tqdm
 
 from onnx_compress.data import Dataset, input_specs
 from onnx_compress.errors import BudgetError, SettingError
@@ -52,6 +55,7 @@ from onnx_compress.passes.quantize.result import (
 )
 from onnx_compress.passes.quantize.sensitivity import choose_exclusions, rank_nodes
 from onnx_compress.passes.quantize.settings import QuantizeSettings
+from onnx_compress.passes.quantize.smooth import input_absmax, smooth, smoothing_groups
 from onnx_compress.runtime.cpu import CpuFeatures, detect_cpu
 from onnx_compress.runtime.metrics import Score, resolve_metric
 from onnx_compress.runtime.session import Runner, SessionSettings
@@ -239,6 +243,7 @@ class _Run:
                                        "with use_external_data_format"))
 
         self.op_types = [op for op in op_types if any(c.op_type == op for c in self._active())]
+        self._smooth()
         path = self._quantize(self._config())
         path, speed = self._guard(path)
         path, score = self._budget(path)
@@ -413,10 +418,62 @@ class _Run:
         return DatasetReader(data, [spec.name for spec in input_specs(self.model)],
                              self._fixed_batch() or s.calibration_batch, progress=self.pass_.progress)
 
-    def _quantize(self, config: QuantConfig, stem: str = "quantized") -> Path:
+    def _quantize(self, config: QuantConfig, stem: str = "quantized", source: Path | None = None) -> Path:
         dst = self.ws.path(f"{stem}-{self.mode}")
-        return quantize_file(self.prepared_path, dst, config, workspace=self.ws, reader_factory=self._reader,
-                             present_ops=self.present_ops)
+        return quantize_file(source or self.prepared_path, dst, config, workspace=self.ws,
+                             reader_factory=self._reader, present_ops=self.present_ops)
+
+    # ------------------------------------------------------------------ smoothing
+    def _use_prepared(self, path: Path) -> None:
+        """Quantize ``path`` from now on; its smoothed weights are new initializers, so the
+        candidates are re-read (same node names, new weight names)."""
+        self.prepared_path = path
+        self.analysis = analyze(_load_proto(path))
+        fresh = {c.name: c for c in self.analysis.candidates[self.mode]}
+        self.candidates = {name: fresh.get(name, c) for name, c in self.candidates.items()}
+
+    def _smooth(self) -> None:
+        """Replace the prepared model by its smoothed copy when that quantizes more accurately."""
+        s = self.settings
+        alphas, choice = auto.choose_smoothing(s, self.mode, self.analysis, self.calibration is not None,
+                                               self.validation is not None)
+        self._note(choice)
+        if not alphas:
+            return
+        assert self.calibration is not None
+        prepared = self.ws.read(self.prepared_path)
+        groups = smoothing_groups(prepared, [c.name for c in self._active()])
+        if not groups:
+            self.choices.append(Choice("smooth", "off", "no quantized MatMul reads a computed input"))
+            return
+        absmax = input_absmax(prepared, groups, self.calibration.take(s.calibration_samples),
+                              batch_size=self._eval_batch(), settings=self.session)
+        where = f"{len(groups)} MatMul inputs"
+        if self.validation is None:  # an explicit strength without data to check it
+            self._use_prepared(self.ws.write(smooth(prepared, groups, absmax, alphas[0]), "smoothed"))
+            self.choices.append(Choice("smooth", alphas[0], f"as set ({where})"))
+            return
+        evaluator = Evaluator(self.input_path, self.validation, s.metric, batch_size=self._eval_batch(),
+                              settings=self.session)
+        plain = self._quantize(self._config(), stem="smooth-plain")
+        scores: dict[float | None, float] = {None: evaluator.evaluate(plain).drop}
+        cleanup([plain])
+        paths: dict[float, Path] = {}
+        for alpha in tqdm(alphas, desc="smoothing", unit="strength", disable=not self.pass_.progress, leave=False):
+            paths[alpha] = self.ws.write(smooth(prepared, groups, absmax, alpha), f"smoothed-{alpha}")
+            trial = self._quantize(self._config(), stem="smooth-trial", source=paths[alpha])
+            scores[alpha] = evaluator.evaluate(trial).drop
+            cleanup([trial])
+        best = min(scores, key=lambda a: (scores[a], a is not None))
+        tried = ", ".join(f"{'plain' if a is None else a}: {d:.4g}" for a, d in scores.items())
+        cleanup([p for a, p in paths.items() if a != best])
+        if best is None:
+            self.choices.append(Choice("smooth", "off", f"no strength beat plain int8 ({where}; validation "
+                                       f"{evaluator.metric_name} drop {tried})"))
+            return
+        self._use_prepared(paths[best])
+        self.choices.append(Choice("smooth", best, f"activation outliers moved into the weights of {where}; "
+                                   f"validation {evaluator.metric_name} drop {tried}"))
 
     # ------------------------------------------------------------------ speed guard
     def _drop_mode(self) -> bool:

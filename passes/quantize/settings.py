@@ -94,11 +94,20 @@ class QuantizeSettings(PassSettings):
 
     Preparation
         preprocess: ``ort`` (ONNX Runtime's quantization pre-processing: symbolic shape
-            inference and basic graph optimization), ``transformer`` (ONNX Runtime's transformer
-            optimizer, model type bert: LayerNormalization/Gelu fusions), ``none``, or ``auto``
+            inference and basic graph optimization), ``transformer`` (transformer fusions:
+            :class:`~onnx_compress.passes.fuse.Fuse` - attention core, GELU, skip LayerNorm -
+            then ONNX Runtime's transformer optimizer, model type bert), ``none``, or ``auto``
             (default: ``transformer`` for transformer-like models in dynamic, weight_only and
             fp16 mode, ``ort`` for the int8 modes otherwise, ``none`` else). A preparation that
             fails, or changes the model's outputs, is skipped and the reason reported.
+
+        smooth: activation smoothing (SmoothQuant, ``smooth.py``) before int8: per-channel
+            scales move activation outliers into the weights of the MatMuls that read them.
+            ``auto`` (default): in dynamic mode on transformer-like models, with calibration
+            data (the channel ranges) and validation data (to choose), try the strengths in
+            ``smooth.ALPHA_CHOICES`` and keep the one that scores best on the validation data,
+            or none if none beats plain int8; ``off``; or a strength in (0, 1) applied as it is
+            (needs calibration data).
 
     Budget (sensitivity-driven exclusion)
         max_drop: the largest metric drop allowed on the validation data (metric units:
@@ -139,6 +148,7 @@ class QuantizeSettings(PassSettings):
     block_size: int = 32
     symmetric: bool = False
     preprocess: Literal["auto", "ort", "transformer", "none"] = "auto"
+    smooth: float | Literal["auto", "off"] = "auto"
     max_drop: float | None = None
     metric: str | Callable[..., float] = "auto"
     sensitivity_samples: int = 64
@@ -169,6 +179,10 @@ class QuantizeSettings(PassSettings):
             object.__setattr__(self, "op_types", op_types)
         if self.exclude != AUTO:
             object.__setattr__(self, "exclude", _names(self.exclude, "exclude") if self.exclude else ())
+        if self.smooth not in ("auto", "off") and (isinstance(self.smooth, (bool, str))
+                                                  or not isinstance(self.smooth, (int, float))
+                                                  or not 0.0 < self.smooth < 1.0):
+            raise SettingError(f"smooth must be 'auto', 'off' or a strength between 0 and 1; got {self.smooth!r}")
         if self.reduce_range not in (True, False, "auto"):
             raise SettingError(f"reduce_range must be true, false or 'auto'; got {self.reduce_range!r}")
         for field in ("per_channel", "symmetric", "analyze_sensitivity"):

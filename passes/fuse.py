@@ -1,0 +1,160 @@
+"""Fuse transformer sub-graphs into ONNX Runtime's fused operators (CPU and CUDA kernels).
+
+Why
+    An exported BERT-style encoder is hundreds of small nodes per layer: the attention core
+    (scores MatMul, scale, mask ``Where``/``IsNaN`` handling, Softmax, the head ``Transpose``/
+    ``Reshape`` chains), erf-GELU as five element-wise nodes, LayerNorm after a residual ``Add``.
+    ONNX Runtime's own session optimizer does not recognise the attention pattern that
+    ``torch.onnx`` emits for ``scaled_dot_product_attention``, so those nodes run one by one.
+    After int8 quantization the MatMuls are ~3x cheaper but these nodes are not, and they cap the
+    speed-up: all-MiniLM-L6-v2, batch 8, sequence 64, 2 threads, ONNX Runtime profile per call:
+    int8 without fusion spends ~17 ms in int8 MatMuls and ~22 ms elsewhere; fused, the rest is
+    ~15 ms (``MultiHeadAttention`` 5 ms, ``SkipLayerNormalization`` 7 ms, ``BiasGelu`` 3 ms).
+
+What (onnxscript's ``ort_fusions`` rules, composed here)
+    constant folding and shape simplification, then erf/tanh GELU -> ``Gelu`` (+ bias ->
+    ``BiasGelu``), residual ``Add`` + LayerNorm -> ``SkipLayerNormalization`` (and the RMS
+    variants), the attention core -> ``MultiHeadAttention`` (scale and Q/K/V biases folded in).
+    ``attention="packed"`` further packs the Q/K/V projections into one ``Attention`` node.
+
+    The default (``attention="mha"``) leaves the Q/K/V projections as MatMuls on purpose: int8
+    quantization reaches them. The packed ``Attention`` node could only be quantized as
+    ``QAttention``, which has no input for the additive attention bias that the fused graph
+    carries, so ONNX Runtime's quantizer leaves it float (MiniLM measured: 30.8 MB and 1.73x at
+    batch 1 packed, 22.9 MB and 2.25x with ``mha``).
+
+Limits
+    Fused operators are in the ``com.microsoft`` domain: the result runs in ONNX Runtime (CPU,
+    CUDA), not in other ONNX back-ends, and ONNX's own shape inference does not type their
+    outputs (parameters and MACs of fused attention are not counted by ``model_stats``). Run it
+    after structured pruning and low-rank factoring (they follow MatMul/Reshape chains, not fused
+    nodes) and before quantization. Decoder-only fusions (rotary embeddings, grouped-query
+    attention) are not applied. A graph with nothing to fuse comes back unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Literal
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from onnx_compress.errors import SettingError
+from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
+from onnx_compress.stats import op_histogram
+
+__all__ = ["Fuse", "FuseSettings", "FuseResult"]
+
+logger = logging.getLogger(__name__)
+
+AttentionFusion = Literal["mha", "packed", "off"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FuseSettings(PassSettings):
+    """Settings of :class:`Fuse`.
+
+    Attributes:
+        attention: ``mha`` (default): the attention core becomes ``MultiHeadAttention`` and the
+            Q/K/V projections stay MatMuls, so int8 quantization reaches them; ``packed``: the
+            projections are packed into one ``Attention`` node too (float models only: it
+            stays float when quantized); ``off``: attention is left as it is.
+        gelu: fuse GELU (erf or tanh form) and its bias into ``Gelu`` / ``BiasGelu`` (default True).
+        layer_norm: fuse residual ``Add`` + LayerNorm into ``SkipLayerNormalization`` (and the
+            RMS-norm forms) (default True).
+    """
+
+    attention: AttentionFusion = "mha"
+    gelu: bool = True
+    layer_norm: bool = True
+
+    def __post_init__(self) -> None:
+        if self.attention not in ("mha", "packed", "off"):
+            raise SettingError(f"attention must be one of mha, packed, off; got {self.attention!r}")
+
+
+@dataclasses.dataclass
+class FuseResult(CompressionResult):
+    """How many sub-graphs each fusion replaced, and the node counts before and after."""
+
+    fusions: dict[str, int] = dataclasses.field(default_factory=dict)
+    nodes_before: int = 0
+    nodes_after: int = 0
+
+    def summary(self) -> str:
+        if not self.modified:
+            return "nothing to fuse"
+        done = ", ".join(f"{name} {count}" for name, count in self.fusions.items() if count)
+        return f"{self.nodes_before} -> {self.nodes_after} nodes ({done})"
+
+
+def _fusion_steps(settings: FuseSettings) -> list[tuple[str, Callable[..., int]]]:
+    """The fusions to apply, in onnxscript's order (later rules consume earlier results)."""
+    from onnxscript.rewriter.ort_fusions import attention, bias_gelu, erfgelu, gelu, mha, mha_bias, mha_scale
+    from onnxscript.rewriter.ort_fusions import rms_normalization, sdpa, skip_normalization
+
+    steps: list[tuple[str, Callable[..., int]]] = []
+    if settings.gelu:
+        steps.append(("erf_gelu", erfgelu.fuse_erfgelu))
+    if settings.layer_norm:
+        steps += [
+            ("rms_normalization", rms_normalization.fuse_rms_normalization),
+            ("skip_layer_normalization", skip_normalization.fuse_skip_layer_normalization),
+            ("skip_rms_normalization", skip_normalization.fuse_skip_rms_normalization),
+        ]
+    if settings.attention != "off":
+        steps += [
+            ("sdpa", sdpa.fuse_sdpa),
+            ("mha1", mha.fuse_mha1),
+            ("mha2", mha.fuse_mha2),
+            ("mha_scale", mha_scale.fuse_mha_scale),
+            ("mha_bias", mha_bias.fuse_mha_bias),
+        ]
+        if settings.attention == "packed":
+            steps.append(("attention", attention.fuse_attention))
+    if settings.gelu:
+        steps += [("gelu", gelu.fuse_gelu), ("bias_gelu", bias_gelu.fuse_bias_gelu)]
+    return steps
+
+
+class Fuse(CompressionPass):
+    """Transformer fusions into ONNX Runtime's fused operators; see the module docstring."""
+
+    name = "fuse"
+    Settings = FuseSettings
+    settings: FuseSettings
+
+    def call(self, model: ir.Model) -> FuseResult:
+        from onnxscript.optimizer import optimize
+        from onnxscript.rewriter.ort_fusions import shape_optimization
+
+        nodes_before = sum(op_histogram(model).values())
+        work = self.copy_model(model)
+        common_passes.ShapeInferencePass(strict_mode=False)(work)
+        optimize(work)
+        shape_optimization.rules.apply_to_model(work)
+        optimize(work)
+        fusions: dict[str, int] = {}
+        for name, fuse in _fusion_steps(self.settings):
+            kwargs = {"apply_shape_inference": True} if name == "sdpa" else {}
+            fusions[name] = int(fuse(work, **kwargs))
+            if name == "skip_rms_normalization":
+                common_passes.CommonSubexpressionEliminationPass()(work)
+        fused = sum(fusions.values())
+        if not fused:
+            logger.info("fuse: nothing to fuse")
+            return FuseResult(model=self.copy_model(model), modified=False, fusions=fusions,
+                              nodes_before=nodes_before, nodes_after=nodes_before)
+        optimize(work)  # inline leftover intermediate functions, drop unused nodes
+        ir.passes.Sequential(
+            common_passes.RemoveUnusedNodesPass(),
+            common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+            common_passes.ShapeInferencePass(strict_mode=False),
+        )(work)
+        result = FuseResult(model=work, modified=True, fusions=fusions, nodes_before=nodes_before,
+                            nodes_after=sum(op_histogram(work).values()))
+        logger.info("fuse: %s", result.summary())
+        return result
