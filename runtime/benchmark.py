@@ -12,12 +12,16 @@ against the original. Speed is a measurement on a
 shared machine, not a constant: quote ratios measured side by side, never absolute numbers
 from different runs.
 
-Side by side, each turn of a model starts with one UNTIMED call: after a call, ONNX Runtime's
-worker threads spin-wait for more work for a while, so the first call of the next session
-competes with the previous session's spinning threads. Timing that call added a near-constant
-~35 ms per call to every model of all-MiniLM-L6-v2 at batch 8 on 2 threads (fp32 109 ms, int8
-64 ms: 1.71x), which squeezes every ratio towards 1; with the settling call the same pair read
-90 ms / 43 ms (2.1x), the same ratio as timing each model in blocks of four calls.
+Side by side, the sessions do not spin (:func:`side_by_side_settings`) and each turn of a model
+starts with one UNTIMED call. ONNX Runtime's worker threads spin-wait for more work after a call;
+with several sessions on the same cores, the idle sessions' spinning threads steal time from the
+one being timed, and how much depends on which model ran before. all-MiniLM-L6-v2 on 2 threads,
+fp32 / int8 medians: batch 8, spinning, no settling call: 109 / 64 ms (1.71x, a near-constant
+~35 ms added to both); batch 1, spinning, with settling calls: fp32 anywhere from 10.7 to 34.9
+ms depending on the rotation. Without spinning the same pairs read 92 / 42 ms (2.2x) and 13.7 /
+8.0 ms (1.7x) and repeat within a few percent, the ratios of the quietest spinning runs (each
+model in blocks of ten calls). The settling call keeps caches and allocator arenas of the
+timed model warm.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np
 from onnx_compress.errors import SettingError
 from onnx_compress.runtime.session import ModelSource, Runner, SessionSettings
 
-__all__ = ["Latency", "Comparison", "benchmark", "compare", "compare_many"]
+__all__ = ["Latency", "Comparison", "benchmark", "compare", "compare_many", "side_by_side_settings"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +85,13 @@ class Comparison:
         return {"a": self.a.as_dict(), "b": self.b.as_dict(), "speedup": self.speedup}
 
 
+def side_by_side_settings(settings: SessionSettings | None) -> SessionSettings:
+    """Session settings for timing several models in one process: spinning off unless the
+    caller chose (see the module docstring)."""
+    settings = settings or SessionSettings()
+    return settings if settings.spinning is not None else dataclasses.replace(settings, spinning=False)
+
+
 def _check_counts(runs: int, warmup: int) -> None:
     if runs < 1:
         raise SettingError(f"runs must be >= 1, got {runs}")
@@ -127,14 +138,16 @@ def compare_many(
 ) -> list[Latency]:
     """Latency of several models measured in ONE run, round-robin.
 
-    Each round times every model once, after one untimed settling call (see the module
-    docstring); the order rotates from round to round so that no model always runs right after
+    Models given as paths or ``ir.Model`` get sessions from :func:`side_by_side_settings`
+    (no spinning unless ``settings`` says); a :class:`Runner` is used as it is. Each round times
+    every model once, after one untimed settling call (see the module docstring); the order rotates from round to round so that no model always runs right after
     the same neighbour. Ratios between the returned latencies are the numbers to quote.
     """
     _check_counts(runs, warmup)
     if not models:
         raise SettingError("compare_many needs at least one model")
-    runners = [m if isinstance(m, Runner) else Runner(m, settings) for m in models]
+    timing = side_by_side_settings(settings)
+    runners = [m if isinstance(m, Runner) else Runner(m, timing) for m in models]
     feeds = dict(feeds)
     for _ in range(warmup):
         for runner in runners:

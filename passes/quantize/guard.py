@@ -43,7 +43,7 @@ import numpy as np
 from onnx_compress.data import Dataset, InputSpec, synthetic_inputs
 from onnx_compress.errors import DataError
 from onnx_compress.passes.quantize.result import SpeedCheck
-from onnx_compress.runtime.benchmark import compare
+from onnx_compress.runtime.benchmark import compare, side_by_side_settings
 from onnx_compress.runtime.session import Runner, SessionSettings
 from onnx_compress.stats import size_on_disk
 
@@ -107,7 +107,7 @@ def measure_speed(
     label: str = "result",
 ) -> SpeedCheck:
     """Interleaved benchmark of the candidate against the input, in blocks, with a verdict."""
-    settings = SessionSettings(provider="cpu", intra_op_threads=threads)
+    settings = side_by_side_settings(SessionSettings(provider="cpu", intra_op_threads=threads))
     a = Runner(input_path, settings)
     b = Runner(candidate_path, settings)
     total = runs if runs is not None else _runs_for(a, b, feeds, seconds, blocks)

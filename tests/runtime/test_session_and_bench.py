@@ -56,3 +56,15 @@ def test_compare_interleaves_equal_run_counts(torch_seed_onnx):
     assert result.a.throughput == pytest.approx(2 / (result.a.median_ms / 1e3))
     with pytest.raises(SettingError, match="runs"):
         compare(torch_seed_onnx, torch_seed_onnx, feeds, runs=0)
+
+
+def test_side_by_side_sessions_do_not_spin_unless_asked():
+    from onnx_compress.runtime import side_by_side_settings
+
+    assert side_by_side_settings(None).spinning is False
+    chosen = SessionSettings(provider="cpu", intra_op_threads=2)
+    timing = side_by_side_settings(chosen)
+    assert timing.spinning is False and timing.intra_op_threads == 2 and timing.provider == "cpu"
+    assert side_by_side_settings(SessionSettings(spinning=True)).spinning is True
+    options = timing.session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
