@@ -45,7 +45,7 @@ from onnx_compress.passes.base import CompressionPass
 from onnx_compress.passes.normalize import Normalize
 from onnx_compress.recipe import Recipe, load_recipe
 from onnx_compress.report import Report, StageReport
-from onnx_compress.runtime.benchmark import compare_many, side_by_side_settings
+from onnx_compress.runtime.benchmark import compare_many
 from onnx_compress.runtime.metrics import MetricSpec, Score, resolve_metric, score
 from onnx_compress.runtime.session import Runner, SessionSettings
 from onnx_compress.runtime.validate import Evaluator
@@ -325,7 +325,7 @@ def compress(
         if not any(stage.model is m for m in distinct):
             distinct.append(stage.model)  # type: ignore[arg-type]
     logger.info("timing %d models side by side", len(distinct))
-    runners = [Runner(m, side_by_side_settings(settings.session)) for m in distinct]
+    runners = [Runner(m, settings.session) for m in distinct]
     latencies = compare_many(runners, feeds, runs=settings.bench_runs, warmup=5)
     measurements = {id(m): (model_stats(m, dims=dims), latency) for m, latency in zip(distinct, latencies)}
     base_latency = latencies[0].median_ms

@@ -7,7 +7,7 @@ Nothing here imports torch, tensorflow or the converters. The server lives in
 
 from onnx_compress.runtime.activations import expose_values, iter_activations
 from onnx_compress.runtime.cpu import CpuFeatures, detect_cpu
-from onnx_compress.runtime.benchmark import Comparison, Latency, benchmark, compare, compare_many, side_by_side_settings
+from onnx_compress.runtime.benchmark import Comparison, Latency, benchmark, compare, compare_many
 from onnx_compress.runtime.deploy import TritonDeployment, deploy_triton
 from onnx_compress.runtime.metrics import Score, score
 from onnx_compress.runtime.session import Runner, SessionSettings, cuda_available, resolve_providers
@@ -25,7 +25,6 @@ __all__ = [
     "benchmark",
     "compare",
     "compare_many",
-    "side_by_side_settings",
     "cuda_available",
     "deploy_triton",
     "detect_cpu",

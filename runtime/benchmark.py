@@ -12,16 +12,17 @@ against the original. Speed is a measurement on a
 shared machine, not a constant: quote ratios measured side by side, never absolute numbers
 from different runs.
 
-Side by side, the sessions do not spin (:func:`side_by_side_settings`) and each turn of a model
-starts with one UNTIMED call. ONNX Runtime's worker threads spin-wait for more work after a call;
-with several sessions on the same cores, the idle sessions' spinning threads steal time from the
-one being timed, and how much depends on which model ran before. all-MiniLM-L6-v2 on 2 threads,
-fp32 / int8 medians: batch 8, spinning, no settling call: 109 / 64 ms (1.71x, a near-constant
-~35 ms added to both); batch 1, spinning, with settling calls: fp32 anywhere from 10.7 to 34.9
-ms depending on the rotation. Without spinning the same pairs read 92 / 42 ms (2.2x) and 13.7 /
-8.0 ms (1.7x) and repeat within a few percent, the ratios of the quietest spinning runs (each
-model in blocks of ten calls). The settling call keeps caches and allocator arenas of the
-timed model warm.
+Side by side, models are timed in settled BLOCKS: each turn first runs the model untimed for
+``settle_ms`` (150 ms by default, one call at least), then times a few calls in a row. ONNX
+Runtime's worker threads spin-wait between operators (fast dispatch; on by default, as served)
+and keep spinning for up to ~100 ms after a call returns, so with several sessions on the same
+cores the previous session's threads steal time from the next one: all-MiniLM-L6-v2 on 2
+threads, timed call by call in strict rotation, read fp32 110 ms / int8 56 ms at batch 8, and
+the int8 model's batch-1 call took 11.6 ms right after an fp32 call, 9.7 ms 50 ms later and 6.3
+ms (its quiet time) 100 ms later. The alternatives measured worse: spinning off slows models of
+many small operators (the 0.1 ms seed CNN lost half its batch-1 speed-up), and ONNX Runtime's
+``session.force_spinning_stop`` wakes the threads at every call (+0.03 ms, a third of that
+CNN's int8 latency). Settled blocks read each model as it runs alone in its own process.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ import numpy as np
 from onnx_compress.errors import SettingError
 from onnx_compress.runtime.session import ModelSource, Runner, SessionSettings
 
-__all__ = ["Latency", "Comparison", "benchmark", "compare", "compare_many", "side_by_side_settings"]
+#: untimed calls before each timed block, side by side (see the module docstring)
+SETTLE_MS = 150.0
+
+__all__ = ["Latency", "Comparison", "benchmark", "compare", "compare_many"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,11 +89,13 @@ class Comparison:
         return {"a": self.a.as_dict(), "b": self.b.as_dict(), "speedup": self.speedup}
 
 
-def side_by_side_settings(settings: SessionSettings | None) -> SessionSettings:
-    """Session settings for timing several models in one process: spinning off unless the
-    caller chose (see the module docstring)."""
-    settings = settings or SessionSettings()
-    return settings if settings.spinning is not None else dataclasses.replace(settings, spinning=False)
+def _settle(runner: Runner, feeds: dict[str, np.ndarray], settle_ms: float) -> None:
+    """Untimed calls for at least ``settle_ms`` (one at least): the previous session's threads
+    stop spinning meanwhile, and this model's caches are warm when the timing starts."""
+    deadline = time.perf_counter() + settle_ms / 1e3
+    runner.run(feeds)
+    while time.perf_counter() < deadline:
+        runner.run(feeds)
 
 
 def _check_counts(runs: int, warmup: int) -> None:
@@ -135,34 +141,39 @@ def compare_many(
     runs: int = 100,
     warmup: int = 10,
     settings: SessionSettings | None = None,
+    rounds: int | None = None,
+    settle_ms: float = SETTLE_MS,
 ) -> list[Latency]:
-    """Latency of several models measured in ONE run, round-robin.
+    """Latency of several models measured in ONE run, in settled blocks, round-robin.
 
-    Models given as paths or ``ir.Model`` get sessions from :func:`side_by_side_settings`
-    (no spinning unless ``settings`` says); a :class:`Runner` is used as it is. Each round times
-    every model once, after one untimed settling call (see the module docstring); the order rotates from round to round so that no model always runs right after
-    the same neighbour. Ratios between the returned latencies are the numbers to quote.
+    ``rounds`` rounds (default ``min(runs, 10)``); in each, every model runs untimed for
+    ``settle_ms`` and then times ``ceil(runs / rounds)`` calls (so at least ``runs`` samples per
+    model). The order rotates from round to round so that no model always runs right after the
+    same neighbour. Ratios between the returned latencies are the numbers to quote.
     """
     _check_counts(runs, warmup)
     if not models:
         raise SettingError("compare_many needs at least one model")
-    timing = side_by_side_settings(settings)
-    runners = [m if isinstance(m, Runner) else Runner(m, timing) for m in models]
+    runners = [m if isinstance(m, Runner) else Runner(m, settings) for m in models]
     feeds = dict(feeds)
     for _ in range(warmup):
         for runner in runners:
             runner.run(feeds)
     samples: list[list[int]] = [[] for _ in runners]
     count = len(runners)
-    for i in range(runs):
+    rounds = min(runs, 10) if rounds is None else rounds
+    if rounds < 1:
+        raise SettingError(f"rounds must be >= 1, got {rounds}")
+    per_turn = -(-runs // rounds)
+    for i in range(rounds):
         shift = i % count
         order = list(range(shift, count)) + list(range(shift))
         if (i // count) % 2:
             order.reverse()
         for index in order:
             if count > 1:
-                runners[index].run(feeds)  # settle: the previous session's threads stop spinning
-            samples[index].append(_timed_call(runners[index], feeds))
+                _settle(runners[index], feeds, settle_ms)
+            samples[index].extend(_timed_call(runners[index], feeds) for _ in range(per_turn))
     batch = _batch_of(feeds)
     return [Latency.from_samples(s, batch, tuple(r.providers)) for s, r in zip(samples, runners)]
 
@@ -175,7 +186,10 @@ def compare(
     runs: int = 100,
     warmup: int = 10,
     settings: SessionSettings | None = None,
+    rounds: int | None = None,
+    settle_ms: float = SETTLE_MS,
 ) -> Comparison:
-    """Interleaved side-by-side latency of two models on the same inputs (A B B A ...)."""
-    a, b = compare_many([model_a, model_b], feeds, runs=runs, warmup=warmup, settings=settings)
+    """Side-by-side latency of two models on the same inputs, in settled blocks (A B B A ...)."""
+    a, b = compare_many([model_a, model_b], feeds, runs=runs, warmup=warmup, settings=settings, rounds=rounds,
+                        settle_ms=settle_ms)
     return Comparison(a=a, b=b)

@@ -48,12 +48,10 @@ def _feeds(args: argparse.Namespace, runner: Any) -> dict[str, Any]:
 
 def _bench(args: argparse.Namespace) -> int:
     from onnx_compress.data import Dataset
-    from onnx_compress.runtime.benchmark import benchmark, compare, side_by_side_settings
+    from onnx_compress.runtime.benchmark import benchmark, compare
     from onnx_compress.runtime.session import Runner
 
     settings = session_settings(args)
-    if args.vs is not None:
-        settings = side_by_side_settings(settings)  # two sessions, one process: no spinning
     runner = Runner(args.model, settings)
     feeds = _feeds(args, runner)
     header = ["model", "median ms", "p90 ms", "samples/s"]

@@ -43,7 +43,7 @@ import numpy as np
 from onnx_compress.data import Dataset, InputSpec, synthetic_inputs
 from onnx_compress.errors import DataError
 from onnx_compress.passes.quantize.result import SpeedCheck
-from onnx_compress.runtime.benchmark import compare, side_by_side_settings
+from onnx_compress.runtime.benchmark import compare
 from onnx_compress.runtime.session import Runner, SessionSettings
 from onnx_compress.stats import size_on_disk
 
@@ -107,12 +107,12 @@ def measure_speed(
     label: str = "result",
 ) -> SpeedCheck:
     """Interleaved benchmark of the candidate against the input, in blocks, with a verdict."""
-    settings = side_by_side_settings(SessionSettings(provider="cpu", intra_op_threads=threads))
+    settings = SessionSettings(provider="cpu", intra_op_threads=threads)
     a = Runner(input_path, settings)
     b = Runner(candidate_path, settings)
     total = runs if runs is not None else _runs_for(a, b, feeds, seconds, blocks)
     per_block = max(1, total // blocks)
-    results = [compare(a, b, feeds, runs=per_block, warmup=1 if i == 0 else 0) for i in range(blocks)]
+    results = [compare(a, b, feeds, runs=per_block, warmup=1 if i == 0 else 0, rounds=1) for i in range(blocks)]
     ratios = [r.speedup for r in results]
     min_ratios = [r.a.min_ms / r.b.min_ms for r in results]
     batch = int(next(iter(feeds.values())).shape[0])

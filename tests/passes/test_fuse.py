@@ -3,6 +3,10 @@ that int8 quantization still reaches the projections, and that a CNN comes back 
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
+import onnx
 import pytest
 
 from onnx_compress.errors import SettingError
@@ -20,7 +24,7 @@ def minilm_model(minilm_onnx):
 
 def test_minilm_attention_gelu_and_layernorm_fuse_and_outputs_hold(minilm_model, minilm_texts):
     before = op_histogram(minilm_model)
-    result = Fuse()(minilm_model)
+    result = Fuse(layer_norm="fused")(minilm_model)
     ops = op_histogram(result.model)
     assert result.modified
     # six encoder layers: one attention core, one GELU, two residual LayerNorms each
@@ -32,6 +36,7 @@ def test_minilm_attention_gelu_and_layernorm_fuse_and_outputs_hold(minilm_model,
     assert "Softmax" not in ops and "Erf" not in ops
     assert result.nodes_after < result.nodes_before / 2
     assert result.fusions["skip_layer_normalization"] == 12 and result.fusions["sdpa"] == 6
+    assert result.layer_norm == "fused" and result.layer_norm_reason == "as set"
     assert op_histogram(minilm_model) == before  # the input is not modified
     sample = minilm_texts["val"].take(16)
     expected = Runner(minilm_model).run_dataset(sample)["embedding"]
@@ -40,10 +45,49 @@ def test_minilm_attention_gelu_and_layernorm_fuse_and_outputs_hold(minilm_model,
     assert abs(expected - got).max() < 1e-4
 
 
+def test_unfused_residual_norms_are_sums_that_onnx_runtime_leaves_alone(minilm_model, minilm_texts):
+    import onnxruntime as ort
+
+    from onnx_compress.model_io import save_model
+
+    result = Fuse(layer_norm="unfused")(minilm_model)
+    ops = op_histogram(result.model)
+    # 12 residual Adds + the embeddings' sum, each the only input of a LayerNormalization
+    assert ops["Sum"] == 13 and ops["LayerNormalization"] == 13 and result.fusions["residual_sum"] == 13
+    assert "com.microsoft::SkipLayerNormalization" not in ops
+    assert ops["com.microsoft::MultiHeadAttention"] == 6
+    sample = minilm_texts["val"].take(8)
+    expected = Runner(minilm_model).run_dataset(sample)["embedding"]
+    got = Runner(result.model).run_dataset(sample)["embedding"]
+    assert abs(expected - got).max() < 1e-4
+    # ONNX Runtime's own optimizer does not fuse them back (it does fuse Add + LayerNormalization)
+    options = ort.SessionOptions()
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "unfused.onnx"
+        save_model(result.model, source)
+        optimized = Path(folder) / "optimized.onnx"
+        options.optimized_model_filepath = str(optimized)
+        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        kinds = {node.op_type for node in onnx.load(str(optimized), load_external_data=False).graph.node}
+    assert "SkipLayerNormalization" not in kinds and "LayerNormalization" in kinds
+
+
+def test_auto_layer_norm_times_both_forms_on_this_cpu(minilm_model):
+    from onnx_compress.passes.fuse.residual_norm import measure
+
+    timing = measure(384, rows=128, threads=1, runs=20)
+    assert timing.width == 384 and timing.fused_ms > 0 and timing.unfused_ms > 0
+    result = Fuse(threads=1)(minilm_model)
+    assert result.layer_norm in ("fused", "unfused")
+    assert "SkipLayerNormalization" in result.layer_norm_reason and "ms" in result.layer_norm_reason
+    sums = op_histogram(result.model).get("Sum", 0)
+    assert sums == (13 if result.layer_norm == "unfused" else 0)
+
+
 def test_packed_attention_and_attention_off(minilm_model):
-    packed = op_histogram(Fuse(attention="packed")(minilm_model).model)
+    packed = op_histogram(Fuse(attention="packed", layer_norm="fused")(minilm_model).model)
     assert packed["com.microsoft::Attention"] == 6 and packed["MatMul"] == 18
-    off = Fuse(attention="off", gelu=False)(minilm_model)
+    off = Fuse(attention="off", gelu=False, layer_norm="fused")(minilm_model)
     ops = op_histogram(off.model)
     assert "com.microsoft::MultiHeadAttention" not in ops and "com.microsoft::BiasGelu" not in ops
     assert ops["Softmax"] == 6 and ops["com.microsoft::SkipLayerNormalization"] == 12
@@ -59,3 +103,5 @@ def test_a_cnn_has_nothing_to_fuse(torch_seed_onnx):
 def test_bad_setting_names_the_choices():
     with pytest.raises(SettingError, match="mha, packed, off"):
         Fuse(attention="flash")
+    with pytest.raises(SettingError, match="auto, fused, unfused, off"):
+        Fuse(layer_norm=True)

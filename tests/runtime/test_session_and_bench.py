@@ -58,13 +58,20 @@ def test_compare_interleaves_equal_run_counts(torch_seed_onnx):
         compare(torch_seed_onnx, torch_seed_onnx, feeds, runs=0)
 
 
-def test_side_by_side_sessions_do_not_spin_unless_asked():
-    from onnx_compress.runtime import side_by_side_settings
+def test_compare_many_times_every_model_in_settled_blocks(torch_seed_onnx):
+    from onnx_compress.runtime import compare_many
 
-    assert side_by_side_settings(None).spinning is False
-    chosen = SessionSettings(provider="cpu", intra_op_threads=2)
-    timing = side_by_side_settings(chosen)
-    assert timing.spinning is False and timing.intra_op_threads == 2 and timing.provider == "cpu"
-    assert side_by_side_settings(SessionSettings(spinning=True)).spinning is True
-    options = timing.session_options()
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    feeds = {"input": np.zeros((1, 1, 28, 28), np.float32)}
+    settings = SessionSettings(provider="cpu", intra_op_threads=1)
+    runner = Runner(torch_seed_onnx, settings)
+    calls = []
+    original = runner.run
+    runner.run = lambda feeds, *a, **k: (calls.append(1), original(feeds, *a, **k))[1]  # type: ignore[method-assign]
+    latencies = compare_many([torch_seed_onnx, runner], feeds, runs=15, warmup=1, settle_ms=5.0, settings=settings)
+    # 10 rounds of ceil(15 / 10) = 2 timed calls each; before each block, untimed calls for 5 ms
+    assert [lat.runs for lat in latencies] == [20, 20]
+    assert len(calls) > 1 + 20 + 10  # warmup + timed + more than one settling call per round
+    single = compare_many([torch_seed_onnx, runner], feeds, runs=4, warmup=0, settle_ms=0.0, rounds=1)
+    assert [lat.runs for lat in single] == [4, 4]
+    with pytest.raises(SettingError, match="rounds"):
+        compare_many([torch_seed_onnx], feeds, runs=4, rounds=0)

@@ -13,9 +13,11 @@ Why
 
 What (onnxscript's ``ort_fusions`` rules, composed here)
     constant folding and shape simplification, then erf/tanh GELU -> ``Gelu`` (+ bias ->
-    ``BiasGelu``), residual ``Add`` + LayerNorm -> ``SkipLayerNormalization`` (and the RMS
-    variants), the attention core -> ``MultiHeadAttention`` (scale and Q/K/V biases folded in).
-    ``attention="packed"`` further packs the Q/K/V projections into one ``Attention`` node.
+    ``BiasGelu``), the attention core -> ``MultiHeadAttention`` (scale and Q/K/V biases folded
+    in). ``attention="packed"`` further packs the Q/K/V projections into one ``Attention`` node.
+    Residual ``Add`` + LayerNorm: ``SkipLayerNormalization`` (and the RMS variants), or ``Sum`` +
+    ``LayerNormalization`` where ONNX Runtime's fused kernel is the slower of the two on this
+    CPU (``residual_norm.py``: 3.3x slower here, so ``auto`` writes ``Sum``).
 
     The default (``attention="mha"``) leaves the Q/K/V projections as MatMuls on purpose: int8
     quantization reaches them. The packed ``Attention`` node could only be quantized as
@@ -44,6 +46,7 @@ import onnx_ir.passes.common as common_passes
 
 from onnx_compress.errors import SettingError
 from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
+from onnx_compress.passes.fuse.residual_norm import measure, residual_adds, unfuse_residual_adds
 from onnx_compress.stats import op_histogram
 
 __all__ = ["Fuse", "FuseSettings", "FuseResult"]
@@ -63,17 +66,27 @@ class FuseSettings(PassSettings):
             projections are packed into one ``Attention`` node too (float models only: it
             stays float when quantized); ``off``: attention is left as it is.
         gelu: fuse GELU (erf or tanh form) and its bias into ``Gelu`` / ``BiasGelu`` (default True).
-        layer_norm: fuse residual ``Add`` + LayerNorm into ``SkipLayerNormalization`` (and the
-            RMS-norm forms) (default True).
+        layer_norm: residual ``Add`` + LayerNorm as ``fused`` (``SkipLayerNormalization``, and
+            the RMS-norm forms), ``unfused`` (``Sum`` + ``LayerNormalization``, which ONNX
+            Runtime leaves alone), ``auto`` (default: whichever is faster on this CPU, timed at
+            the model's width on 512 rows) or ``off`` (left as exported; ONNX Runtime fuses it
+            when the session starts).
+        threads: ONNX Runtime intra-op threads for the ``auto`` timing (default None: its choice).
     """
 
     attention: AttentionFusion = "mha"
     gelu: bool = True
-    layer_norm: bool = True
+    layer_norm: Literal["auto", "fused", "unfused", "off"] = "auto"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.attention not in ("mha", "packed", "off"):
             raise SettingError(f"attention must be one of mha, packed, off; got {self.attention!r}")
+        if self.layer_norm not in ("auto", "fused", "unfused", "off"):
+            raise SettingError(f"layer_norm must be one of auto, fused, unfused, off; got {self.layer_norm!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise SettingError(f"threads must be None or an integer >= 1; got {self.threads!r}")
 
 
 @dataclasses.dataclass
@@ -83,15 +96,18 @@ class FuseResult(CompressionResult):
     fusions: dict[str, int] = dataclasses.field(default_factory=dict)
     nodes_before: int = 0
     nodes_after: int = 0
+    #: how residual Add + LayerNorm was written (fused, unfused, off) and why
+    layer_norm: str = ""
+    layer_norm_reason: str = ""
 
     def summary(self) -> str:
         if not self.modified:
             return "nothing to fuse"
         done = ", ".join(f"{name} {count}" for name, count in self.fusions.items() if count)
-        return f"{self.nodes_before} -> {self.nodes_after} nodes ({done})"
+        return f"{self.nodes_before} -> {self.nodes_after} nodes ({done}); residual norms {self.layer_norm}"
 
 
-def _fusion_steps(settings: FuseSettings) -> list[tuple[str, Callable[..., int]]]:
+def _fusion_steps(settings: FuseSettings, layer_norm: str) -> list[tuple[str, Callable[..., int]]]:
     """The fusions to apply, in onnxscript's order (later rules consume earlier results)."""
     from onnxscript.rewriter.ort_fusions import attention, bias_gelu, erfgelu, gelu, mha, mha_bias, mha_scale
     from onnxscript.rewriter.ort_fusions import rms_normalization, sdpa, skip_normalization
@@ -99,7 +115,7 @@ def _fusion_steps(settings: FuseSettings) -> list[tuple[str, Callable[..., int]]
     steps: list[tuple[str, Callable[..., int]]] = []
     if settings.gelu:
         steps.append(("erf_gelu", erfgelu.fuse_erfgelu))
-    if settings.layer_norm:
+    if layer_norm == "fused":
         steps += [
             ("rms_normalization", rms_normalization.fuse_rms_normalization),
             ("skip_layer_normalization", skip_normalization.fuse_skip_layer_normalization),
@@ -137,17 +153,21 @@ class Fuse(CompressionPass):
         optimize(work)
         shape_optimization.rules.apply_to_model(work)
         optimize(work)
+        layer_norm, reason = self._choose_layer_norm(work)
         fusions: dict[str, int] = {}
-        for name, fuse in _fusion_steps(self.settings):
+        for name, fuse in _fusion_steps(self.settings, layer_norm):
             kwargs = {"apply_shape_inference": True} if name == "sdpa" else {}
             fusions[name] = int(fuse(work, **kwargs))
             if name == "skip_rms_normalization":
                 common_passes.CommonSubexpressionEliminationPass()(work)
+        if layer_norm == "unfused":
+            fusions["residual_sum"] = unfuse_residual_adds(work)
         fused = sum(fusions.values())
         if not fused:
             logger.info("fuse: nothing to fuse")
             return FuseResult(model=self.copy_model(model), modified=False, fusions=fusions,
-                              nodes_before=nodes_before, nodes_after=nodes_before)
+                              nodes_before=nodes_before, nodes_after=nodes_before, layer_norm=layer_norm,
+                              layer_norm_reason=reason)
         optimize(work)  # inline leftover intermediate functions, drop unused nodes
         ir.passes.Sequential(
             common_passes.RemoveUnusedNodesPass(),
@@ -155,6 +175,24 @@ class Fuse(CompressionPass):
             common_passes.ShapeInferencePass(strict_mode=False),
         )(work)
         result = FuseResult(model=work, modified=True, fusions=fusions, nodes_before=nodes_before,
-                            nodes_after=sum(op_histogram(work).values()))
+                            nodes_after=sum(op_histogram(work).values()), layer_norm=layer_norm,
+                            layer_norm_reason=reason)
         logger.info("fuse: %s", result.summary())
         return result
+
+    def _choose_layer_norm(self, model: ir.Model) -> tuple[str, str]:
+        """``fused`` / ``unfused`` / ``off`` for the residual norms, and why."""
+        choice = self.settings.layer_norm
+        if choice != "auto":
+            return choice, "as set"
+        adds = residual_adds(model)
+        if not adds:
+            return "fused", "no residual Add + LayerNormalization to decide on"
+        norm = next(iter(adds[0].outputs[0].uses()))[0]
+        scale = norm.inputs[1].const_value if len(norm.inputs) > 1 and norm.inputs[1] is not None else None
+        if scale is None or len(scale.shape) != 1:
+            return "fused", "the LayerNormalization width is not a constant"
+        timing = measure(int(scale.shape[0]), threads=self.settings.threads)
+        word = "unfused" if timing.unfused_is_faster else "fused"
+        return word, (f"measured on this CPU at {timing.rows} x {timing.width}: SkipLayerNormalization "
+                      f"{timing.fused_ms:.3f} ms, Sum + LayerNormalization {timing.unfused_ms:.3f} ms")
