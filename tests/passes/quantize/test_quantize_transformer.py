@@ -73,7 +73,10 @@ def test_minilm_dynamic_with_auto_exclusion_reaches_the_targets(minilm_onnx, min
     got = Runner(result.model).run_dataset(test)["embedding"]
     cos = cosine_per_sample(expected, got)
     assert cos.mean() >= 0.995 and cos.min() >= 0.985, (cos.mean(), cos.min())
-    # about 2.2M of the 22.7M weights stay float for the budget: ~3x smaller instead of ~3.9x
-    assert result.size_ratio >= 2.8
-    if result.accuracy["drop"] > 0.0:
-        assert all(node.reason in ("sensitivity", "too small") for node in result.excluded)
+    # smoothing (strength chosen on the validation sentences) lets every MatMul be int8: measured
+    # 0.9976 / 0.9925 with all 36 quantized, where plain int8 needed six kept float
+    smooth = next(c for c in result.choices if c.setting == "smooth")
+    assert isinstance(smooth.value, float) and 0.0 < smooth.value < 1.0
+    assert result.quantized_op_types.get("MatMul") == 36
+    assert result.size_ratio >= 3.8
+    assert all(node.reason == "too small" for node in result.excluded)
