@@ -64,8 +64,8 @@ def test_minilm_dynamic_with_auto_exclusion_reaches_the_targets(minilm_onnx, min
     import minilm
 
     model = load_model(minilm_onnx)
-    result = Quantize(mode="auto", validation=minilm_texts["val"], metric="cosine", max_drop=0.004,
-                      threads=2, guard="warn")(model)
+    result = Quantize(mode="auto", calibration=minilm_texts["calib"], validation=minilm_texts["val"],
+                      metric="cosine", max_drop=0.004, threads=2, guard="warn")(model)
     assert result.modified and result.mode == "dynamic"
     assert any(c.setting == "preprocess" and c.value == "transformer" for c in result.choices)
     test = minilm.text_dataset(minilm.sentences(600)[400:600], sequence=64)
