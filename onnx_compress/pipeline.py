@@ -242,6 +242,23 @@ def _gain(before: ir.Model, after: ir.Model) -> float:
     return max(gains)
 
 
+def _slower_stage_warnings(kept: list[_Stage], batch: int) -> list[str]:
+    """A kept stage measurably slower than the stage before it: the trade (smaller, slower) is
+    the user's to judge, so it is said, with both numbers."""
+    warnings = []
+    for before, after in zip(kept, kept[1:]):
+        if after.model is before.model or not before.report.speedup or not after.report.speedup:
+            continue
+        relative = after.report.speedup / before.report.speedup
+        if relative < 1.0 - _SPEED_NOISE:
+            smaller = before.report.size_bytes / after.report.size_bytes if after.report.size_bytes else 1.0
+            warnings.append(f"stage {after.report.name} made the model {1 / relative:.2f}x SLOWER than the stage "
+                            f"before it ({before.report.speedup:.2f}x -> {after.report.speedup:.2f}x of the "
+                            f"original at batch {batch}) for {smaller:.2f}x smaller; a recipe without it is "
+                            "faster")
+    return warnings
+
+
 def _environment(settings: PipelineSettings, providers: list[str]) -> dict[str, Any]:
     return {
         "onnxruntime": ort.__version__,
@@ -348,6 +365,7 @@ def compress(
     elif kept[-1].model is not original and final.speedup < 1.0 + _SPEED_NOISE:
         warnings.append(f"the compressed model is no faster than the original ({final.speedup:.2f}x, "
                         f"within the {_SPEED_NOISE:.0%} measurement noise) at batch {settings.bench_batch}")
+    warnings.extend(_slower_stage_warnings(kept, settings.bench_batch))
     if all(s.report.decision in ("rolled back", "no change") for s in stages[2:]) and len(stages) > 2:
         warnings.append("no pass of the recipe could be applied within the budget; the output is the normalized original")
     budget_met = budget.holds(final.drop) if evaluator is not None else True

@@ -71,7 +71,7 @@ def choose_preprocess(settings: QuantizeSettings, mode: str, analysis: ModelAnal
         return settings.preprocess, None
     if analysis.transformer_like and mode in ("dynamic", "weight_only", "fp16"):
         return "transformer", Choice("preprocess", "transformer",
-                                     "transformer-like model: attention, GELU and skip-LayerNorm fusions (Fuse, then "
+                                     "transformer-like model: attention, GELU and residual-norm fusions (Fuse, then "
                                      "ONNX Runtime's transformer optimizer), which int8 MatMuls need to pay off")
     if mode in ("static", "dynamic"):
         return "ort", Choice("preprocess", "ort", "ONNX Runtime's recommended quantization pre-processing: "

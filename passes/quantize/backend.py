@@ -222,17 +222,17 @@ def preprocess_ort(src: Path, dst: Path) -> None:
         )
 
 
-def preprocess_transformer(src: Path, dst: Path) -> dict[str, int]:
+def preprocess_transformer(src: Path, dst: Path, threads: int | None = None) -> tuple[dict[str, int], str]:
     """Transformer fusions for quantization: :class:`~onnx_compress.passes.fuse.Fuse` (attention
     core -> ``MultiHeadAttention`` with the Q/K/V MatMuls left quantizable, GELU, skip
     LayerNorm), then ONNX Runtime's transformer optimizer (model type bert, heads and width
     detected from the graph, Python fusions only) for the patterns it knows that ``Fuse`` does
-    not; returns the fused-op counts of the result."""
+    not; returns the fused-op counts of the result and how the residual norms were written."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     from onnx_compress.passes.fuse import Fuse
 
-    fused = Fuse()(load_model(src))
+    fused = Fuse(threads=threads)(load_model(src))
     with tempfile.TemporaryDirectory(prefix="onnx-compress-fuse-") as scratch:
         source = src
         if fused.modified:
@@ -242,7 +242,8 @@ def preprocess_transformer(src: Path, dst: Path) -> dict[str, int]:
             optimized = optimize_model(str(source), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
             optimized.save_model_to_file(str(dst), use_external_data_format=is_large(source))
             stats = optimized.get_fused_operator_statistics()
-    return {op: int(n) for op, n in stats.items() if n}
+    norms = f"residual norms {fused.layer_norm} ({fused.layer_norm_reason})" if fused.layer_norm else ""
+    return {op: int(n) for op, n in stats.items() if n}, norms
 
 
 # --------------------------------------------------------------------------- quantization

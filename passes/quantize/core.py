@@ -331,9 +331,10 @@ class _Run:
             if kind == "ort":
                 preprocess_ort(self.input_path, dst)
             else:
-                fused = preprocess_transformer(self.input_path, dst)
+                fused, norms = preprocess_transformer(self.input_path, dst, threads=self.settings.threads)
                 if choice is not None:
-                    choice.reason += f" (fused: {', '.join(f'{op} x{n}' for op, n in fused.items()) or 'nothing'})"
+                    choice.reason += f" (fused: {', '.join(f'{op} x{n}' for op, n in fused.items()) or 'nothing'}"
+                    choice.reason += f"; {norms})" if norms else ")"
         except Exception as exc:  # ONNX Runtime's tools raise anything: fall back, say why
             self.choices.append(Choice("preprocess", "none", f"{kind} pre-processing failed "
                                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "

@@ -149,7 +149,7 @@ class QuantizeResult(CompressionResult):
             s = self.speed
             blocks = ", ".join(f"{r:.2f}" for r in s.block_speedups)
             out.append(f"speed: {s.speedup:.2f}x vs the input, {s.verdict} ({s.input_ms:.3f} -> {s.output_ms:.3f} ms "
-                       f"median, batch {s.batch}, {s.runs} interleaved runs in blocks of {blocks}x, "
+                       f"median, batch {s.batch}, {s.runs} runs in {len(s.block_speedups)} side-by-side blocks: {blocks}x, "
                        f"threads {s.threads or 'auto'})")
         elif self.speed_note:
             out.append(f"speed: {self.speed_note}")

@@ -47,3 +47,20 @@ def test_cli_refuses_bad_recipes_and_outputs_without_writing(cli, torch_seed_onn
     proc = cli("compress", torch_seed_onnx, "-o", torch_seed_onnx, "--preset", "normalize-only")
     assert proc.returncode == 2 and "overwrite the input" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
+def test_a_stage_slower_than_the_stage_before_it_is_said():
+    from onnx_compress.pipeline import _slower_stage_warnings, _Stage
+    from onnx_compress.report import StageReport
+
+    def stage(name: str, speedup: float, size: int) -> _Stage:
+        return _Stage(StageReport(name, None, "applied", speedup=speedup, size_bytes=size), object())  # type: ignore[arg-type]
+
+    original, lowrank = stage("original", 1.0, 900), stage("3. lowrank", 4.37, 43)
+    slower = _slower_stage_warnings([original, lowrank, stage("5. quantize", 3.20, 28)], batch=8)
+    assert len(slower) == 1
+    assert "5. quantize" in slower[0] and "1.37x SLOWER" in slower[0] and "1.54x smaller" in slower[0]
+    # within the 5 % noise, or faster: nothing to say; a rolled-back stage shares its model
+    assert _slower_stage_warnings([original, lowrank, stage("5. quantize", 4.25, 28)], batch=8) == []
+    same = _Stage(StageReport("4. quantize", None, "rolled back", speedup=3.0, size_bytes=43), lowrank.model)
+    assert _slower_stage_warnings([original, lowrank, same], batch=8) == []
