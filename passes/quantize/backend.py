@@ -222,17 +222,20 @@ def preprocess_ort(src: Path, dst: Path) -> None:
         )
 
 
-def preprocess_transformer(src: Path, dst: Path, threads: int | None = None) -> tuple[dict[str, int], str]:
+def preprocess_transformer(src: Path, dst: Path, threads: int | None = None,
+                           layer_norm: str = "auto") -> tuple[dict[str, int], str]:
     """Transformer fusions for quantization: :class:`~onnx_compress.passes.fuse.Fuse` (attention
     core -> ``MultiHeadAttention`` with the Q/K/V MatMuls left quantizable, GELU, skip
     LayerNorm), then ONNX Runtime's transformer optimizer (model type bert, heads and width
     detected from the graph, Python fusions only) for the patterns it knows that ``Fuse`` does
-    not; returns the fused-op counts of the result and how the residual norms were written."""
+    not; returns the fused-op counts of the result and how the residual norms were written
+    (``layer_norm``: see :class:`~onnx_compress.passes.fuse.FuseSettings`; its ``auto`` times
+    both forms on this CPU, so GPU-bound modes pass ``fused``)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     from onnx_compress.passes.fuse import Fuse
 
-    fused = Fuse(threads=threads)(load_model(src))
+    fused = Fuse(threads=threads, layer_norm=layer_norm)(load_model(src))
     with tempfile.TemporaryDirectory(prefix="onnx-compress-fuse-") as scratch:
         source = src
         if fused.modified:

@@ -331,7 +331,10 @@ class _Run:
             if kind == "ort":
                 preprocess_ort(self.input_path, dst)
             else:
-                fused, norms = preprocess_transformer(self.input_path, dst, threads=self.settings.threads)
+                # fp16 is for GPUs, where ONNX Runtime's fused skip-LayerNorm kernel is the one to keep
+                norms_form = "fused" if self.mode == "fp16" else "auto"
+                fused, norms = preprocess_transformer(self.input_path, dst, threads=self.settings.threads,
+                                                      layer_norm=norms_form)
                 if choice is not None:
                     choice.reason += f" (fused: {', '.join(f'{op} x{n}' for op, n in fused.items()) or 'nothing'}"
                     choice.reason += f"; {norms})" if norms else ")"

@@ -80,3 +80,17 @@ def test_minilm_dynamic_with_auto_exclusion_reaches_the_targets(minilm_onnx, min
     assert result.quantized_op_types.get("MatMul") == 36
     assert result.size_ratio >= 3.8
     assert all(node.reason == "too small" for node in result.excluded)
+
+
+def test_fp16_keeps_the_fused_skip_layernorm_for_gpus(block_onnx):
+    """The residual-norm form is timed on this CPU only for CPU modes; fp16 (a GPU mode) keeps
+    ONNX Runtime's fused SkipLayerNormalization."""
+    result = Quantize(mode="fp16", guard="off")(load_model(block_onnx))
+    assert result.modified
+    prep = next(c for c in result.choices if c.setting == "preprocess")
+    assert prep.value == "transformer" and "residual norms fused (as set)" in prep.reason
+    ops = {node.op_type for node in result.model.graph}
+    assert "Sum" not in ops
+    dynamic = Quantize(mode="dynamic", guard="off")(load_model(block_onnx))
+    prep = next(c for c in dynamic.choices if c.setting == "preprocess")
+    assert "measured on this CPU" in prep.reason or "no residual Add" in prep.reason
