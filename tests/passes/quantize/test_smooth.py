@@ -91,3 +91,27 @@ def test_smooth_settings_are_checked():
             Quantize(smooth=bad)
     with pytest.raises(SettingError, match="calibration"):
         Quantize(mode="dynamic", smooth=0.5, guard="off")(outlier_model())
+
+
+def test_attention_outputs_are_smoothed_inside_the_value_projection(minilm_onnx, minilm_texts):
+    """MiniLM after the fusions: the six MultiHeadAttention outputs need no Mul (the division
+    goes into the value projections' weight columns and bias), the other 18 inputs get one; the
+    embeddings do not move."""
+    from onnx_compress.model_io import load_model
+    from onnx_compress.passes import Fuse
+
+    fused = Fuse(layer_norm="unfused")(load_model(minilm_onnx)).model
+    matmuls = [node.name for node in fused.graph if node.op_type == "MatMul"]
+    groups = smoothing_groups(fused, matmuls)
+    assert len(groups) == 24  # per layer: Q/K/V, attention output, FFN in, FFN out
+    absmax = input_absmax(fused, groups, minilm_texts["calib"].take(16))
+    smoothed = smooth(fused, groups, absmax, alpha=0.85)
+    muls_before = sum(node.op_type == "Mul" for node in fused.graph)
+    added = [node for node in smoothed.graph if node.op_type == "Mul" and node.name.startswith("smooth_")]
+    assert len(added) == 18 and sum(node.op_type == "Mul" for node in smoothed.graph) == muls_before + 18
+    attention = [node for node in smoothed.graph if node.op_type == "MultiHeadAttention"]
+    assert all(node.inputs[3].name.endswith("_value_folded") for node in attention)
+    sample = minilm_texts["val"].take(8)
+    expected = Runner(fused).run_dataset(sample)["embedding"]
+    got = Runner(smoothed).run_dataset(sample)["embedding"]
+    assert np.abs(expected - got).max() < 1e-4
