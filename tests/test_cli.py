@@ -54,6 +54,11 @@ def test_every_command_explains_its_flags(cli):
         assert "--json" in proc.stdout
     assert "arbitrary Python code" in cli("export", "torch", "--help").stdout
     assert "--unsafe-load" in cli("export", "keras", "--help").stdout
+    from onnx_compress.passes.registry import pass_names
+
+    compress_help = " ".join(cli("compress", "--help").stdout.split())
+    assert all(name in compress_help for name in pass_names())  # the recipe pass list is complete
+    assert "--smooth auto|off|ALPHA" in cli("quantize", "--help").stdout
 
 
 def test_bad_model_files(cli, tmp_path):

@@ -27,6 +27,9 @@ Recipes are YAML or JSON:
     - lowrank: {energy: 0.95}
     - quantize: {mode: auto}
 
+Passes a recipe can name: normalize, fuse (transformer fusions for ONNX Runtime), prune_structured,
+prune_unstructured, lowrank, quantize; an unknown pass or setting is an error naming the valid ones.
+
 examples:
   onnx-compress compress m.onnx -o small.onnx --preset small --data calib.npz --val val.npz --max-drop 0.5
   onnx-compress compress m.onnx -o out.onnx --recipe recipe.yaml --data calib.npz --val val.npz --metric cosine --max-drop 0.01
