@@ -243,8 +243,7 @@ class _Run:
                                        "with use_external_data_format"))
 
         self.op_types = [op for op in op_types if any(c.op_type == op for c in self._active())]
-        self._smooth()
-        path = self._quantize(self._config())
+        path = self._smooth() or self._quantize(self._config())
         path, speed = self._guard(path)
         path, score = self._budget(path)
         if self._changed_since_guard and speed is not None and self.feeds is not None:
@@ -436,48 +435,53 @@ class _Run:
         fresh = {c.name: c for c in self.analysis.candidates[self.mode]}
         self.candidates = {name: fresh.get(name, c) for name, c in self.candidates.items()}
 
-    def _smooth(self) -> None:
-        """Replace the prepared model by its smoothed copy when that quantizes more accurately."""
+    def _smooth(self) -> Path | None:
+        """Replace the prepared model by its smoothed copy when that quantizes more accurately.
+
+        Returns the quantized model of the choice when the strengths were scored (it is the
+        model the next steps start from), else None.
+        """
         s = self.settings
         alphas, choice = auto.choose_smoothing(s, self.mode, self.analysis, self.calibration is not None,
                                                self.validation is not None)
         self._note(choice)
         if not alphas:
-            return
+            return None
         assert self.calibration is not None
         prepared = self.ws.read(self.prepared_path)
         groups = smoothing_groups(prepared, [c.name for c in self._active()])
         if not groups:
             self.choices.append(Choice("smooth", "off", "no quantized MatMul reads a computed input"))
-            return
+            return None
         absmax = input_absmax(prepared, groups, self.calibration.take(s.calibration_samples),
                               batch_size=self._eval_batch(), settings=self.session)
         where = f"{len(groups)} MatMul inputs"
         if self.validation is None:  # an explicit strength without data to check it
             self._use_prepared(self.ws.write(smooth(prepared, groups, absmax, alphas[0]), "smoothed"))
             self.choices.append(Choice("smooth", alphas[0], f"as set ({where})"))
-            return
+            return None
         evaluator = Evaluator(self.input_path, self.validation, s.metric, batch_size=self._eval_batch(),
                               settings=self.session)
-        plain = self._quantize(self._config(), stem="smooth-plain")
-        scores: dict[float | None, float] = {None: evaluator.evaluate(plain).drop}
-        cleanup([plain])
-        paths: dict[float, Path] = {}
+        # per strength (None: plain int8): the smoothed float model and its quantized model
+        smoothed: dict[float | None, Path] = {None: self.prepared_path}
+        quantized: dict[float | None, Path] = {None: self._quantize(self._config(), stem="smooth-plain")}
+        scores: dict[float | None, float] = {None: evaluator.evaluate(quantized[None]).drop}
         for alpha in tqdm(alphas, desc="smoothing", unit="strength", disable=not self.pass_.progress, leave=False):
-            paths[alpha] = self.ws.write(smooth(prepared, groups, absmax, alpha), f"smoothed-{alpha}")
-            trial = self._quantize(self._config(), stem="smooth-trial", source=paths[alpha])
-            scores[alpha] = evaluator.evaluate(trial).drop
-            cleanup([trial])
+            smoothed[alpha] = self.ws.write(smooth(prepared, groups, absmax, alpha), f"smoothed-{alpha}")
+            quantized[alpha] = self._quantize(self._config(), stem="smooth-trial", source=smoothed[alpha])
+            scores[alpha] = evaluator.evaluate(quantized[alpha]).drop
         best = min(scores, key=lambda a: (scores[a], a is not None))
         tried = ", ".join(f"{'plain' if a is None else a}: {d:.4g}" for a, d in scores.items())
-        cleanup([p for a, p in paths.items() if a != best])
+        cleanup([path for a, path in quantized.items() if a != best])
+        cleanup([path for a, path in smoothed.items() if a is not None and a != best])
         if best is None:
             self.choices.append(Choice("smooth", "off", f"no strength beat plain int8 ({where}; validation "
                                        f"{evaluator.metric_name} drop {tried})"))
-            return
-        self._use_prepared(paths[best])
-        self.choices.append(Choice("smooth", best, f"activation outliers moved into the weights of {where}; "
-                                   f"validation {evaluator.metric_name} drop {tried}"))
+        else:
+            self._use_prepared(smoothed[best])
+            self.choices.append(Choice("smooth", best, f"activation outliers moved into the weights of {where}; "
+                                       f"validation {evaluator.metric_name} drop {tried}"))
+        return quantized[best]
 
     # ------------------------------------------------------------------ speed guard
     def _drop_mode(self) -> bool:
