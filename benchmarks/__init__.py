@@ -8,6 +8,7 @@ writes ``artifacts/benchmarks/<topic>.json``. ``python -m benchmarks`` runs them
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,22 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def environment() -> dict[str, Any]:
+    """Where a benchmark ran: ONNX Runtime's version, the CPU, the load average at the start
+    (:func:`write_results` adds the load average at the end)."""
+    import onnxruntime
+
+    from onnx_compress.runtime import detect_cpu
+
+    return {"onnxruntime": onnxruntime.__version__, "cpu": detect_cpu().describe(),
+            "load_average": list(os.getloadavg())}
+
+
 def write_results(folder: Path, topic: str, results: Any) -> Path:
-    """Write ``folder/<topic>.json`` (every benchmark's results file) and say where."""
+    """Write ``folder/<topic>.json`` (every benchmark's results file) and say where; a results
+    mapping with an ``environment`` (:func:`environment`) gets the load average at the end."""
+    if isinstance(results, dict) and isinstance(results.get("environment"), dict):
+        results["environment"]["load_average_after"] = list(os.getloadavg())
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{topic}.json"
     path.write_text(json.dumps(results, indent=2, default=_jsonable))

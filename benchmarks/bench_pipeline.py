@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 
-from benchmarks import write_results
+from benchmarks import environment, write_results
 from benchmarks.bench_quantize import _ort_default
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,19 +184,13 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    import onnxruntime
-
-    from onnx_compress.runtime import detect_cpu
-
     only = args.only or ["torch", "keras", "minilm"]
-    results: dict[str, Any] = {"threads": args.threads, "preset": args.preset, "environment": {
-        "onnxruntime": onnxruntime.__version__, "cpu": detect_cpu().describe(), "load_average": list(os.getloadavg())}}
+    results: dict[str, Any] = {"threads": args.threads, "preset": args.preset, "environment": environment()}
     for framework in ("torch", "keras"):
         if framework in only:
             results[framework] = bench_cnn(args, framework)
     if "minilm" in only:
         results["minilm"] = bench_minilm(args)
-    results["environment"]["load_average_after"] = list(os.getloadavg())
     _print(results)
     write_results(args.out, "pipeline", results)
     return 0

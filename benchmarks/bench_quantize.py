@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 
-from benchmarks import write_results
+from benchmarks import environment, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "samples"))
@@ -195,18 +195,11 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     folder = args.out / "quantize"
     folder.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"threads": args.threads}
-    import onnxruntime
-
-    from onnx_compress.passes.quantize import detect_cpu
-
-    results["environment"] = {"onnxruntime": onnxruntime.__version__, "cpu": detect_cpu().describe(),
-                              "load_average": list(os.getloadavg())}
+    results: dict[str, Any] = {"threads": args.threads, "environment": environment()}
     if args.only in (None, "cnn"):
         results["seed_cnn"] = bench_cnn(args, folder)
     if args.only in (None, "minilm"):
         results["minilm"] = bench_minilm(args, folder)
-    results["environment"]["load_average_after"] = list(os.getloadavg())
     _print(results)
     write_results(args.out, "quantize", results)
     return 0
