@@ -157,7 +157,8 @@ def choose_smoothing(settings: QuantizeSettings, mode: str, analysis: ModelAnaly
         if mode not in ("static", "dynamic"):
             return (), Choice("smooth", "off", f"smoothing is for int8 MatMuls; mode {mode} has none")
         if not has_calibration:
-            raise SettingError("smooth needs calibration data (the activation ranges per channel): pass calibration=...")
+            raise SettingError("smooth needs calibration data (the activation ranges per channel): pass calibration=... "
+                              "(CLI: --data calib.npz)")
         return (float(value),), None
     if mode != "dynamic" or not analysis.transformer_like:
         return (), None
