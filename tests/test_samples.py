@@ -36,3 +36,26 @@ def test_minilm_export_matches_pytorch_at_another_sequence_length(minilm_onnx):
     assert got.shape == (8, 384)
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_minilm_torchscript_export_is_the_per_token_encoder(minilm_ts_onnx, minilm_texts):
+    import onnx
+
+    model = onnx.load(minilm_ts_onnx)
+    assert [o.name for o in model.graph.output] == ["last_hidden_state"]
+    assert {i.name for i in model.graph.input} == {"input_ids", "attention_mask"}
+    assert model.opset_import[0].version == 17
+    assert not any(n.op_type == "MultiHeadAttention" for n in model.graph.node)  # the exporter's own pattern
+    hidden = Runner(minilm_ts_onnx, SessionSettings(provider="cpu")).run_dataset(minilm_texts["val"].take(4))
+    assert hidden["last_hidden_state"].shape == (4, 64, 384)
+
+
+def test_keras_encoder_exports_through_tf2onnx_with_parity(keras_encoder_onnx, keras_encoder_data):
+    import onnx
+
+    model = onnx.load(keras_encoder_onnx)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"MatMul", "Softmax", "Erf"} <= ops  # attention and the erf GELU, as tf2onnx wrote them
+    hidden = Runner(keras_encoder_onnx, SessionSettings(provider="cpu")).run_dataset(keras_encoder_data["val"].take(5))
+    assert hidden["last_hidden_state"].shape == (5, 32, 64)
+    assert np.isfinite(hidden["last_hidden_state"]).all()
