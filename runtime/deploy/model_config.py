@@ -22,9 +22,9 @@ Rules of Triton's onnxruntime backend that the builder follows:
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import importlib.util
 import logging
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -59,17 +59,18 @@ _module: ModuleType | None = None
 def model_config_module() -> ModuleType:
     """Triton's ``model_config_pb2`` module from the installed ``tritonclient`` package.
 
-    ``tritonclient.grpc``'s ``__init__`` needs ``grpcio``; when that is missing (the ``http``
-    extra alone), the generated module is loaded from its file, since it needs only protobuf.
+    The generated module is loaded from its file, without ``tritonclient.grpc``'s ``__init__``:
+    that one registers Triton's gRPC service messages (``inference.ServerLiveRequest``, ...) in
+    protobuf's default pool, which the KServe server registers too (kserve/kserve#3099), and it
+    needs ``grpcio``. ``model_config.proto`` alone needs only protobuf and clashes with nothing.
     """
     global _module
     if _module is not None:
         return _module
-    try:
-        _module = importlib.import_module("tritonclient.grpc.model_config_pb2")
-        return _module
-    except (ImportError, RuntimeError):
-        pass
+    loaded = sys.modules.get("tritonclient.grpc.model_config_pb2")
+    if loaded is not None:  # this process already imported tritonclient.grpc: reuse its messages
+        _module = loaded
+        return loaded
     spec = importlib.util.find_spec("tritonclient")
     if spec is None or not spec.submodule_search_locations:
         raise MissingDependencyError("tritonclient", "serve", "Triton's model configuration schema")

@@ -3,7 +3,7 @@
 Sources:
 
 - one ``.onnx`` file: served as NAME = the file's stem (or the name given), version 1, no batch
-  limit; its Triton config (what ``deploy_triton`` would write) is built for ``/config``.
+  limit; its Triton config (what ``deploy_triton`` would write) is built to check it.
 - a model repository (the layout :func:`~onnx_compress.runtime.deploy.deploy_triton` writes and
   Triton reads): every sub-folder ``NAME/`` with a ``config.pbtxt`` (or, without one, numeric
   version folders holding ``model.onnx``). From the config the server takes ``name`` (must
@@ -170,23 +170,12 @@ class ServedModel:
         """Run the session (blocking; the server calls this from its thread pool)."""
         return self.session.run(list(output_names), dict(feeds))
 
-    def metadata(self, versions: Sequence[int]) -> dict[str, Any]:
-        """The protocol's model metadata object."""
-        return {
-            "name": self.name,
-            "versions": [str(v) for v in versions],
-            "platform": "onnxruntime_onnx",
-            "inputs": [{"name": s.name, "datatype": s.datatype, "shape": s.protocol_shape()} for s in self.inputs],
-            "outputs": [{"name": s.name, "datatype": s.datatype, "shape": s.protocol_shape()} for s in self.outputs],
-        }
+    def tensor_metadata(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Inputs and outputs as the v2 model metadata lists them (name, datatype, shape with -1)."""
+        def listed(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
+            return [{"name": s.name, "datatype": s.datatype, "shape": s.protocol_shape()} for s in specs]
 
-    def config_json(self) -> dict[str, Any] | None:
-        """The Triton config as JSON (Triton's ``/config`` extension), or None when there is none."""
-        if self.config is None:
-            return None
-        from google.protobuf import json_format
-
-        return json_format.MessageToDict(self.config, preserving_proto_field_name=True)
+        return listed(self.inputs), listed(self.outputs)
 
 
 class ModelRegistry:
@@ -231,7 +220,7 @@ def _load_file(path: Path, name: str | None, settings: SessionSettings) -> Serve
     try:
         config = build_model_config(load_model(path), name)
     except DeployError as exc:  # the model serves fine; it just has no Triton description
-        logger.warning("no Triton config for %s (%s); /config will answer 404", path, one_line(exc))
+        logger.warning("no Triton config for %s (%s); served without a batch limit", path, one_line(exc))
     return ServedModel(name, 1, path, settings, config=config)
 
 
