@@ -1,35 +1,43 @@
-"""Serving overhead: the KServe v2 server against ONNX Runtime called in-process.
+"""Serving on KServe's model server against ONNX Runtime in-process (and, optionally, another server).
 
-    python -m benchmarks serve [--clients 1,4,16] [--requests 200] [--rounds 3] [--threads 2]
+    python -m benchmarks serve [--clients 16] [--requests 200] [--rounds 1] [--threads 2]
+                               [--baseline-site DIR]
 
-For the seed CNN (digits, batch 1) and all-MiniLM-L6-v2 (batch 1, sequence 64), under 1, 4 and
-16 concurrent clients, three ways of running the same model on the same inputs:
+For the seed CNN (digits, batch 1) and all-MiniLM-L6-v2 (batch 1, sequence 64), C concurrent
+clients (threads of this process) each send R requests, in these modes:
 
-- ``in-process``: C Python threads call one ONNX Runtime session directly;
-- ``served binary``: C threads, each with its own official ``tritonclient.http`` client, call
-  ``onnx-compress serve`` (a separate process, uvicorn + Starlette, access log off) with
-  binary tensor data (the client's default);
-- ``served JSON``: the same with JSON tensor data.
+- ``in-process``: the threads call one ONNX Runtime session directly;
+- ``KServe HTTP``: each thread has its own official ``tritonclient.http`` client and sends
+  binary tensor data to ``onnx-compress serve`` (KServe's model server in a child process,
+  access log off);
+- ``KServe gRPC``: the same with ``tritonclient.grpc`` on the server's gRPC port;
+- ``baseline HTTP`` (only with ``--baseline-site DIR``): the same as KServe HTTP against the
+  ``onnx-compress serve`` installed in DIR (``pip install --no-deps --target DIR <checkout>``),
+  e.g. the hand-written Starlette server this one replaced, started the same way.
 
-Each phase sends ``--requests`` requests in all (split over the clients) after 3 warm-up
-requests per client; phases of one (model, clients) cell are interleaved over ``--rounds``
-rounds (A B C, C B A, ...), so machine load hits them alike. Reported: requests per second
-(median over rounds), p50 and p99 latency (over all requests of the cell), the overhead
-ratio = in-process req/s / served req/s, and CPU milliseconds per request: of the server
-process for the served modes (HTTP + protocol + ONNX Runtime, not the clients), of this process
-for in-process (ONNX Runtime). CPU time per request depends much less on other load on the
-machine than wall-clock numbers do. ONNX Runtime uses ``--threads`` intra-op threads in
-both the server and in-process, with thread spinning off in both (the server's default).
-Clients and server share the machine's cores.
+Every answer is compared with the in-process answer for the same input (``np.array_equal``);
+one differing answer fails the run. After the phases, a burst of bad requests (unknown model,
+wrong datatype, wrong shape, malformed JSON, a body over the limit, an unknown encoding, over
+HTTP and gRPC) must each be refused with a 4xx / INVALID_ARGUMENT / NOT_FOUND, and the server
+must still answer correctly afterwards.
 
-Models: ``artifacts/torch/seed_cnn.onnx`` and ``artifacts/minilm/minilm.onnx`` when present
-(``make demo``, ``python samples/minilm.py``), else they are built from the samples (torch).
-Writes ``artifacts/benchmarks/serve.json``.
+Reported per (model, mode): requests per second (median over rounds), p50 and p99 latency
+(over all requests), and the server process's CPU milliseconds per request (user + system,
+from /proc; for in-process: this process's), which depends much less on other load on the
+machine than wall-clock numbers. Phases of one model are interleaved over ``--rounds`` rounds
+(A B C, C B A, ...). ONNX Runtime uses ``--threads`` intra-op threads with spinning off in
+every mode; clients and servers share the machine's cores.
+
+Models: ``artifacts/torch/seed_cnn.onnx`` and ``artifacts/minilm/minilm.onnx`` when present,
+else built from the samples (torch). Writes ``artifacts/benchmarks/serve.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import http.client
+import json
 import os
 import socket
 import subprocess
@@ -46,7 +54,8 @@ from benchmarks import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
-MODES = ("in-process", "served binary", "served JSON")
+
+Feeds = dict[str, np.ndarray]
 
 
 def _seed_cnn(path: Path) -> Path:
@@ -76,7 +85,7 @@ def _minilm(path: Path) -> Path:
     return path
 
 
-def _minilm_feeds(count: int) -> list[dict[str, np.ndarray]]:
+def _minilm_feeds(count: int) -> list[Feeds]:
     """``count`` real tokenized sentences at sequence 64, one per request."""
     sys.path.insert(0, str(SAMPLES))
     import minilm
@@ -85,7 +94,7 @@ def _minilm_feeds(count: int) -> list[dict[str, np.ndarray]]:
     return [{k: v[i : i + 1] for k, v in data.inputs.items()} for i in range(len(data))]
 
 
-def _digits_feeds(count: int) -> list[dict[str, np.ndarray]]:
+def _digits_feeds(count: int) -> list[Feeds]:
     import onnx_compress as oc
 
     images = oc.load_digits("NCHW").test.inputs["input"][:count]
@@ -107,32 +116,39 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class _ServerProcess:
-    """``onnx-compress serve REPO`` in a subprocess, ready when its health endpoint answers."""
+def _wait_ready(url: str, process: subprocess.Popen, log) -> None:
+    host, port = url.split(":")
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            connection = http.client.HTTPConnection(host, int(port), timeout=5)
+            connection.request("GET", "/v2/health/ready")
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            log.seek(0)
+            raise SystemExit(f"the server did not start:\n{log.read().decode(errors='replace')[-4000:]}")
+        time.sleep(0.3)
 
-    def __init__(self, repo: Path, threads: int) -> None:
-        self.port = _free_port()
-        self.url = f"127.0.0.1:{self.port}"
+
+class _Baseline:
+    """``onnx-compress serve REPO`` from another installation (PYTHONPATH=site) in a child process."""
+
+    def __init__(self, site: Path, repo: Path, threads: int, limit: int) -> None:
+        self.url = f"127.0.0.1:{_free_port()}"
         self.log = tempfile.TemporaryFile()
+        env = {**os.environ, "PYTHONPATH": str(site)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "onnx_compress.cli.main", "serve", str(repo), "--port", str(self.port),
-             "--threads", str(threads), "--no-access-log"],
-            stdout=subprocess.DEVNULL, stderr=self.log,
-        )
-        import tritonclient.http as httpclient
+            [sys.executable, "-m", "onnx_compress.cli.main", "serve", str(repo), "--port", self.url.split(":")[1],
+             "--threads", str(threads), "--no-access-log", "--max-request-mb", str(limit / 2**20)], stdout=subprocess.DEVNULL, stderr=self.log, env=env,
+            cwd=site)  # not this checkout: python -m puts the working folder first on sys.path
+        self.pid = self.process.pid
+        _wait_ready(self.url, self.process, self.log)
 
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                with httpclient.InferenceServerClient(self.url) as probe:
-                    if probe.is_server_ready():
-                        return
-            except Exception:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.log.seek(0)
-                raise SystemExit(f"the server did not start:\n{self.log.read().decode(errors='replace')}")
-            time.sleep(0.5)
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
     def stop(self) -> None:
         self.process.terminate()
@@ -140,11 +156,11 @@ class _ServerProcess:
         self.log.close()
 
 
-def _phase(call_factory: Callable[[], Callable[[dict[str, np.ndarray]], None]],
-           feeds: list[dict[str, np.ndarray]], clients: int, requests: int) -> tuple[float, list[float]]:
-    """Run ``requests`` calls over ``clients`` threads; (requests per second, latencies in ms)."""
-    per_client = max(1, requests // clients)
+def _phase(call_factory: Callable[[], Callable[[int], bool]], clients: int, requests: int,
+           ) -> tuple[float, list[float], int]:
+    """``clients`` threads x ``requests`` calls; (req/s, latencies in ms, wrong answers)."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
+    wrong = [0] * clients
     errors: list[BaseException] = []
     barrier = threading.Barrier(clients + 1)
 
@@ -152,12 +168,13 @@ def _phase(call_factory: Callable[[], Callable[[dict[str, np.ndarray]], None]],
         try:
             call = call_factory()
             for j in range(3):
-                call(feeds[(k + j) % len(feeds)])
+                call(k + j)
             barrier.wait()
-            for j in range(per_client):
+            for j in range(requests):
                 start = time.perf_counter()
-                call(feeds[(k * per_client + j) % len(feeds)])
+                ok = call(k * requests + j)
                 latencies[k].append((time.perf_counter() - start) * 1e3)
+                wrong[k] += not ok
         except BaseException as exc:  # reported after the phase
             errors.append(exc)
             barrier.abort()
@@ -176,69 +193,124 @@ def _phase(call_factory: Callable[[], Callable[[dict[str, np.ndarray]], None]],
     if errors:
         raise RuntimeError(f"a client failed: {errors[0]!r}") from errors[0]
     flat = [value for values in latencies for value in values]
-    return len(flat) / wall, flat
+    return len(flat) / wall, flat, sum(wrong)
 
 
-def _in_process_factory(session, output: str):
+def _datatype(array: np.ndarray) -> str:
+    return {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}[array.dtype]
+
+
+def _in_process(session, output: str, feeds: list[Feeds], expected: list[np.ndarray]):
     def factory():
-        return lambda feeds: session.run([output], feeds)
+        def call(i: int) -> bool:
+            return bool(np.array_equal(session.run([output], feeds[i % len(feeds)])[0], expected[i % len(feeds)]))
+        return call
     return factory
 
 
-def _served_factory(url: str, model: str, output: str, datatypes: dict[str, str], binary: bool):
+def _http(url: str, model: str, output: str, feeds: list[Feeds], expected: list[np.ndarray]):
     import tritonclient.http as httpclient
 
     def factory():
         client = httpclient.InferenceServerClient(url, network_timeout=300)
 
-        def call(feeds: dict[str, np.ndarray]) -> None:
+        def call(i: int) -> bool:
             inputs = []
-            for name, array in feeds.items():
-                tensor = httpclient.InferInput(name, list(array.shape), datatypes[name])
-                tensor.set_data_from_numpy(array, binary_data=binary)
+            for name, array in feeds[i % len(feeds)].items():
+                tensor = httpclient.InferInput(name, list(array.shape), _datatype(array))
+                tensor.set_data_from_numpy(array, binary_data=True)
                 inputs.append(tensor)
-            outputs = [httpclient.InferRequestedOutput(output, binary_data=binary)]
-            client.infer(model, inputs, outputs=outputs).as_numpy(output)
-
+            result = client.infer(model, inputs, outputs=[httpclient.InferRequestedOutput(output, binary_data=True)])
+            return bool(np.array_equal(result.as_numpy(output), expected[i % len(feeds)]))
         return call
-
     return factory
 
 
-def _cell(model: str, output: str, session, server: _ServerProcess, feeds, clients: int, requests: int,
-          rounds: int) -> dict:
-    url = server.url
-    datatypes = {name: ("FP32" if array.dtype == np.float32 else "INT64") for name, array in feeds[0].items()}
-    factories = {
-        "in-process": _in_process_factory(session, output),
-        "served binary": _served_factory(url, model, output, datatypes, True),
-        "served JSON": _served_factory(url, model, output, datatypes, False),
+def _grpc(url: str, model: str, output: str, feeds: list[Feeds], expected: list[np.ndarray]):
+    import tritonclient.grpc as grpcclient
+
+    def factory():
+        client = grpcclient.InferenceServerClient(url)
+
+        def call(i: int) -> bool:
+            inputs = []
+            for name, array in feeds[i % len(feeds)].items():
+                tensor = grpcclient.InferInput(name, list(array.shape), _datatype(array))
+                tensor.set_data_from_numpy(array)
+                inputs.append(tensor)
+            result = client.infer(model, inputs, outputs=[grpcclient.InferRequestedOutput(output)])
+            return bool(np.array_equal(result.as_numpy(output), expected[i % len(feeds)]))
+        return call
+    return factory
+
+
+def _raw(url: str, path: str, body: bytes, headers: dict[str, str]) -> int:
+    host, port = url.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request("POST", path, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def _bad_burst(http_url: str, grpc_url: str | None, model: str, feeds: Feeds, limit: int) -> dict[str, int]:
+    """Send bad requests; the status each got (all must be refused)."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    name, array = next(iter(feeds.items()))
+    statuses: dict[str, int] = {}
+    client = httpclient.InferenceServerClient(http_url)
+
+    def tensor(datatype: str, value: np.ndarray):
+        t = httpclient.InferInput(name, list(value.shape), datatype)
+        t.set_data_from_numpy(value, binary_data=True)
+        return t
+
+    wrong_type = array.astype(np.float64 if array.dtype == np.float32 else np.int32)
+    cases = {
+        "unknown model": lambda: client.infer("no-such-model", [tensor(_datatype(array), array)]),
+        "wrong datatype": lambda: client.infer(model, [tensor("FP64" if array.dtype == np.float32 else "INT32",
+                                                               wrong_type)]),
+        "wrong shape": lambda: client.infer(model, [tensor(_datatype(array), array.reshape(-1))]),
     }
-    rps: dict[str, list[float]] = {mode: [] for mode in MODES}
-    latencies: dict[str, list[float]] = {mode: [] for mode in MODES}
-    cpu: dict[str, float] = {mode: 0.0 for mode in MODES}
-    for round_index in range(rounds):
-        order = MODES if round_index % 2 == 0 else tuple(reversed(MODES))
-        for mode in order:
-            pid = os.getpid() if mode == "in-process" else server.process.pid
-            before = _cpu_seconds(pid)  # includes the warm-up calls: a small overestimate
-            value, samples = _phase(factories[mode], feeds, clients, requests)
-            cpu[mode] += _cpu_seconds(pid) - before
-            rps[mode].append(value)
-            latencies[mode].extend(samples)
-    result = {}
-    for mode in MODES:
-        result[mode] = {
-            "requests_per_s": float(np.median(rps[mode])),
-            "p50_ms": float(np.percentile(latencies[mode], 50)),
-            "p99_ms": float(np.percentile(latencies[mode], 99)),
-            "requests": len(latencies[mode]),
-            "cpu_ms_per_request": cpu[mode] * 1e3 / len(latencies[mode]),
-        }
-    base = result["in-process"]["requests_per_s"]
-    for mode in MODES[1:]:
-        result[mode]["overhead"] = base / result[mode]["requests_per_s"]
-    return result
+    for label, call in cases.items():
+        try:
+            call()
+            statuses[label] = 200
+        except InferenceServerException as exc:
+            statuses[label] = int(exc.status())
+    path = f"/v2/models/{model}/infer"
+    statuses["malformed JSON"] = _raw(http_url, path, b"{not json", {})
+    statuses["oversized body"] = _raw(http_url, path, b"x" * (limit + 1), {})
+    statuses["unknown encoding"] = _raw(http_url, path, b"x", {"Content-Encoding": "br"})
+    statuses["bad gzip"] = _raw(http_url, path, gzip.compress(b"{not json"), {"Content-Encoding": "gzip"})
+    if grpc_url is not None:
+        import tritonclient.grpc as grpcclient
+
+        grpc = grpcclient.InferenceServerClient(grpc_url)
+        for label, call in {
+            "gRPC unknown model": lambda: grpc.infer("no-such-model", [_grpc_tensor(name, array)]),
+            "gRPC wrong shape": lambda: grpc.infer(model, [_grpc_tensor(name, array.reshape(-1))]),
+        }.items():
+            try:
+                call()
+                statuses[label] = 200
+            except InferenceServerException as exc:
+                statuses[label] = {"StatusCode.INVALID_ARGUMENT": 400, "StatusCode.NOT_FOUND": 404}.get(
+                    str(exc.status()), 500)
+    return statuses
+
+
+def _grpc_tensor(name: str, array: np.ndarray):
+    import tritonclient.grpc as grpcclient
+
+    t = grpcclient.InferInput(name, list(array.shape), _datatype(array))
+    t.set_data_from_numpy(array)
+    return t
 
 
 def main(argv: list[str]) -> int:
@@ -246,18 +318,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed-cnn", type=Path, default=ROOT / "artifacts" / "torch" / "seed_cnn.onnx")
     parser.add_argument("--minilm", type=Path, default=ROOT / "artifacts" / "minilm" / "minilm.onnx")
     parser.add_argument("--models", default="seed_cnn,minilm", help="models to measure (default seed_cnn,minilm)")
-    parser.add_argument("--clients", default="1,4,16", help="concurrent client counts (default 1,4,16)")
-    parser.add_argument("--requests", type=int, default=200, help="requests per phase, over all clients (default 200)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell (default 3)")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
+    parser.add_argument("--requests", type=int, default=200, help="requests per client per phase (default 200)")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (default 1)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    parser.add_argument("--baseline-site", type=Path, default=None,
+                        help="a folder with another onnx-compress installed (pip install --target): its server "
+                             "is measured side by side as 'baseline HTTP'")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks",
                         help="output folder (writes serve.json there)")
     args = parser.parse_args(argv)
-    clients = [int(c) for c in args.clients.split(",")]
 
     import onnxruntime as ort
 
+    from benchmarks import environment
     from onnx_compress.runtime import SessionSettings, deploy_triton
+    from onnx_compress.runtime.serve import BackgroundServer
     from onnx_compress.runtime.session import Runner
     from onnx_compress.table import format_table
 
@@ -271,35 +347,82 @@ def main(argv: list[str]) -> int:
         parser.error(f"unknown model(s) {unknown}; choose from {sorted(builders)}")
     models = {name: builders[name]() for name in wanted}
     settings = SessionSettings(provider="cpu", intra_op_threads=args.threads, spinning=False)  # as the server
+    limit = 1 << 20
     results: dict[str, dict] = {}
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         repo = Path(tmp) / "repo"
         for name, (path, _, _) in models.items():
             deploy_triton(path, repo, name)
-        server = _ServerProcess(repo, args.threads)
+        server = BackgroundServer(repo, session=settings, access_log=False, max_request_bytes=limit).start()
+        baseline = _Baseline(args.baseline_site, repo, args.threads, limit) if args.baseline_site else None
         try:
             for name, (path, output, feeds) in models.items():
                 session: ort.InferenceSession = Runner(path, settings).session
-                results[name] = {}
-                for count in clients:
-                    cell = _cell(name, output, session, server, feeds, count, args.requests, args.rounds)
-                    results[name][str(count)] = cell
-                    for mode in MODES:
-                        entry = cell[mode]
-                        overhead = f"{entry['overhead']:.2f}x" if "overhead" in entry else ""
-                        rows.append([name, count, mode, f"{entry['requests_per_s']:.0f}",
-                                     f"{entry['p50_ms']:.2f}", f"{entry['p99_ms']:.2f}", overhead,
-                                     f"{entry['cpu_ms_per_request']:.2f}"])
-                    print(f"{name}, {count} client(s): done", file=sys.stderr, flush=True)
+                expected = [session.run([output], feed)[0] for feed in feeds]
+                factories: dict[str, tuple[Callable, int]] = {
+                    "in-process": (_in_process(session, output, feeds, expected), os.getpid()),
+                    "KServe HTTP": (_http(server.url, name, output, feeds, expected), server.pid),
+                    "KServe gRPC": (_grpc(server.grpc_url, name, output, feeds, expected), server.pid),
+                }
+                if baseline is not None:
+                    factories["baseline HTTP"] = (_http(baseline.url, name, output, feeds, expected), baseline.pid)
+                modes = list(factories)
+                rps: dict[str, list[float]] = {mode: [] for mode in modes}
+                latencies: dict[str, list[float]] = {mode: [] for mode in modes}
+                cpu = {mode: 0.0 for mode in modes}
+                wrong = {mode: 0 for mode in modes}
+                for round_index in range(args.rounds):
+                    for mode in modes if round_index % 2 == 0 else reversed(modes):
+                        factory, pid = factories[mode]
+                        before = _cpu_seconds(pid)  # includes the 3 warm-up calls per client: a small overestimate
+                        value, samples, bad = _phase(factory, args.clients, args.requests)
+                        cpu[mode] += _cpu_seconds(pid) - before
+                        rps[mode].append(value)
+                        latencies[mode].extend(samples)
+                        wrong[mode] += bad
+                        print(f"{name}: {mode} round {round_index + 1} done", file=sys.stderr, flush=True)
+                cell = {}
+                for mode in modes:
+                    count = len(latencies[mode])
+                    cell[mode] = {
+                        "requests_per_s": float(np.median(rps[mode])),
+                        "p50_ms": float(np.percentile(latencies[mode], 50)),
+                        "p99_ms": float(np.percentile(latencies[mode], 99)),
+                        "requests": count,
+                        "wrong_answers": wrong[mode],
+                        "cpu_ms_per_request": cpu[mode] * 1e3 / count,
+                    }
+                    rows.append([name, mode, f"{cell[mode]['requests_per_s']:.0f}", f"{cell[mode]['p50_ms']:.2f}",
+                                 f"{cell[mode]['p99_ms']:.2f}", f"{cell[mode]['cpu_ms_per_request']:.2f}",
+                                 f"{wrong[mode]}/{count}"])
+                burst = {"KServe": _bad_burst(server.url, server.grpc_url, name, feeds[0], limit)}
+                if baseline is not None:
+                    burst["baseline"] = _bad_burst(baseline.url, None, name, feeds[0], limit)
+                alive = {"KServe": server.alive() and factories["KServe HTTP"][0]()(0)
+                         and factories["KServe gRPC"][0]()(1)}
+                if baseline is not None:
+                    alive["baseline"] = baseline.alive() and factories["baseline HTTP"][0]()(0)
+                results[name] = {"modes": cell, "bad_requests": burst, "alive_after_bad_requests": alive}
+                if any(wrong.values()):
+                    raise SystemExit(f"{name}: served answers differ from in-process ONNX Runtime: {wrong}")
+                refused = [f"{server_name} {label}: {status}" for server_name, statuses in burst.items()
+                           for label, status in statuses.items() if not 400 <= status < 500]
+                if refused or not all(alive.values()):
+                    raise SystemExit(f"{name}: bad requests not refused with a 4xx {refused} or server down {alive}")
         finally:
             server.stop()
-    print(format_table(["model", "clients", "mode", "req/s", "p50 ms", "p99 ms", "overhead", "CPU ms/req"], rows))
-    print(f"(batch 1; MiniLM sequence 64; ONNX Runtime {args.threads} intra-op threads, CPU; "
-          f"{args.requests} requests per phase x {args.rounds} interleaved rounds; "
-          f"overhead = in-process req/s / served req/s; {os.cpu_count()} CPUs shared by clients and server)")
-    payload = {"settings": {"threads": args.threads, "requests": args.requests, "rounds": args.rounds,
-                            "clients": clients, "cpus": os.cpu_count()}, "results": results}
+            if baseline is not None:
+                baseline.stop()
+    print(format_table(["model", "mode", "req/s", "p50 ms", "p99 ms", "server CPU ms/req", "wrong"], rows))
+    print(f"({args.clients} clients x {args.requests} requests per phase x {args.rounds} round(s); batch 1; MiniLM "
+          f"sequence 64; ONNX Runtime {args.threads} intra-op threads, spinning off; {os.cpu_count()} CPUs shared "
+          "by clients and servers; every answer compared with in-process ONNX Runtime)")
+    for name, entry in results.items():
+        print(f"{name}: bad requests refused {entry['bad_requests']}; alive after: {entry['alive_after_bad_requests']}")
+    payload = {"settings": {"threads": args.threads, "clients": args.clients, "requests": args.requests,
+                            "rounds": args.rounds, "baseline_site": str(args.baseline_site or "")},
+               "environment": environment(), "results": results}
     write_results(args.out, "serve", payload)
     return 0
 

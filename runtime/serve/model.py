@@ -109,7 +109,7 @@ def _datatype(model: ServedModel, output: str) -> str:
 
 def _array(tensor: Any, model: ServedModel) -> np.ndarray:
     """The input as a numpy array of the model's dtype (its datatype was checked)."""
-    raw = tensor._raw_data  # gRPC raw_input_contents: KServe keeps the bytes as they came
+    raw = tensor._raw_data  # binary tensor data (REST) or raw_input_contents (gRPC), as the bytes came
     spec = model.input_spec(tensor.name)
     assert spec is not None  # check_request refused unknown inputs
     if raw is not None:
