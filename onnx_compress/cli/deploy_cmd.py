@@ -1,4 +1,4 @@
-"""``onnx-compress deploy``: write a model into a Triton Inference Server model repository."""
+"""``onnx-compress deploy``: write a model into a Triton model repository (and KServe manifests)."""
 
 from __future__ import annotations
 
@@ -25,15 +25,36 @@ The model is loaded in ONNX Runtime first; the input model is never modified; an
 version is not replaced without --overwrite. Serve the repository locally with
 `onnx-compress serve REPO`.
 
+With --kserve DIR it also writes Kubernetes manifests for KServe into DIR: NAME-triton.yaml
+(an InferenceService serving the repository with KServe's Triton runtime, modelFormat onnx),
+NAME-onnxruntime.yaml (one running `onnx-compress serve` as a custom predictor, image built
+from the generated DIR/Dockerfile), with --min-replicas/--max-replicas, --target-concurrency,
+--cpu/--memory/--gpus and --storage-uri (where you upload REPO). Then: kubectl apply -f DIR/...
+
 examples:
   onnx-compress deploy model.onnx --triton models/ --name digits --max-batch 32 --dynamic-batching
   onnx-compress deploy small.onnx --triton models/ --name digits --version 2 --instances 2 --gpu
+  onnx-compress deploy model.onnx --triton models/ --name digits --kserve k8s/ \
+      --storage-uri s3://bucket/models --max-replicas 4 --target-concurrency 8 --cpu 2 --memory 1Gi
 """
 
 
 def _deploy(args: argparse.Namespace) -> int:
+    from onnx_compress.errors import SettingError
     from onnx_compress.runtime.deploy import deploy_triton
 
+    kserve = None
+    if args.kserve is not None:
+        from onnx_compress.runtime.deploy.kserve import KServeSettings
+
+        if args.storage_uri is None:
+            raise SettingError("--kserve needs --storage-uri: where the repository will be uploaded (s3://..., pvc://...)")
+        name = (args.name or args.model.stem).lower().replace("_", "-").replace(".", "-")
+        extra = {"image": args.image} if args.image else {}
+        kserve = KServeSettings(name=name, storage_uri=args.storage_uri, min_replicas=args.min_replicas,
+                                max_replicas=args.max_replicas, target_concurrency=args.target_concurrency,
+                                cpu=args.cpu, memory=args.memory, gpus=args.gpus, batch_size=args.batch_size,
+                                batch_latency_ms=args.batch_latency_ms, **extra)  # checked before writing anything
     deployment = deploy_triton(
         args.model,
         args.triton,
@@ -46,7 +67,14 @@ def _deploy(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     human = f"{deployment.summary()}\n\n{deployment.config_path}:\n{deployment.config}"
-    emit(args, deployment.as_dict(), human)
+    payload = deployment.as_dict()
+    if kserve is not None:
+        from onnx_compress.runtime.deploy.kserve import deploy_kserve
+
+        manifests = deploy_kserve(args.kserve, kserve)
+        human += f"\n{manifests.summary()}"
+        payload["kserve"] = manifests.as_dict()
+    emit(args, payload, human)
     return 0
 
 
@@ -68,4 +96,22 @@ def register(subparsers: Any) -> None:
                         help="let Triton merge concurrent requests into batches (needs --max-batch > 0)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing NAME/VERSION/model.onnx (never while a server uses it)")
+    kserve = parser.add_argument_group("KServe manifests (--kserve)")
+    kserve.add_argument("--kserve", type=Path, default=None, metavar="DIR",
+                        help="also write KServe InferenceService manifests and a Dockerfile into DIR")
+    kserve.add_argument("--storage-uri", default=None, metavar="URI",
+                        help="where REPO is uploaded for the cluster (s3://, gs://, pvc://, https://...)")
+    kserve.add_argument("--image", default=None,
+                        help="container image of the onnx-compress predictor (default onnx-compress-serve:VERSION)")
+    kserve.add_argument("--min-replicas", type=int, default=1, metavar="N", help="minReplicas (default 1; 0: scale to zero)")
+    kserve.add_argument("--max-replicas", type=int, default=1, metavar="N", help="maxReplicas (default 1)")
+    kserve.add_argument("--target-concurrency", type=int, default=None, metavar="N",
+                        help="autoscale on in-flight requests per replica (scaleMetric concurrency, scaleTarget N)")
+    kserve.add_argument("--cpu", default="1", help="CPU per replica, requests = limits (default 1; e.g. 500m)")
+    kserve.add_argument("--memory", default="2Gi", help="memory per replica, requests = limits (default 2Gi)")
+    kserve.add_argument("--gpus", type=int, default=0, metavar="N", help="nvidia.com/gpu per replica (default 0)")
+    kserve.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="KServe batcher for the onnx-compress predictor: maxBatchSize (with --batch-latency-ms)")
+    kserve.add_argument("--batch-latency-ms", type=int, default=None, metavar="MS",
+                        help="KServe batcher: maxLatency in ms")
     add_json_flag(parser)
