@@ -19,7 +19,9 @@ Every answer is compared with the in-process answer for the same input (``np.arr
 one differing answer fails the run. After the phases, a burst of bad requests (unknown model,
 wrong datatype, wrong shape, malformed JSON, a body over the limit, an unknown encoding, over
 HTTP and gRPC) must each be refused with a 4xx / INVALID_ARGUMENT / NOT_FOUND, and the server
-must still answer correctly afterwards.
+must still answer correctly afterwards. Last, what batching buys ONNX Runtime itself (what
+Triton's dynamic batching or KServe's batcher could reach at best): samples/s and CPU ms per
+sample with batch 1 against batches of C, in this process.
 
 Reported per (model, mode): requests per second (median over rounds), p50 and p99 latency
 (over all requests), and the server process's CPU milliseconds per request (user + system,
@@ -305,6 +307,26 @@ def _bad_burst(http_url: str, grpc_url: str | None, model: str, feeds: Feeds, li
     return statuses
 
 
+def _batching_effect(session, output: str, feeds: list[Feeds], batch: int) -> dict[str, float]:
+    """What merging requests into batches buys ONNX Runtime itself (the upper bound of Triton's
+    dynamic batching or KServe's batcher): samples/s and CPU ms/sample, batch 1 against ``batch``."""
+    merged = [{k: np.concatenate([feeds[(i + j) % len(feeds)][k] for j in range(batch)]) for k in feeds[0]}
+              for i in range(0, len(feeds), batch)]
+    result = {}
+    for label, calls, per_call in (("batch 1", feeds, 1), (f"batch {batch}", merged, batch)):
+        for call in calls[:2]:
+            session.run([output], call)  # warm-up
+        samples, start, cpu = 0, time.perf_counter(), time.process_time()
+        while samples < 4 * len(feeds):
+            for call in calls:
+                session.run([output], call)
+                samples += per_call
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        result[f"{label} samples_per_s"] = samples / wall
+        result[f"{label} cpu_ms_per_sample"] = cpu * 1e3 / samples
+    return result
+
+
 def _grpc_tensor(name: str, array: np.ndarray):
     import tritonclient.grpc as grpcclient
 
@@ -403,7 +425,9 @@ def main(argv: list[str]) -> int:
                          and factories["KServe gRPC"][0]()(1)}
                 if baseline is not None:
                     alive["baseline"] = baseline.alive() and factories["baseline HTTP"][0]()(0)
-                results[name] = {"modes": cell, "bad_requests": burst, "alive_after_bad_requests": alive}
+                batching = _batching_effect(session, output, feeds, args.clients)
+                results[name] = {"modes": cell, "bad_requests": burst, "alive_after_bad_requests": alive,
+                                 "batching_in_process": batching}
                 if any(wrong.values()):
                     raise SystemExit(f"{name}: served answers differ from in-process ONNX Runtime: {wrong}")
                 refused = [f"{server_name} {label}: {status}" for server_name, statuses in burst.items()
@@ -420,6 +444,8 @@ def main(argv: list[str]) -> int:
           "by clients and servers; every answer compared with in-process ONNX Runtime)")
     for name, entry in results.items():
         print(f"{name}: bad requests refused {entry['bad_requests']}; alive after: {entry['alive_after_bad_requests']}")
+        print(f"{name}: ONNX Runtime in-process, batching effect: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in entry["batching_in_process"].items()))
     payload = {"settings": {"threads": args.threads, "clients": args.clients, "requests": args.requests,
                             "rounds": args.rounds, "baseline_site": str(args.baseline_site or "")},
                "environment": environment(), "results": results}

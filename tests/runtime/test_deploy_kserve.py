@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,58 +16,28 @@ import yaml
 from onnx_compress.errors import SettingError
 from onnx_compress.runtime.deploy.kserve import WHEEL, KServeSettings, deploy_kserve, kserve_manifests
 
-_LIST = re.compile(r"^[lL]ist\[(.+)\]$")  # kserve writes list[X], kubernetes List[X]
-_DICT = re.compile(r"^(?:dict\(str, (.+)\)|Dict\[str, (.+)\])$")
-_PRIMITIVES = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object}
+SCHEMA = Path(__file__).with_name("kserve_schema.py")
 
 
-def _models() -> tuple[Any, Any]:
-    """kserve.models and kubernetes.client.models, kserve imported in a child-safe way."""
-    saved, sys.argv = sys.argv, sys.argv[:1]  # kserve.model_server parses sys.argv when imported
-    try:
-        import kserve.models as kserve_models
-        import kubernetes.client.models as kubernetes_models
-    finally:
-        sys.argv = saved
-    return kserve_models, kubernetes_models
-
-
-def _build(value: Any, kind: str, where: str) -> Any:
-    """``value`` (parsed YAML) as the OpenAPI type ``kind`` of KServe's / Kubernetes' generated
-    models: an unknown field, a wrong type or a missing required field fails."""
-    kserve_models, kubernetes_models = _models()
-    if (match := _LIST.match(kind)) is not None:
-        assert isinstance(value, list), where
-        return [_build(item, match.group(1), f"{where}[{index}]") for index, item in enumerate(value)]
-    if (match := _DICT.match(kind)) is not None:
-        assert isinstance(value, dict), where
-        return {key: _build(item, match.group(1) or match.group(2), f"{where}.{key}") for key, item in value.items()}
-    if kind in _PRIMITIVES:
-        assert isinstance(value, _PRIMITIVES[kind]) and not (kind == "int" and isinstance(value, bool)), (where, value)
-        return value
-    cls = getattr(kserve_models, kind, None) or getattr(kubernetes_models, kind)
-    assert isinstance(value, dict), where
-    by_json = {json_name: attr for attr, json_name in cls.attribute_map.items()}
-    unknown = sorted(set(value) - set(by_json))
-    assert not unknown, f"{where}: {kind} has no field(s) {unknown}"
-    return cls(**{by_json[key]: _build(item, cls.openapi_types[by_json[key]], f"{where}.{key}")
-                  for key, item in value.items()})
-
-
-def _validate_inference_service(document: dict[str, Any]) -> None:
-    assert document["apiVersion"] == "serving.kserve.io/v1beta1" and document["kind"] == "InferenceService"
-    _build(document, "V1beta1InferenceService", "InferenceService")
+def _validate(*documents: dict[str, Any], folder: Path) -> subprocess.CompletedProcess:
+    """Run kserve_schema.py (its own process: kserve and tritonclient.grpc clash) on the documents."""
+    paths = []
+    for index, document in enumerate(documents):
+        paths.append(folder / f"manifest-{index}.yaml")
+        paths[-1].write_text(yaml.safe_dump(document))
+    return subprocess.run([sys.executable, str(SCHEMA), *map(str, paths)], capture_output=True, text=True, timeout=300)
 
 
 SETTINGS = KServeSettings(name="digits", storage_uri="s3://bucket/models", min_replicas=0, max_replicas=4,
                           target_concurrency=8, cpu="500m", memory="1Gi", batch_size=16, batch_latency_ms=5)
 
 
-def test_manifests_validate_against_kserve_models_and_carry_the_settings():
+def test_manifests_validate_against_kserve_models_and_carry_the_settings(tmp_path):
     manifests = kserve_manifests(SETTINGS)
     assert sorted(manifests) == ["digits-onnxruntime.yaml", "digits-triton.yaml"]
-    for document in manifests.values():
-        _validate_inference_service(yaml.safe_load(yaml.safe_dump(document)))
+    with_gpu = kserve_manifests(KServeSettings(name="d", storage_uri="pvc://claim/m", gpus=1))
+    checked = _validate(*manifests.values(), *with_gpu.values(), folder=tmp_path)
+    assert checked.returncode == 0 and checked.stdout.strip() == "4 valid", checked.stdout + checked.stderr
     triton = manifests["digits-triton.yaml"]["spec"]["predictor"]
     assert triton["model"]["modelFormat"] == {"name": "onnx"} and triton["model"]["runtime"] == "kserve-tritonserver"
     assert triton["model"]["storageUri"] == "s3://bucket/models" and triton["model"]["protocolVersion"] == "v2"
@@ -79,19 +50,21 @@ def test_manifests_validate_against_kserve_models_and_carry_the_settings():
     assert {"name": "STORAGE_URI", "value": "s3://bucket/models"} in container["env"]
     assert container["args"][:1] == ["/mnt/models"] and "0.0.0.0" in container["args"]
     assert python["batcher"] == {"maxBatchSize": 16, "maxLatency": 5}
-    with_gpu = kserve_manifests(KServeSettings(name="d", storage_uri="pvc://claim/m", gpus=1))
     assert with_gpu["d-triton.yaml"]["spec"]["predictor"]["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
-def test_the_validator_catches_what_kserve_does_not_know():
-    document = kserve_manifests(SETTINGS)["digits-triton.yaml"]
-    document["spec"]["predictor"]["minReplica"] = 1  # a typo
-    with pytest.raises(AssertionError, match="no field"):
-        _validate_inference_service(document)
-    document = kserve_manifests(SETTINGS)["digits-triton.yaml"]
-    document["spec"]["predictor"]["maxReplicas"] = "4"  # a string where KServe wants an int
-    with pytest.raises(AssertionError):
-        _validate_inference_service(document)
+def test_the_validator_catches_what_kserve_does_not_know(tmp_path):
+    typo = kserve_manifests(SETTINGS)["digits-triton.yaml"]
+    typo["spec"]["predictor"]["minReplica"] = 1
+    wrong_type = kserve_manifests(SETTINGS)["digits-triton.yaml"]
+    wrong_type["spec"]["predictor"]["maxReplicas"] = "4"  # a string where KServe wants an int
+    container_typo = kserve_manifests(SETTINGS)["digits-onnxruntime.yaml"]
+    container_typo["spec"]["predictor"]["containers"][0]["resource"] = {}  # Kubernetes' V1Container field is 'resources'
+    checked = _validate(typo, wrong_type, container_typo, folder=tmp_path)
+    lines = checked.stdout.strip().splitlines()
+    assert checked.returncode == 1 and len(lines) == 3, checked.stdout + checked.stderr
+    assert "has no field(s) ['minReplica']" in lines[0] and "maxReplicas" in lines[1]
+    assert "V1Container has no field(s) ['resource']" in lines[2]
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -131,9 +104,11 @@ def test_deploy_cli_writes_repository_manifests_and_dockerfile(torch_seed_onnx, 
     assert (repo / "digits_cnn" / "config.pbtxt").is_file()
     assert sorted(p.name for p in k8s.iterdir()) == ["Dockerfile", "digits-cnn-onnxruntime.yaml",
                                                      "digits-cnn-triton.yaml"]
-    for path in k8s.glob("*.yaml"):
-        _validate_inference_service(yaml.safe_load(path.read_text()))
-        assert path.stat().st_mode & 0o777 == 0o644
+    paths = sorted(k8s.glob("*.yaml"))
+    checked = subprocess.run([sys.executable, str(SCHEMA), *map(str, paths)], capture_output=True, text=True,
+                             timeout=300)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert all(path.stat().st_mode & 0o777 == 0o644 for path in paths)
     dockerfile = (k8s / "Dockerfile").read_text()
     assert f"COPY {WHEEL}" in dockerfile and 'ENTRYPOINT ["onnx-compress", "serve"]' in dockerfile
 

@@ -122,6 +122,8 @@ def test_health_metadata_and_metrics(client, grpc, server):
     minilm = grpc.get_model_metadata("minilm", as_json=True)
     assert [(t["name"], t["datatype"], t["shape"]) for t in minilm["inputs"]] == [
         ("input_ids", "INT64", ["-1", "-1"]), ("attention_mask", "INT64", ["-1", "-1"])]
+    images = np.zeros((1, 1, 28, 28), dtype=np.float32)
+    client.infer("digits", [_input("input", images, "FP32", True)])
     host, port = server.url.split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=60)
     connection.request("GET", "/metrics")

@@ -93,13 +93,17 @@ def test_nothing_to_serve(tmp_path):
         load_models(tmp_path / "repo", CPU)
 
 
-def test_server_sessions_do_not_spin_and_settings_survive_worker_processes():
+def test_server_sessions_do_not_spin_and_settings_survive_the_server_process():
     from onnx_compress.runtime.serve import ServeSettings
 
-    settings = ServeSettings(port=9000, workers=2, concurrency=3, session=SessionSettings(provider="cpu", spinning=False))
+    settings = ServeSettings(port=9000, grpc_port=9001, concurrency=3,
+                             session=SessionSettings(provider="cpu", spinning=False))
     assert ServeSettings().session.spinning is False and ServeSettings().host == "127.0.0.1"
     options = settings.session.session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    assert ServeSettings.from_json(settings.to_json()) == settings  # what worker processes rebuild
-    with pytest.raises(Exception, match="port must be 0..65535"):
+    assert ServeSettings.from_json(settings.to_json()) == settings  # what the server process rebuilds
+    with pytest.raises(Exception, match="port must be 1..65535"):
         ServeSettings(port=70000)
+    with pytest.raises(Exception, match="must differ"):
+        ServeSettings(port=9000, grpc_port=9000)
+    assert ServeSettings(grpc_port=None).grpc_port is None
