@@ -22,7 +22,11 @@ from collections.abc import Sequence
 from onnx_compress.errors import DataError
 from onnx_compress.runtime.serve.registry import ServedModel
 
-__all__ = ["RequestError", "DeclaredInput", "check_request"]
+__all__ = ["VERSION_HEADER", "RequestError", "DeclaredInput", "check_request"]
+
+#: the header carrying the version of a REST request addressed to /v2/models/NAME/versions/V/...
+#: (set by the server's middleware from the path; a client's own is dropped)
+VERSION_HEADER = "x-onnx-compress-model-version"
 
 #: (name, datatype, shape) of one input, as the request declares it
 DeclaredInput = tuple[str, str, Sequence[int]]

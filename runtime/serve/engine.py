@@ -36,6 +36,7 @@ from typing import Any
 from onnx_compress.errors import SettingError
 from onnx_compress.model_io import PathLike
 from onnx_compress.optional import require
+from onnx_compress.runtime.serve.checks import VERSION_HEADER
 
 __all__ = ["run"]
 
@@ -47,6 +48,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _BINARY_HEADER = b"inference-header-content-length"
+_VERSION_HEADER = VERSION_HEADER.encode()
 _VERSIONED = re.compile(r"^/v2/models/([^/]+)/versions/([^/]+)(/(?:infer|ready))?/?$")
 
 
@@ -143,18 +145,18 @@ class RequestGuard:
             return
         try:
             scope, version = self._route(scope)
-            headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")
-                       and k != b"x-onnx-compress-model-version"]
+            headers = [(k, v) for k, v in scope["headers"] if k != _VERSION_HEADER]  # only a route sets it
             if version is not None:
-                headers.append((b"x-onnx-compress-model-version", version))
+                headers.append((_VERSION_HEADER, version))
             if scope["method"] != "POST":
-                await self.app({**scope, "headers": headers + [(k, v) for k, v in scope["headers"]
-                                                                if k == b"content-length"]}, receive, send)
+                await self.app({**scope, "headers": headers}, receive, send)
                 return
             body = await self._body(scope, receive)
         except _Refused as refused:
             await _answer(send, refused.status, refused.message)
             return
+        # the body KServe reads is the inflated one
+        headers = [(k, v) for k, v in headers if k not in (b"content-encoding", b"content-length")]
         headers.append((b"content-length", str(len(body)).encode()))
         if scope["path"].endswith("/infer") and not any(k == _BINARY_HEADER for k, _ in headers):
             # a JSON-only body: KServe decodes raw bodies only with this header (its JSON part = all of it)
@@ -367,7 +369,8 @@ def main(argv: list[str]) -> int:
         raise SettingError("usage: python -m onnx_compress.runtime.serve.engine SETTINGS_JSON")
     config = json.loads(argv[0])
     settings = ServeSettings.from_json(config["settings"])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=getattr(logging, settings.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     run(config["source"], settings)
     return 0
 

@@ -35,13 +35,10 @@ from kserve.errors import InferenceError, InvalidInput
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from onnx_compress.errors import one_line
-from onnx_compress.runtime.serve.checks import RequestError, check_request
+from onnx_compress.runtime.serve.checks import VERSION_HEADER, RequestError, check_request
 from onnx_compress.runtime.serve.registry import ServedModel
 
-__all__ = ["VERSION_HEADER", "OnnxRuntimeModel"]
-
-#: the header carrying the version of a REST request addressed to /v2/models/NAME/versions/V/...
-VERSION_HEADER = "x-onnx-compress-model-version"
+__all__ = ["OnnxRuntimeModel"]
 
 
 class OnnxRuntimeModel(Model):
