@@ -367,6 +367,7 @@ def main(argv: list[str]) -> int:
     unknown = sorted(set(wanted) - set(builders))
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {sorted(builders)}")
+    env = environment()  # the load average at the start
     models = {name: builders[name]() for name in wanted}
     settings = SessionSettings(provider="cpu", intra_op_threads=args.threads, spinning=False)  # as the server
     limit = 1 << 20
@@ -448,7 +449,7 @@ def main(argv: list[str]) -> int:
               + ", ".join(f"{k} {v:.2f}" for k, v in entry["batching_in_process"].items()))
     payload = {"settings": {"threads": args.threads, "clients": args.clients, "requests": args.requests,
                             "rounds": args.rounds, "baseline_site": str(args.baseline_site or "")},
-               "environment": environment(), "results": results}
+               "environment": env, "results": results}
     write_results(args.out, "serve", payload)
     return 0
 

@@ -116,9 +116,17 @@ def _array(tensor: Any, model: ServedModel) -> np.ndarray:
                                f"of {spec.datatype} needs {needed}")
         return np.frombuffer(raw, dtype=spec.dtype.newbyteorder("<")).reshape(tensor.shape)
     try:
-        array = np.asarray(tensor.data, dtype=spec.dtype)
-    except (ValueError, TypeError) as exc:
-        raise RequestError(f"input {tensor.name!r}: 'data' is not an array of {spec.datatype} ({exc})") from None
+        given = np.asarray(tensor.data)
+    except (ValueError, TypeError) as exc:  # ragged nesting
+        raise RequestError(f"input {tensor.name!r}: 'data' is not a regular array ({exc})") from None
+    if given.size and given.dtype.kind not in ("b" if spec.dtype.kind == "b" else "iu" if spec.dtype.kind in "iu"
+                                               else "iuf"):
+        raise RequestError(f"input {tensor.name!r}: JSON data of {spec.datatype} must be "
+                           f"{'true/false' if spec.dtype.kind == 'b' else 'integers' if spec.dtype.kind in 'iu' else 'numbers'}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = given.astype(spec.dtype)
+    if spec.dtype.kind in "iu" and not np.array_equal(array, given):
+        raise RequestError(f"input {tensor.name!r}: a value is out of the range of {spec.datatype}")
     if array.size != math.prod(tensor.shape):
         raise RequestError(f"input {tensor.name!r}: 'data' has {array.size} elements, "
                            f"shape {list(tensor.shape)} needs {math.prod(tensor.shape)}")

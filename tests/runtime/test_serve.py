@@ -250,6 +250,13 @@ def test_malformed_and_oversized_bodies(server, client, references, digits_nchw)
         ("POST", "/v2/models/digits/infer", short + b"\0" * 100, {"Inference-Header-Content-Length": str(len(short))},
          400, "does not fit"),
         ("POST", "/v2/models/digits/infer", b'{"inputs": [{"name": "input"}]}', {}, 400, "malformed inference request"),
+        ("POST", "/v2/models/minilm/infer", json.dumps({"inputs": [
+            {"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [101, 1.5]},
+            {"name": "attention_mask", "shape": [1, 2], "datatype": "INT64", "data": [1, 1]}]}).encode(), {},
+         400, "JSON data of INT64 must be integers"),
+        ("POST", "/v2/models/digits/infer", json.dumps({"inputs": [
+            {"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.5] * 700}]}).encode(), {},
+         400, "'data' has 700 elements"),
         ("POST", "/v2/models/digits/infer", b"x", {"Content-Encoding": "br"}, 415, "not supported"),
         ("POST", "/v2/models/digits/infer", gzip.compress(b"x" * (LIMIT + 1)), {"Content-Encoding": "gzip"},
          413, "inflated request body"),
