@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import http.client
-import json
 import os
 import socket
 import subprocess
