@@ -29,6 +29,7 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
+from onnx_compress.passes.gram import conv_attributes
 from onnx_compress.passes.lowrank.settings import LowRankSettings
 
 __all__ = ["Target", "Skipped", "find_targets", "FLOAT_TYPES"]
@@ -65,7 +66,7 @@ class Target:
     def statistics_key(self) -> tuple[object, ...]:
         """Layers with equal keys see the same rows of X (Q, K and V projections of one input)."""
         if self.kind == "conv":
-            return (self.input.name, "conv", *conv_geometry(self.node, self.weight))
+            return (self.input.name, "conv", conv_attributes(self.node))
         transposed = self.kind == "gemm" and bool(self.node.attributes.get_int("transA", 0))
         return (self.input.name, "transposed" if transposed else "rows")
 
@@ -78,18 +79,6 @@ class Skipped:
     op_type: str
     weight: str
     reason: str
-
-
-def conv_geometry(node: ir.Node, weight: ir.Value) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], str]:
-    """(kernel, strides, pads, dilations, auto_pad) of a Conv, with ONNX defaults filled in."""
-    shape = weight.const_value.shape.numpy()  # type: ignore[union-attr]
-    kernel = tuple(int(k) for k in shape[2:])
-    dims = len(kernel)
-    strides = tuple(node.attributes.get_ints("strides", [1] * dims) or [1] * dims)
-    pads = tuple(node.attributes.get_ints("pads", [0] * 2 * dims) or [0] * 2 * dims)
-    dilations = tuple(node.attributes.get_ints("dilations", [1] * dims) or [1] * dims)
-    auto_pad = node.attributes.get_string("auto_pad", "NOTSET") or "NOTSET"
-    return kernel, strides, pads, dilations, auto_pad
 
 
 def _weight_problem(graph: ir.Graph, value: ir.Value | None) -> str | None:

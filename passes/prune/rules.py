@@ -38,9 +38,9 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from onnx_compress.passes.prune.coupling import IN, OUT, Member, NodeCoupling, Port, Relation, Role
+from onnx_compress.passes.prune.relations import IN, OUT, Member, NodeCoupling, Port, Relation, Role
 
-__all__ = ["RuleContext", "Dim", "coupling_of", "supported_ops", "align_dims", "reshape_target"]
+__all__ = ["RuleContext", "Dim", "coupling_of", "align_dims", "reshape_target"]
 
 #: a dimension: static size, symbolic name, or None (unknown)
 Dim = int | str | None
@@ -93,10 +93,6 @@ def _rule(*ops: str) -> Callable[[Rule], Rule]:
         return fn
 
     return register
-
-
-def supported_ops() -> list[str]:
-    return sorted(_RULES)
 
 
 def coupling_of(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
