@@ -347,7 +347,9 @@ def compress(
                         f"within the {_SPEED_NOISE:.0%} measurement noise) at batch {settings.bench_batch}")
     warnings.extend(_slower_stage_warnings(kept, settings.bench_batch))
     if all(s.report.decision in ("rolled back", "no change") for s in stages[2:]) and len(stages) > 2:
-        warnings.append("no pass of the recipe could be applied within the budget; the output is the normalized original")
+        handed = "the normalized input model" if stages[1].model is not None else "the input model unchanged"
+        warnings.append(f"no pass of the recipe could be applied within the budget; the output is {handed}")
+    # the final model's own measured drop (NaN, never measured, does not hold)
     budget_met = budget.holds(final.drop) if evaluator is not None else True
     report = Report(
         model=str(source) if source is not None else "(in-memory model)",
