@@ -94,6 +94,8 @@ def _weight_problem(graph: ir.Graph, value: ir.Value | None) -> str | None:
         return f"its weight {value.name!r} is shared with {len(value.uses()) - 1} other node(s)"
     if value.const_value.dtype not in FLOAT_TYPES:
         return f"its weight is {value.const_value.dtype.name}, not floating point"
+    if not np.all(np.isfinite(value.const_value.numpy())):
+        return f"its weight {value.name!r} holds NaN or infinite values"
     return None
 
 
@@ -125,6 +127,8 @@ def _classify(graph: ir.Graph, node: ir.Node, opset: int) -> tuple[Target | None
             return None, "a transA Gemm is factored into a Gemm without C, which needs opset >= 11 " \
                          "(run Normalize(min_opset=11) first)"
         shape = w.const_value.shape.numpy()  # type: ignore[union-attr]
+        if len(shape) != 2:
+            return None, f"its weight has shape {list(shape)}, not a 2-D matrix"
         trans_b = node.attributes.get_int("transB", 0)
         k, n = (shape[1], shape[0]) if trans_b else (shape[0], shape[1])
         return Target(node, "gemm", w, x, int(k), int(n)), ""  # type: ignore[arg-type]

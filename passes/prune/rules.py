@@ -198,6 +198,8 @@ def _conv(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
     if c_out is None or per_group is None or c_in is None:
         return NodeCoupling.refuse("the convolution's channel counts are not static")
     groups = node.attributes.get_int("group", 1)
+    if groups < 1:
+        return NodeCoupling.refuse(f"group={groups} is not a valid group count")
     has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
     coupling = NodeCoupling(default_reason="the cut reaches a batch or spatial axis of the convolution")
     if groups == 1:
