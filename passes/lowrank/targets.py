@@ -102,52 +102,34 @@ def _weight_problem(graph: ir.Graph, value: ir.Value | None) -> str | None:
 def _classify(graph: ir.Graph, node: ir.Node, opset: int) -> tuple[Target | None, str]:
     """A Target, or None and the reason the node is left alone."""
     op = node.op_type
+    if op not in ("MatMul", "Gemm", "Conv"):
+        return None, f"op {op} is not factored"
     inputs = list(node.inputs)
-    if op == "MatMul":
-        if len(inputs) < 2:
-            return None, "it has no weight input"
-        x, w = inputs[0], inputs[1]
-        if (w is None or w.const_value is None) and x is not None and x.const_value is not None:
-            return None, "the constant is the left operand (W @ X), which is not supported"
-        problem = _weight_problem(graph, w)
-        if problem:
-            return None, problem
-        shape = w.const_value.shape.numpy()  # type: ignore[union-attr]
-        if len(shape) != 2:
-            return None, f"its weight has shape {list(shape)}, not a 2-D matrix"
-        return Target(node, "matmul", w, x, int(shape[0]), int(shape[1])), ""  # type: ignore[arg-type]
-    if op == "Gemm":
-        if len(inputs) < 2:
-            return None, "it has no weight input"
-        x, w = inputs[0], inputs[1]
-        problem = _weight_problem(graph, w)
-        if problem:
-            return None, problem
-        if node.attributes.get_int("transA", 0) and opset < 11:
-            return None, "a transA Gemm is factored into a Gemm without C, which needs opset >= 11 " \
-                         "(run Normalize(min_opset=11) first)"
-        shape = w.const_value.shape.numpy()  # type: ignore[union-attr]
-        if len(shape) != 2:
-            return None, f"its weight has shape {list(shape)}, not a 2-D matrix"
-        trans_b = node.attributes.get_int("transB", 0)
-        k, n = (shape[1], shape[0]) if trans_b else (shape[0], shape[1])
-        return Target(node, "gemm", w, x, int(k), int(n)), ""  # type: ignore[arg-type]
+    if len(inputs) < 2:
+        return None, "it has no weight input"
+    x, w = inputs[0], inputs[1]
+    if op == "MatMul" and (w is None or w.const_value is None) and x is not None and x.const_value is not None:
+        return None, "the constant is the left operand (W @ X), which is not supported"
+    problem = _weight_problem(graph, w)
+    if problem:
+        return None, problem
+    shape = w.const_value.shape.numpy()  # type: ignore[union-attr]
     if op == "Conv":
-        if len(inputs) < 2:
-            return None, "it has no weight input"
-        x, w = inputs[0], inputs[1]
-        problem = _weight_problem(graph, w)
-        if problem:
-            return None, problem
         group = node.attributes.get_int("group", 1)
         if group != 1:
             return None, f"it is a grouped convolution (group={group}); only group=1 is factored"
-        shape = w.const_value.shape.numpy()  # type: ignore[union-attr]
         if len(shape) < 3:
             return None, f"its kernel has shape {list(shape)}"
-        k = int(math.prod(shape[1:]))
-        return Target(node, "conv", w, x, k, int(shape[0])), ""  # type: ignore[arg-type]
-    return None, f"op {op} is not factored"
+        return Target(node, "conv", w, x, int(math.prod(shape[1:])), int(shape[0])), ""  # type: ignore[arg-type]
+    if len(shape) != 2:
+        return None, f"its weight has shape {list(shape)}, not a 2-D matrix"
+    if op == "MatMul":
+        return Target(node, "matmul", w, x, int(shape[0]), int(shape[1])), ""  # type: ignore[arg-type]
+    if node.attributes.get_int("transA", 0) and opset < 11:
+        return None, "a transA Gemm is factored into a Gemm without C, which needs opset >= 11 " \
+                     "(run Normalize(min_opset=11) first)"
+    k, n = (shape[1], shape[0]) if node.attributes.get_int("transB", 0) else (shape[0], shape[1])
+    return Target(node, "gemm", w, x, int(k), int(n)), ""  # type: ignore[arg-type]
 
 
 def find_targets(graph: ir.Graph, settings: LowRankSettings, opset: int = 18) -> tuple[list[Target], list[Skipped]]:
