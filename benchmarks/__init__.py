@@ -12,12 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-
-def _jsonable(value: Any) -> Any:
-    """numpy scalars and arrays as plain numbers and lists; anything else as its text."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
+from onnx_compress.jsonable import jsonable
 
 
 def environment() -> dict[str, Any]:
@@ -38,6 +33,6 @@ def write_results(folder: Path, topic: str, results: Any) -> Path:
         results["environment"]["load_average_after"] = list(os.getloadavg())
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{topic}.json"
-    path.write_text(json.dumps(results, indent=2, default=_jsonable))
+    path.write_text(json.dumps(jsonable(results), indent=2, default=str))
     print(f"\nwrote {path}")
     return path

@@ -14,10 +14,10 @@ imports torch or tensorflow.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from onnx_compress.errors import OnnxCompressError
+from onnx_compress.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -46,17 +46,7 @@ _LAZY: dict[str, str] = {
 __all__ = ["OnnxCompressError", "__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'onnx_compress' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
+from onnx_compress.atomic import write_atomic
 from onnx_compress.errors import DataError
 
-__all__ = ["LABELS_KEY", "InputSpec", "Dataset", "load_data", "input_specs", "synthetic_inputs", "DataSource"]
+__all__ = ["LABELS_KEY", "InputSpec", "Dataset", "load_data", "input_specs", "same_data", "synthetic_inputs", "DataSource"]
 
 #: the reserved key of the labels array in a data file
 LABELS_KEY = "labels"
@@ -154,16 +154,14 @@ class Dataset:
         arrays = dict(self.inputs)
         if self.labels is not None:
             arrays[LABELS_KEY] = self.labels
-        fd, tmp = tempfile.mkstemp(suffix=".npz", prefix=".tmp-", dir=out.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return out
+        return write_atomic(out, lambda handle: np.savez(handle, **arrays))
+
+
+def same_data(a: Dataset, b: Dataset) -> bool:
+    """Whether two data sets hold the same arrays (the same inputs, values and order)."""
+    if len(a) != len(b) or a.names != b.names:
+        return False
+    return all(np.array_equal(a.inputs[name], b.inputs[name]) for name in a.names)
 
 
 DataSource = Dataset | str | os.PathLike[str] | Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]]

@@ -13,7 +13,7 @@ the candidate is run on the validation data and scored against the *original* mo
   MACs -> **rolled back**: the budget is left to the passes after it.
 
 Passes that check the budget themselves (quantization's sensitivity-driven exclusions: a pass
-whose settings have ``max_drop`` / ``metric``) get what is left of the budget and the metric.
+whose settings are ``passes.base.BudgetAwareSettings``) get what is left of the budget and the metric.
 Every pass gets the calibration data; the validation data is only used to check the budget
 (and by passes that check it themselves), never to calibrate.
 
@@ -38,13 +38,13 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnx_compress.budget import Budget, bisect_strength
-from onnx_compress.data import Dataset, DataSource, input_specs, load_data, synthetic_inputs
+from onnx_compress.data import DataSource, input_specs, load_data, same_data, synthetic_inputs
 from onnx_compress.errors import BudgetError, OnnxCompressError, one_line
 from onnx_compress.model_io import load_model, model_files, save_model, weights_nbytes
 from onnx_compress.passes.base import CompressionPass
 from onnx_compress.passes.normalize import Normalize
 from onnx_compress.recipe import Recipe, load_recipe
-from onnx_compress.report import Report, StageReport
+from onnx_compress.report import Report, StageReport, save_report
 from onnx_compress.runtime.benchmark import compare_many
 from onnx_compress.runtime.metrics import MetricSpec, Score, resolve_metric, score
 from onnx_compress.runtime.session import Runner, SessionSettings
@@ -107,26 +107,6 @@ class _Stage:
     model: ir.Model | None  # None when rolled back
 
 
-def _budget_fields(pass_: CompressionPass, remaining: float | None, metric: Any) -> CompressionPass:
-    """Fill ``max_drop`` / ``metric`` of a pass that checks the budget itself, if left unset."""
-    fields = {f.name for f in dataclasses.fields(pass_.settings)}
-    updates: dict[str, Any] = {}
-    if "max_drop" in fields and getattr(pass_.settings, "max_drop") is None and remaining is not None:
-        updates["max_drop"] = remaining
-    if "metric" in fields and getattr(pass_.settings, "metric") in (None, "auto") and isinstance(metric, str):
-        updates["metric"] = metric
-    if not updates:
-        return pass_
-    return type(pass_)(dataclasses.replace(pass_.settings, **updates),
-                       calibration=pass_.calibration, validation=pass_.validation)
-
-
-def _identical(a: Dataset, b: Dataset) -> bool:
-    if len(a) != len(b) or a.names != b.names:
-        return False
-    return all(np.array_equal(a.inputs[n], b.inputs[n]) for n in a.names)
-
-
 def _symbolic_dims(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
     """Sizes of named symbolic input axes (other than the batch) as the timing inputs have them."""
     dims: dict[str, int] = {}
@@ -161,7 +141,7 @@ class _Pipeline:
         start = time.perf_counter()
         remaining = self.budget.remaining(self.drop)
         metric = self.evaluator.metric if self.evaluator is not None else "auto"
-        pass_ = _budget_fields(pass_, remaining, metric)
+        pass_ = pass_.with_budget(remaining, metric)  # only a BudgetAwareSettings pass takes it
         stage.settings = pass_.settings.as_dict()
 
         def attempt(strength: float) -> tuple[tuple[ir.Model, Any], float] | None:
@@ -313,7 +293,7 @@ def compress(
         calibration.check_against(specs, what="calibration data")
     if validation is not None:
         validation.check_against(specs, what="validation data")
-        if calibration is not None and _identical(calibration, validation):
+        if calibration is not None and same_data(calibration, validation):
             raise BudgetError("the validation data is the calibration data; the budget must be "
                               "checked on held-out data (use a different split)")
         resolve_metric(metric, validation.labels is not None)
@@ -367,7 +347,9 @@ def compress(
                         f"within the {_SPEED_NOISE:.0%} measurement noise) at batch {settings.bench_batch}")
     warnings.extend(_slower_stage_warnings(kept, settings.bench_batch))
     if all(s.report.decision in ("rolled back", "no change") for s in stages[2:]) and len(stages) > 2:
-        warnings.append("no pass of the recipe could be applied within the budget; the output is the normalized original")
+        handed = "the normalized input model" if stages[1].model is not None else "the input model unchanged"
+        warnings.append(f"no pass of the recipe could be applied within the budget; the output is {handed}")
+    # the final model's own measured drop (NaN, never measured, does not hold)
     budget_met = budget.holds(final.drop) if evaluator is not None else True
     report = Report(
         model=str(source) if source is not None else "(in-memory model)",
@@ -382,5 +364,5 @@ def compress(
     for warning in warnings:
         logger.warning(warning)
     if report_dir is not None:
-        report.save(report_dir)
+        save_report(report, report_dir)
     return CompressionOutcome(model=kept[-1].model, report=report, source=source)  # type: ignore[arg-type]

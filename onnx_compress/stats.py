@@ -33,13 +33,14 @@ import math
 import os
 from collections.abc import Mapping
 
+import onnx
 import onnx_ir as ir
 
 from onnx_compress.data import input_specs
 from onnx_compress.model_io import load_model, needs_file, model_files, weights_nbytes
 from onnx_compress.shapes import Shape, infer_value_shapes, measured_shapes
 
-__all__ = ["ModelStats", "model_stats", "count_params", "count_macs", "op_histogram", "size_on_disk"]
+__all__ = ["ModelStats", "model_stats", "count_params", "count_macs", "op_histogram", "op_key", "size_on_disk"]
 
 _INDEX_DTYPES = {ir.DataType.INT32, ir.DataType.INT64, ir.DataType.BOOL, ir.DataType.STRING}
 
@@ -61,13 +62,14 @@ class ModelStats:
         return dataclasses.asdict(self)
 
 
-def _op_key(node: ir.Node) -> str:
+def op_key(node: ir.Node | onnx.NodeProto) -> str:
+    """``Op`` in the default ONNX domain, ``domain::Op`` elsewhere (``com.microsoft::QGemm``)."""
     return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
 
 
 def op_histogram(model: ir.Model) -> dict[str, int]:
     """Number of nodes per op type (``domain::Op`` outside the default domain), subgraphs included."""
-    counts = collections.Counter(_op_key(node) for node in ir.traversal.RecursiveGraphIterator(model.graph))
+    counts = collections.Counter(op_key(node) for node in ir.traversal.RecursiveGraphIterator(model.graph))
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 

@@ -18,6 +18,9 @@ The contract (docs/architecture.md):
   ``validation=`` held-out data, as constructor keywords (a path, a dict of arrays or a
   :class:`~onnx_compress.data.Dataset`). :meth:`CompressionPass.with_data` returns a copy with
   other data; the pipeline uses it to hand recipe passes their data.
+- Budget-aware passes: a pass that checks the accuracy budget itself declares it by its
+  settings class deriving from :class:`BudgetAwareSettings` (``max_drop`` and ``metric``
+  fields); the pipeline hands it what is left of the budget (:meth:`CompressionPass.with_budget`).
 - Budget search: a pass whose aggressiveness can be dialled down implements
   :meth:`CompressionPass.scaled`; the pipeline bisects ``strength`` in (0, 1] for the most
   aggressive setting that keeps the accuracy budget. A pass that returns ``None`` can only be
@@ -27,40 +30,18 @@ The contract (docs/architecture.md):
 from __future__ import annotations
 
 import dataclasses
-import enum
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-import numpy as np
 import onnx_ir as ir
 
 from onnx_compress.data import Dataset, DataSource, load_data
 from onnx_compress.errors import RecipeError, SettingError
+from onnx_compress.jsonable import jsonable
 
-__all__ = ["PassSettings", "CompressionResult", "CompressionPass", "jsonable"]
+__all__ = ["PassSettings", "BudgetAwareSettings", "CompressionResult", "CompressionPass", "jsonable"]
 
 S = TypeVar("S", bound="PassSettings")
-
-
-def jsonable(value: Any) -> Any:
-    """Convert tuples, numpy scalars/arrays, paths and enums into JSON-friendly values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if not isinstance(getattr(value, f.name), ir.Model)}
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, enum.Enum):
-        return value.value
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +70,27 @@ class PassSettings:
         return cls(**converted)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class BudgetAwareSettings(PassSettings):
+    """Base of the settings of a pass that keeps the accuracy budget itself.
+
+    Such a pass measures its own candidates on the ``validation=`` data (quantization keeps its
+    most sensitive nodes float until the drop holds). Its settings class derives from this one
+    and has two fields: ``max_drop`` (``None`` = not set) and ``metric`` (``"auto"`` = not set).
+    The pipeline hands it what is left of the budget and the metric it checks with
+    (:meth:`CompressionPass.with_budget`); settings the user gave are kept.
+    """
+
+    def with_budget(self, max_drop: float | None, metric: Any) -> BudgetAwareSettings:
+        """These settings with ``max_drop`` / ``metric`` filled in where they are not set."""
+        updates: dict[str, Any] = {}
+        if getattr(self, "max_drop") is None and max_drop is not None:
+            updates["max_drop"] = max_drop
+        if getattr(self, "metric") in (None, "auto") and isinstance(metric, str):
+            updates["metric"] = metric
+        return dataclasses.replace(self, **updates) if updates else self
+
+
 class CompressionResult(ir.passes.PassResult):
     """A pass result that reports what the pass did. Subclasses add their own fields."""
 
@@ -141,6 +142,24 @@ class CompressionPass(ir.passes.FunctionalPass):
     ) -> CompressionPass:
         """A copy of this pass with the same settings and the given data."""
         return type(self)(self.settings, calibration=calibration, validation=validation)
+
+    @property
+    def keeps_budget(self) -> bool:
+        """Whether this pass checks the accuracy budget itself (its settings are :class:`BudgetAwareSettings`)."""
+        return isinstance(self.settings, BudgetAwareSettings)
+
+    def with_budget(self, max_drop: float | None, metric: Any) -> CompressionPass:
+        """This pass given what is left of the pipeline's budget and the pipeline's metric.
+
+        A pass that keeps the budget itself gets them where its own settings leave them unset;
+        any other pass is returned as it is (the pipeline checks the budget after it).
+        """
+        if not isinstance(self.settings, BudgetAwareSettings):
+            return self
+        settings = self.settings.with_budget(max_drop, metric)
+        if settings is self.settings:
+            return self
+        return type(self)(settings, calibration=self.calibration, validation=self.validation)
 
     def scaled(self, strength: float) -> CompressionPass | None:
         """This pass made less aggressive, for the pipeline's budget search.

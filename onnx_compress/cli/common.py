@@ -20,7 +20,6 @@ __all__ = [
     "add_session_flags",
     "session_settings",
     "emit",
-    "existing_file",
 ]
 
 #: a command's handler: takes the parsed arguments, returns the exit status
@@ -72,11 +71,6 @@ def parse_dims(items: list[str] | None) -> dict[str, int]:
             raise SettingError(f"--dim must look like NAME=SIZE (e.g. sequence=64), got {item!r}")
         dims[name] = int(value)
     return dims
-
-
-def existing_file(text: str) -> Path:
-    """argparse type for an input path (existence is checked by the loaders, with clear errors)."""
-    return Path(text)
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ import io
 import math
 
 from onnx_compress.report.stages import Report
+from onnx_compress.report.text import render_text
 
 __all__ = ["render_html", "plot_png"]
 
@@ -65,8 +66,7 @@ def plot_png(report: Report) -> bytes | None:
 
 
 def render_html(report: Report) -> str:
-    from onnx_compress.report.text import render_text
-
+    """One self-contained page: the verdict, warnings, the plot, the stage table, each pass's result."""
     png = plot_png(report)
     image = (
         f'<img alt="size and latency against {html.escape(report.metric)}" '

@@ -1,15 +1,16 @@
-"""Report data: one :class:`StageReport` per stage (the original, then one per recipe pass)."""
+"""Report data: one :class:`StageReport` per stage (the original, then one per recipe pass).
+
+Data only: rendering is :mod:`.text` (terminal) and :mod:`.html` (page), writing is :mod:`.files`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
-__all__ = ["StageReport", "Report", "write_text_atomic"]
+from onnx_compress.jsonable import jsonable
+
+__all__ = ["StageReport", "Report"]
 
 
 @dataclasses.dataclass
@@ -76,8 +77,6 @@ class Report:
         return self.original.size_bytes / max(1, self.final.size_bytes)
 
     def as_dict(self) -> dict[str, Any]:
-        from onnx_compress.passes.base import jsonable
-
         data = jsonable(self)
         data["summary"] = {
             "size_ratio": self.size_ratio,
@@ -87,30 +86,3 @@ class Report:
             "final_stage": self.final.name,
         }
         return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.as_dict(), indent=2, allow_nan=True)
-
-    def save(self, folder: str | os.PathLike[str]) -> dict[str, Path]:
-        """Write ``report.json`` and ``report.html`` into ``folder`` (created if missing)."""
-        from onnx_compress.report.html import render_html
-
-        out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"json": out / "report.json", "html": out / "report.html"}
-        write_text_atomic(paths["json"], self.to_json())
-        write_text_atomic(paths["html"], render_html(self))
-        return paths
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file through a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -184,7 +184,7 @@ class LowRank(CompressionPass):
         layers = sorted(reports, key=lambda r: order.get(r.node, len(order)))
         modified = any(layer.factored for layer in layers)
         if modified:
-            _check_structure(work)
+            _check_structure(work, model)
         result = LowRankResult(
             model=work,
             modified=modified,
@@ -199,9 +199,15 @@ class LowRank(CompressionPass):
         return result
 
 
-def _check_structure(model: ir.Model) -> None:
-    """onnx.checker on the rewritten model: never hand over a broken graph."""
+def _check_structure(model: ir.Model, original: ir.Model) -> None:
+    """onnx.checker on the rewritten model: never hand over a broken graph. When the input
+    already fails the checker (an unknown op, a bad attribute), the pass refuses it with the
+    checker's reason; otherwise the failure is a bug in the rewrite."""
     try:
         check_model(model)
-    except onnx.checker.ValidationError as exc:  # a bug in the rewrite, not a user error
+    except onnx.checker.ValidationError as exc:
+        try:
+            check_model(original)
+        except onnx.checker.ValidationError as input_exc:
+            raise PassRefusedError(f"the input model fails onnx.checker: {one_line(input_exc)}") from input_exc
         raise RuntimeError(f"the factored model fails onnx.checker: {one_line(exc)}") from exc

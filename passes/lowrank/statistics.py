@@ -5,7 +5,8 @@ For ``Y = X W`` the output error of any replacement ``W'`` on the calibration ro
 of rows) is all the data-aware factorization and the error report need: activations are never
 stored. The model runs once in ONNX Runtime with every needed input value exposed
 (:func:`onnx_compress.runtime.activations.iter_activations`); each batch's rows are added to
-``G`` in float64 and the batch is dropped.
+``G`` in float64 and the batch is dropped. The rows, im2col and the accumulation are
+:mod:`onnx_compress.passes.gram`'s (shared with pruning's reconstruction).
 
 Rows of X per layer kind (see ``targets.py``): MatMul, every vector along the last axis (a
 transformer's ``[batch, sequence, K]`` gives ``batch * sequence`` rows); Gemm, the rows of ``A``,
@@ -20,22 +21,21 @@ since the pass cannot know which rows the model ignores downstream.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
-from numpy.lib.stride_tricks import sliding_window_view
 
 from onnx_compress.data import Dataset
 from onnx_compress.errors import DataError
-from onnx_compress.passes.lowrank.targets import Target, conv_geometry
+from onnx_compress.passes.gram import Moments, conv_attributes, im2col
+from onnx_compress.passes.lowrank.targets import Target
 from onnx_compress.runtime.activations import iter_activations
 from onnx_compress.runtime.session import SessionSettings
 
-__all__ = ["Moments", "collect_moments", "conv_patches", "layer_rows"]
+__all__ = ["Moments", "collect_moments", "layer_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,75 +43,13 @@ logger = logging.getLogger(__name__)
 _PATCH_ROWS_PER_CHUNK = 16384
 
 
-@dataclasses.dataclass
-class Moments:
-    """``gram = sum of x x^T`` over ``rows`` input rows of one layer (float64)."""
-
-    gram: np.ndarray
-    rows: int = 0
-
-    def add(self, rows: np.ndarray) -> None:
-        block = np.asarray(rows, dtype=np.float64)
-        if not np.all(np.isfinite(block)):
-            raise DataError("calibration activations contain NaN or infinity; check the calibration data")
-        self.gram += block.T @ block
-        self.rows += block.shape[0]
-
-    @property
-    def mean(self) -> np.ndarray:
-        """``X^T X / n``: the second moment per row."""
-        return self.gram / max(self.rows, 1)
-
-
-def _same_pads(size: int, kernel: int, stride: int, dilation: int, upper: bool) -> tuple[int, int]:
-    out = math.ceil(size / stride)
-    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-    small, large = total // 2, total - total // 2
-    return (small, large) if upper else (large, small)
-
-
-def conv_patches(
-    x: np.ndarray,
-    kernel: Sequence[int],
-    strides: Sequence[int],
-    pads: Sequence[int],
-    dilations: Sequence[int],
-    auto_pad: str = "NOTSET",
-) -> np.ndarray:
-    """im2col: the receptive fields of a Conv over ``x`` (``[B, C, *spatial]``) as rows.
-
-    Returns ``[B * prod(out_spatial), C * prod(kernel)]`` so that ``patches @ W.reshape(C_out, -1).T``
-    equals the convolution (without bias) in ``[B, *out_spatial, C_out]`` order.
-    """
-    dims = len(kernel)
-    spatial = x.shape[2:]
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        pairs = [_same_pads(spatial[i], kernel[i], strides[i], dilations[i], auto_pad == "SAME_UPPER")
-                 for i in range(dims)]
-    elif auto_pad == "VALID":
-        pairs = [(0, 0)] * dims
-    else:
-        pairs = [(int(pads[i]), int(pads[i + dims])) for i in range(dims)]
-    padded = np.pad(x, [(0, 0), (0, 0), *pairs]) if any(p for pair in pairs for p in pair) else x
-    span = [(kernel[i] - 1) * dilations[i] + 1 for i in range(dims)]
-    windows = sliding_window_view(padded, span, axis=tuple(range(2, 2 + dims)))
-    # [B, C, *out_full, *span] -> stride the output positions, dilate the window
-    index = (slice(None), slice(None), *[slice(None, None, s) for s in strides],
-             *[slice(None, None, d) for d in dilations])
-    windows = windows[index]
-    # -> [B, *out, C, *kernel]
-    order = (0, *range(2, 2 + dims), 1, *range(2 + dims, 2 + 2 * dims))
-    return windows.transpose(order).reshape(-1, x.shape[1] * math.prod(kernel))
-
-
 def layer_rows(target: Target, x: np.ndarray) -> list[np.ndarray]:
     """The rows of ``X`` for ``target`` from its input batch, in chunks of bounded size."""
     if target.kind == "conv":
-        kernel, strides, pads, dilations, auto_pad = conv_geometry(target.node, target.weight)
-        out_positions = max(1, math.prod(max(1, s // st) for s, st in zip(x.shape[2:], strides)))
+        geometry = conv_attributes(target.node).resolve(x.shape[2:])
+        out_positions = max(1, math.prod(geometry.output_size(x.shape[2:])))
         per_chunk = max(1, _PATCH_ROWS_PER_CHUNK // out_positions)
-        return [conv_patches(x[i : i + per_chunk], kernel, strides, pads, dilations, auto_pad)
-                for i in range(0, x.shape[0], per_chunk)]
+        return [im2col(x[i : i + per_chunk], geometry) for i in range(0, x.shape[0], per_chunk)]
     if target.kind == "gemm" and target.node.attributes.get_int("transA", 0):
         return [x.T]
     return [x.reshape(-1, x.shape[-1])] if x.ndim > 1 else [x.reshape(1, -1)]
@@ -131,7 +69,7 @@ def collect_moments(
     by_key: dict[tuple[object, ...], Target] = {}
     for target in targets:
         by_key.setdefault(target.statistics_key(), target)
-    moments = {key: Moments(np.zeros((t.k, t.k), dtype=np.float64)) for key, t in by_key.items()}
+    moments = {key: Moments.zeros(t.k) for key, t in by_key.items()}
     names = [str(t.input.name) for t in by_key.values()]
     batches = iter_activations(model, names, data, batch_size=batch_size, settings=settings)
     total = math.ceil(len(data) / batch_size)

@@ -29,6 +29,7 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
+from onnx_compress.passes.gram import conv_attributes
 from onnx_compress.passes.lowrank.settings import LowRankSettings
 
 __all__ = ["Target", "Skipped", "find_targets", "FLOAT_TYPES"]
@@ -65,7 +66,7 @@ class Target:
     def statistics_key(self) -> tuple[object, ...]:
         """Layers with equal keys see the same rows of X (Q, K and V projections of one input)."""
         if self.kind == "conv":
-            return (self.input.name, "conv", *conv_geometry(self.node, self.weight))
+            return (self.input.name, "conv", conv_attributes(self.node))
         transposed = self.kind == "gemm" and bool(self.node.attributes.get_int("transA", 0))
         return (self.input.name, "transposed" if transposed else "rows")
 
@@ -78,18 +79,6 @@ class Skipped:
     op_type: str
     weight: str
     reason: str
-
-
-def conv_geometry(node: ir.Node, weight: ir.Value) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], str]:
-    """(kernel, strides, pads, dilations, auto_pad) of a Conv, with ONNX defaults filled in."""
-    shape = weight.const_value.shape.numpy()  # type: ignore[union-attr]
-    kernel = tuple(int(k) for k in shape[2:])
-    dims = len(kernel)
-    strides = tuple(node.attributes.get_ints("strides", [1] * dims) or [1] * dims)
-    pads = tuple(node.attributes.get_ints("pads", [0] * 2 * dims) or [0] * 2 * dims)
-    dilations = tuple(node.attributes.get_ints("dilations", [1] * dims) or [1] * dims)
-    auto_pad = node.attributes.get_string("auto_pad", "NOTSET") or "NOTSET"
-    return kernel, strides, pads, dilations, auto_pad
 
 
 def _weight_problem(graph: ir.Graph, value: ir.Value | None) -> str | None:
@@ -105,56 +94,42 @@ def _weight_problem(graph: ir.Graph, value: ir.Value | None) -> str | None:
         return f"its weight {value.name!r} is shared with {len(value.uses()) - 1} other node(s)"
     if value.const_value.dtype not in FLOAT_TYPES:
         return f"its weight is {value.const_value.dtype.name}, not floating point"
+    if not np.all(np.isfinite(value.const_value.numpy())):
+        return f"its weight {value.name!r} holds NaN or infinite values"
     return None
 
 
 def _classify(graph: ir.Graph, node: ir.Node, opset: int) -> tuple[Target | None, str]:
     """A Target, or None and the reason the node is left alone."""
     op = node.op_type
+    if op not in ("MatMul", "Gemm", "Conv"):
+        return None, f"op {op} is not factored"
     inputs = list(node.inputs)
-    if op == "MatMul":
-        if len(inputs) < 2:
-            return None, "it has no weight input"
-        x, w = inputs[0], inputs[1]
-        if (w is None or w.const_value is None) and x is not None and x.const_value is not None:
-            return None, "the constant is the left operand (W @ X), which is not supported"
-        problem = _weight_problem(graph, w)
-        if problem:
-            return None, problem
-        shape = w.const_value.shape.numpy()  # type: ignore[union-attr]
-        if len(shape) != 2:
-            return None, f"its weight has shape {list(shape)}, not a 2-D matrix"
-        return Target(node, "matmul", w, x, int(shape[0]), int(shape[1])), ""  # type: ignore[arg-type]
-    if op == "Gemm":
-        if len(inputs) < 2:
-            return None, "it has no weight input"
-        x, w = inputs[0], inputs[1]
-        problem = _weight_problem(graph, w)
-        if problem:
-            return None, problem
-        if node.attributes.get_int("transA", 0) and opset < 11:
-            return None, "a transA Gemm is factored into a Gemm without C, which needs opset >= 11 " \
-                         "(run Normalize(min_opset=11) first)"
-        shape = w.const_value.shape.numpy()  # type: ignore[union-attr]
-        trans_b = node.attributes.get_int("transB", 0)
-        k, n = (shape[1], shape[0]) if trans_b else (shape[0], shape[1])
-        return Target(node, "gemm", w, x, int(k), int(n)), ""  # type: ignore[arg-type]
+    if len(inputs) < 2:
+        return None, "it has no weight input"
+    x, w = inputs[0], inputs[1]
+    if op == "MatMul" and (w is None or w.const_value is None) and x is not None and x.const_value is not None:
+        return None, "the constant is the left operand (W @ X), which is not supported"
+    problem = _weight_problem(graph, w)
+    if problem:
+        return None, problem
+    shape = w.const_value.shape.numpy()  # type: ignore[union-attr]
     if op == "Conv":
-        if len(inputs) < 2:
-            return None, "it has no weight input"
-        x, w = inputs[0], inputs[1]
-        problem = _weight_problem(graph, w)
-        if problem:
-            return None, problem
         group = node.attributes.get_int("group", 1)
         if group != 1:
             return None, f"it is a grouped convolution (group={group}); only group=1 is factored"
-        shape = w.const_value.shape.numpy()  # type: ignore[union-attr]
         if len(shape) < 3:
             return None, f"its kernel has shape {list(shape)}"
-        k = int(math.prod(shape[1:]))
-        return Target(node, "conv", w, x, k, int(shape[0])), ""  # type: ignore[arg-type]
-    return None, f"op {op} is not factored"
+        return Target(node, "conv", w, x, int(math.prod(shape[1:])), int(shape[0])), ""  # type: ignore[arg-type]
+    if len(shape) != 2:
+        return None, f"its weight has shape {list(shape)}, not a 2-D matrix"
+    if op == "MatMul":
+        return Target(node, "matmul", w, x, int(shape[0]), int(shape[1])), ""  # type: ignore[arg-type]
+    if node.attributes.get_int("transA", 0) and opset < 11:
+        return None, "a transA Gemm is factored into a Gemm without C, which needs opset >= 11 " \
+                     "(run Normalize(min_opset=11) first)"
+    k, n = (shape[1], shape[0]) if node.attributes.get_int("transB", 0) else (shape[0], shape[1])
+    return Target(node, "gemm", w, x, int(k), int(n)), ""  # type: ignore[arg-type]
 
 
 def find_targets(graph: ir.Graph, settings: LowRankSettings, opset: int = 18) -> tuple[list[Target], list[Skipped]]:

@@ -3,7 +3,7 @@
 Model (after Torch-Pruning's DepGraph, applied to ONNX values instead of torch modules)
     A *channel axis* is one axis of one ONNX value: an activation (``relu_1``, axis 1), or an
     initializer (``conv2.weight``, axis 0). Each op contributes *relations* between the axes of
-    its inputs and outputs (:mod:`.rules`): a relation is an index space of ``size`` elements,
+    its inputs and outputs (:mod:`.rules`, in the vocabulary of :mod:`.relations`): a relation is an index space of ``size`` elements,
     and each member axis maps its own indices onto it. ``Conv``'s output relation ties output
     channel ``c`` to ``W[c]`` and ``B[c]``; ``Add`` ties channel ``c`` of both operands and of
     the result; ``Concat`` maps input ``i``'s channel ``c`` to output channel ``offset_i + c``;
@@ -36,123 +36,20 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import enum
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx_ir as ir
 
+from onnx_compress.passes.prune.relations import IN, OUT, Member, NodeCoupling, Port, Relation, Role
+from onnx_compress.passes.prune.rules import RuleContext, coupling_of
+
 __all__ = [
-    "Role",
-    "Port",
-    "Member",
-    "Relation",
-    "NodeCoupling",
     "AxisNode",
     "Group",
     "CouplingAnalysis",
     "analyze",
 ]
-
-
-class Role(enum.Enum):
-    """What an axis means to the op that relates it (used by importance)."""
-
-    NONE = "none"
-    #: the output-channel axis of a weight (Conv W axis 0, Gemm/MatMul output columns)
-    PRODUCER = "producer"
-    #: the input-channel axis of a weight (Conv W axis 1, MatMul W rows)
-    CONSUMER = "consumer"
-    #: the channel axis of the activation a weighted op reads
-    CONSUMER_INPUT = "consumer_input"
-    #: the per-channel scale of a BatchNormalization
-    BN_SCALE = "bn_scale"
-
-
-@dataclasses.dataclass(frozen=True)
-class Port:
-    """An input (``output=False``) or output position of a node."""
-
-    output: bool
-    index: int
-
-    def value(self, node: ir.Node) -> ir.Value | None:
-        values = node.outputs if self.output else node.inputs
-        return values[self.index] if self.index < len(values) else None
-
-    def __str__(self) -> str:
-        return f"{'output' if self.output else 'input'} {self.index}"
-
-
-def IN(index: int) -> Port:  # noqa: N802 - reads like a constant in the rules
-    return Port(False, index)
-
-
-def OUT(index: int) -> Port:  # noqa: N802
-    return Port(True, index)
-
-
-@dataclasses.dataclass(frozen=True)
-class Member:
-    """One axis taking part in a relation.
-
-    ``relation_index[k]`` is the relation element that axis index ``axis_index[k]`` belongs
-    to; both ``None`` means the identity (the axis has the relation's size).
-    """
-
-    port: Port
-    axis: int
-    role: Role = Role.NONE
-    relation_index: np.ndarray | None = None
-    axis_index: np.ndarray | None = None
-
-    @classmethod
-    def mapped(cls, port: Port, axis: int, relation_index: np.ndarray, role: Role = Role.NONE) -> Member:
-        """Axis index ``k`` belongs to relation element ``relation_index[k]``."""
-        relation_index = np.asarray(relation_index, dtype=np.int64)
-        return cls(port, axis, role, relation_index, np.arange(len(relation_index), dtype=np.int64))
-
-
-@dataclasses.dataclass(frozen=True)
-class Relation:
-    """Axes of one node whose indices correspond (see the module docstring)."""
-
-    size: int | None
-    members: tuple[Member, ...]
-    label: str = ""
-
-    def member_at(self, port: Port, axis: int) -> Member | None:
-        for member in self.members:
-            if member.port == port and member.axis == axis:
-                return member
-        return None
-
-
-@dataclasses.dataclass
-class NodeCoupling:
-    """What one node says about its axes (produced by a rule in :mod:`.rules`).
-
-    Attributes:
-        relations: the relations of the node.
-        neutral: (port, axis) pairs whose size this node does not care about and does not pass
-            on (a Shape node that reads other axes only).
-        size_reads: (port, axis) pairs whose *size* the node reads into a tensor (Shape).
-        blocked: (port, axis) -> why pruning cannot pass through there.
-        default_reason: why any other (port, axis) is not understood.
-    """
-
-    relations: list[Relation] = dataclasses.field(default_factory=list)
-    neutral: set[tuple[Port, int]] = dataclasses.field(default_factory=set)
-    size_reads: set[tuple[Port, int]] = dataclasses.field(default_factory=set)
-    blocked: dict[tuple[Port, int], str] = dataclasses.field(default_factory=dict)
-    default_reason: str = ""
-
-    def relations_at(self, port: Port, axis: int) -> list[int]:
-        return [i for i, rel in enumerate(self.relations) if rel.member_at(port, axis) is not None]
-
-    @classmethod
-    def refuse(cls, reason: str) -> NodeCoupling:
-        return cls(default_reason=reason)
 
 
 @dataclasses.dataclass(eq=False)
@@ -253,8 +150,6 @@ class _Explorer:
     """Phase 1: walk from the weight axes, applying the relations the rules give."""
 
     def __init__(self, model: ir.Model, protected: set[str]) -> None:
-        from onnx_compress.passes.prune.rules import RuleContext, coupling_of
-
         self.model = model
         self.graph = model.graph
         self.protected = protected

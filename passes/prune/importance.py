@@ -31,7 +31,8 @@ import onnx_ir as ir
 
 from onnx_compress.data import Dataset
 from onnx_compress.errors import PassRefusedError
-from onnx_compress.passes.prune.coupling import AxisNode, Group, Role
+from onnx_compress.passes.prune.coupling import AxisNode, Group
+from onnx_compress.passes.prune.relations import Role
 
 __all__ = ["IMPORTANCE_METHODS", "UnitScores", "score_group", "activation_probes", "collect_activation_means"]
 

@@ -27,7 +27,9 @@ Maths
     calibration data does not explore (a Gemm with 800 inputs fitted on 180 images), and a
     large ``ridge`` gives back the un-refit layer. Only ``X^T X``, ``X^T Y``, the column sums
     and ``sum Y^2`` are accumulated (float64), one ONNX Runtime batch at a time, so memory is
-    one batch of activations plus ``(K+1)^2 + (K+1) N`` numbers per layer.
+    one batch of activations plus ``(K+1)^2 + (K+1) N`` numbers per layer. The rows, im2col
+    and the ``X^T X`` accumulation are :mod:`onnx_compress.passes.gram`'s (shared with the
+    low-rank pass).
 
     The bias: a Conv's ``B`` (added when absent), a Gemm's ``C`` (when it is absent, a scalar
     or one row; a Gemm's ``alpha``/``beta`` are divided out), a MatMul's following ``Add`` of a
@@ -55,14 +57,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import onnx_ir as ir
 
 from onnx_compress.data import Dataset
+from onnx_compress.passes.gram import Moments, conv_geometry, im2col
 
-__all__ = ["ConvGeometry", "LayerReconstruction", "conv_geometry", "im2col", "reconstruct"]
+__all__ = ["LayerReconstruction", "reconstruct"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,81 +89,6 @@ class LayerReconstruction:
     error_before: float | None = None
     error_after: float | None = None
     reason: str = ""
-
-
-# ------------------------------------------------------------------------------ geometry
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvGeometry:
-    """Kernel, strides, dilations and (begin, end) pads of one Conv, per spatial axis."""
-
-    kernel: tuple[int, ...]
-    strides: tuple[int, ...]
-    dilations: tuple[int, ...]
-    pads_begin: tuple[int, ...]
-    pads_end: tuple[int, ...]
-
-    def output_size(self, spatial: Sequence[int]) -> tuple[int, ...]:
-        return tuple((size + b + e - d * (k - 1) - 1) // s + 1 for size, k, s, d, b, e in zip(
-            spatial, self.kernel, self.strides, self.dilations, self.pads_begin, self.pads_end))
-
-
-def conv_geometry(node: ir.Node, spatial: Sequence[int]) -> ConvGeometry:
-    """The geometry of Conv ``node`` on an input of spatial size ``spatial`` (resolves auto_pad)."""
-    weight = node.inputs[1].const_value  # type: ignore[union-attr]
-    kernel = tuple(int(k) for k in weight.shape[2:])  # type: ignore[union-attr]
-    rank = len(kernel)
-    attrs = node.attributes
-    strides = tuple(attrs.get_ints("strides", [1] * rank))
-    dilations = tuple(attrs.get_ints("dilations", [1] * rank))
-    auto_pad = attrs.get_string("auto_pad", "NOTSET")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        begin, end = [], []
-        for size, k, s, d in zip(spatial, kernel, strides, dilations):
-            out = -(-size // s)
-            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
-            small = total // 2
-            begin.append(small if auto_pad == "SAME_UPPER" else total - small)
-            end.append(total - begin[-1])
-        return ConvGeometry(kernel, strides, dilations, tuple(begin), tuple(end))
-    if auto_pad == "VALID":
-        return ConvGeometry(kernel, strides, dilations, (0,) * rank, (0,) * rank)
-    pads = tuple(attrs.get_ints("pads", [0] * (2 * rank)))
-    return ConvGeometry(kernel, strides, dilations, pads[:rank], pads[rank:])
-
-
-def im2col(x: np.ndarray, geometry: ConvGeometry, positions: np.ndarray | None = None) -> np.ndarray:
-    """Patches of ``x`` (N, C, *spatial) under the kernel, one row per output position.
-
-    Row ``r`` for output position ``(n, o_1, ..., o_d)`` (flattened in C order over
-    ``(N, *output)``) holds ``x_pad[n, c, o_i * s_i + k_i * d_i ...]`` for every ``(c, k_1..k_d)``
-    in C order: the same order as a Conv weight ``W[m, c, k_1, ..., k_d]`` flattened, so
-    ``im2col(x) @ W.reshape(M, -1).T + B`` equals the Conv output moved to channels-last.
-    ``positions`` selects rows (flat indices into ``(N, *output)``); default all.
-    """
-    spatial = x.shape[2:]
-    rank = len(spatial)
-    out_size = geometry.output_size(spatial)
-    pad_width = [(0, 0), (0, 0)] + [(b, e) for b, e in zip(geometry.pads_begin, geometry.pads_end)]
-    padded = np.pad(x, pad_width) if any(geometry.pads_begin) or any(geometry.pads_end) else x
-    if positions is None:
-        positions = np.arange(x.shape[0] * int(np.prod(out_size)), dtype=np.int64)
-    coords = np.unravel_index(positions, (x.shape[0], *out_size))
-    rows = len(positions)
-    channels = x.shape[1]
-    # index arrays broadcast to (rows, C, k_1, ..., k_d)
-    shape = (rows, channels, *geometry.kernel)
-    index: list[np.ndarray] = [coords[0].reshape((rows,) + (1,) * (rank + 1)),
-                               np.arange(channels).reshape((1, channels) + (1,) * rank)]
-    for i in range(rank):
-        offsets = np.arange(geometry.kernel[i]) * geometry.dilations[i]
-        view = [1] * (rank + 2)
-        view[2 + i] = geometry.kernel[i]
-        start = (coords[1 + i] * geometry.strides[i]).reshape((rows,) + (1,) * (rank + 1))
-        index.append(start + offsets.reshape(view))
-    patches = padded[tuple(np.broadcast_to(a, shape) for a in index)]
-    return patches.reshape(rows, -1)
 
 
 # ------------------------------------------------------------------------------ targets
@@ -283,13 +211,21 @@ def _describe_target(node: ir.Node, kept: Mapping[str, Mapping[int, np.ndarray]]
 
 
 class _Stats:
-    """Sufficient statistics of a least-squares fit: Z^T Z, Z^T Y, sum Y^2 with Z = [X, 1]."""
+    """Sufficient statistics of a least-squares fit: Z^T Z (:class:`Moments` of Z = [X, 1]),
+    Z^T Y and sum Y^2."""
 
     def __init__(self, k: int, n: int) -> None:
-        self.gram = np.zeros((k + 1, k + 1))
+        self.moments = Moments.zeros(k + 1)
         self.cross = np.zeros((k + 1, n))
         self.yy = 0.0
-        self.rows = 0
+
+    @property
+    def gram(self) -> np.ndarray:
+        return self.moments.gram
+
+    @property
+    def rows(self) -> int:
+        return self.moments.rows
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
         if not len(x):
@@ -298,15 +234,14 @@ class _Stats:
         z[:, :-1] = x
         z[:, -1] = 1.0
         y = np.asarray(y, np.float64)
-        self.gram += z.T @ z
+        self.moments.add(z)
         self.cross += z.T @ y
         self.yy += float((y * y).sum())
-        self.rows += x.shape[0]
 
     def merged(self, other: _Stats) -> _Stats:
         out = _Stats(self.gram.shape[0] - 1, self.cross.shape[1])
-        out.gram, out.cross = self.gram + other.gram, self.cross + other.cross
-        out.yy, out.rows = self.yy + other.yy, self.rows + other.rows
+        out.moments = Moments(self.gram + other.gram, self.rows + other.rows)
+        out.cross, out.yy = self.cross + other.cross, self.yy + other.yy
         return out
 
     def relative_error(self, weight: np.ndarray, bias: np.ndarray) -> float:

@@ -33,14 +33,14 @@ ops that mix channels (``LRN``, ``GroupNormalization``, ``DepthToSpace``...), cu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
-from onnx_compress.passes.prune.coupling import IN, OUT, Member, NodeCoupling, Port, Relation, Role
+from onnx_compress.passes.prune.relations import IN, OUT, Member, NodeCoupling, Port, Relation, Role
 
-__all__ = ["RuleContext", "Dim", "coupling_of", "supported_ops", "align_dims", "reshape_target"]
+__all__ = ["RuleContext", "Dim", "coupling_of", "align_dims", "reshape_target"]
 
 #: a dimension: static size, symbolic name, or None (unknown)
 Dim = int | str | None
@@ -93,10 +93,6 @@ def _rule(*ops: str) -> Callable[[Rule], Rule]:
         return fn
 
     return register
-
-
-def supported_ops() -> list[str]:
-    return sorted(_RULES)
 
 
 def coupling_of(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
@@ -202,6 +198,8 @@ def _conv(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
     if c_out is None or per_group is None or c_in is None:
         return NodeCoupling.refuse("the convolution's channel counts are not static")
     groups = node.attributes.get_int("group", 1)
+    if groups < 1:
+        return NodeCoupling.refuse(f"group={groups} is not a valid group count")
     has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
     coupling = NodeCoupling(default_reason="the cut reaches a batch or spatial axis of the convolution")
     if groups == 1:
@@ -611,35 +609,42 @@ def _reshape_like(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
     return coupling
 
 
+def _joined(whole: Port, whole_shape: Sequence[Dim], parts: list[Port], part_shapes: list[Sequence[Dim]],
+            join_axis: int, label: str, dynamic_reason: str) -> NodeCoupling:
+    """Concat (parts -> whole) and Split (whole -> parts): every other axis is one relation of
+    the whole and all parts; along the joined axis, channel ``c`` of part ``i`` is channel
+    ``offset_i + c`` of the whole (``offset_i`` = the sizes of the parts before it)."""
+    coupling = NodeCoupling()
+    for axis in range(len(whole_shape)):
+        if axis != join_axis:
+            members = [Member(whole, axis)] + [Member(part, axis) for part in parts]
+            coupling.relations.append(Relation(_static(whole_shape[axis]), tuple(members), f"axis {axis}"))
+            continue
+        sizes = [shape[axis] for shape in part_shapes]
+        total = whole_shape[axis]
+        if not all(isinstance(n, int) for n in sizes) or (isinstance(total, int) and total != sum(sizes)):  # type: ignore[arg-type]
+            coupling.blocked.update({(port, axis): dynamic_reason for port in (whole, *parts)})
+            continue
+        members = [Member(whole, axis)]
+        offset = 0
+        for part, size in zip(parts, sizes):
+            members.append(Member.mapped(part, axis, offset + np.arange(size)))  # type: ignore[arg-type]
+            offset += size  # type: ignore[operator]
+        coupling.relations.append(Relation(offset, tuple(members), label))
+    return coupling
+
+
 @_rule("Concat")
 def _concat(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
     out_shape = ctx.shape(node.outputs[0])
     if out_shape is None:
         return _unknown_shape(node, node.outputs[0])
-    rank = len(out_shape)
-    concat_axis = _axis_attr(node, "axis", rank, 0)
     shapes = [ctx.shape(v) for v in node.inputs]
-    if any(s is None or len(s) != rank for s in shapes):
+    if any(s is None or len(s) != len(out_shape) for s in shapes):
         return NodeCoupling.refuse("an input of Concat has an unknown shape")
-    coupling = NodeCoupling()
-    for axis in range(rank):
-        if axis != concat_axis:
-            members = [Member(OUT(0), axis)] + [Member(IN(i), axis) for i in range(len(shapes))]
-            coupling.relations.append(Relation(_static(out_shape[axis]), tuple(members), f"axis {axis}"))
-            continue
-        sizes = [s[axis] for s in shapes]  # type: ignore[index]
-        if not all(isinstance(n, int) for n in sizes):
-            reason = "concatenates inputs of dynamic size along the channel axis"
-            coupling.blocked[(OUT(0), axis)] = reason
-            coupling.blocked.update({(IN(i), axis): reason for i in range(len(shapes))})
-            continue
-        members = [Member(OUT(0), axis)]
-        offset = 0
-        for i, size in enumerate(sizes):
-            members.append(Member.mapped(IN(i), axis, offset + np.arange(size)))  # type: ignore[arg-type]
-            offset += size  # type: ignore[operator]
-        coupling.relations.append(Relation(offset, tuple(members), "concatenated channels"))
-    return coupling
+    return _joined(OUT(0), out_shape, [IN(i) for i in range(len(shapes))], shapes,  # type: ignore[arg-type]
+                   _axis_attr(node, "axis", len(out_shape), 0), "concatenated channels",
+                   "concatenates inputs of dynamic size along the channel axis")
 
 
 @_rule("Split")
@@ -647,27 +652,11 @@ def _split(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
     in_shape = ctx.shape(node.inputs[0])
     if in_shape is None:
         return _unknown_shape(node, node.inputs[0])
-    rank = len(in_shape)
-    split_axis = _axis_attr(node, "axis", rank, 0)
     out_shapes = [ctx.shape(v) for v in node.outputs]
-    if any(s is None or len(s) != rank for s in out_shapes):
+    if any(s is None or len(s) != len(in_shape) for s in out_shapes):
         return NodeCoupling.refuse("an output of Split has an unknown shape")
-    coupling = NodeCoupling()
-    for axis in range(rank):
-        if axis != split_axis:
-            members = [Member(IN(0), axis)] + [Member(OUT(k), axis) for k in range(len(out_shapes))]
-            coupling.relations.append(Relation(_static(in_shape[axis]), tuple(members), f"axis {axis}"))
-            continue
-        sizes = [s[axis] for s in out_shapes]  # type: ignore[index]
-        if not all(isinstance(n, int) for n in sizes) or not isinstance(in_shape[axis], int):
-            coupling.blocked[(IN(0), axis)] = "splits a dynamic channel axis"
-            continue
-        members = [Member(IN(0), axis)]
-        offset = 0
-        for k, size in enumerate(sizes):
-            members.append(Member.mapped(OUT(k), axis, offset + np.arange(size)))  # type: ignore[arg-type]
-            offset += size  # type: ignore[operator]
-        coupling.relations.append(Relation(in_shape[axis], tuple(members), "split channels"))
+    coupling = _joined(IN(0), in_shape, [OUT(k) for k in range(len(out_shapes))], out_shapes,  # type: ignore[arg-type]
+                       _axis_attr(node, "axis", len(in_shape), 0), "split channels", "splits a dynamic channel axis")
     if len(node.inputs) > 1:
         coupling.neutral.add((IN(1), 0))
     return coupling

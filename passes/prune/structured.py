@@ -40,7 +40,8 @@ import onnx_ir.passes.common as common_passes
 
 from onnx_compress.errors import PassRefusedError, SettingError
 from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
-from onnx_compress.passes.prune.coupling import AxisNode, CouplingAnalysis, Group, Role, analyze
+from onnx_compress.passes.prune.coupling import AxisNode, CouplingAnalysis, Group, analyze
+from onnx_compress.passes.prune.relations import Role
 from onnx_compress.passes.prune.importance import (
     IMPORTANCE_METHODS,
     activation_probes,
@@ -413,13 +414,3 @@ def _widths(group: Group, units: np.ndarray | None) -> dict[str, tuple[int, int]
         kept = int((~removed[group.unit_of[axis.id]]).sum())
         widths.setdefault(str(node.name or node.op_type), (axis.size, kept))
     return widths
-
-
-def describe_groups(result: PruneStructuredResult) -> list[list[str]]:
-    """Rows (group, status, widths, detail) for a terminal table."""
-    rows = []
-    for group in result.groups:
-        widths = ", ".join(f"{b}->{a}" for b, a in group.widths.values())
-        rows.append([group.name, group.status, widths, group.reason or group.importance])
-    return rows
-

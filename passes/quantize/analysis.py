@@ -29,6 +29,8 @@ import math
 
 import onnx
 
+from onnx_compress.stats import op_key
+
 __all__ = ["Candidate", "ModelAnalysis", "analyze", "QUANTIZED_OP_TYPES", "WEIGHT_ONLY_OP_TYPES", "WEIGHT_OP_TYPES"]
 
 #: op types that only appear in models that are already quantized
@@ -87,10 +89,6 @@ class ModelAnalysis:
         return text + (", ..." if len(items) > limit else "")
 
 
-def _op_key(node: onnx.NodeProto) -> str:
-    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
-
-
 def _is_weight_op(node: onnx.NodeProto, op_type: str) -> bool:
     return node.op_type == op_type and node.domain in ("", "ai.onnx", "com.microsoft")
 
@@ -107,7 +105,7 @@ def analyze(model: onnx.ModelProto) -> ModelAnalysis:
     graph = model.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     graph_inputs = {value.name for value in graph.input}
-    op_counts = collections.Counter(_op_key(node) for node in graph.node)
+    op_counts = collections.Counter(op_key(node) for node in graph.node)
     quantized = {op: n for op, n in op_counts.items() if op.split("::")[-1] in QUANTIZED_OP_TYPES}
 
     candidates: dict[str, list[Candidate]] = {mode: [] for mode in (*WEIGHT_OP_TYPES, "fp16")}

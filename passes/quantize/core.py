@@ -32,7 +32,7 @@ from onnx_compress.data import Dataset, input_specs
 from onnx_compress.errors import BudgetError, SettingError
 from onnx_compress.model_io import weights_nbytes
 from onnx_compress.passes.base import CompressionPass
-from onnx_compress.passes.quantize import auto
+import onnx_compress.passes.quantize.auto as auto
 from onnx_compress.passes.quantize.analysis import WEIGHT_ONLY_OP_TYPES, Candidate, ModelAnalysis, analyze
 from onnx_compress.passes.quantize.backend import (
     DatasetReader,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from onnx_compress.errors import SettingError
-from onnx_compress.passes.base import PassSettings, jsonable
+from onnx_compress.passes.base import BudgetAwareSettings, jsonable
 
 __all__ = [
     "MODES",
@@ -45,7 +45,7 @@ def _names(value: Any, field: str) -> tuple[str, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
-class QuantizeSettings(PassSettings):
+class QuantizeSettings(BudgetAwareSettings):
     """Settings of :class:`~onnx_compress.passes.quantize.Quantize`.
 
     What to do

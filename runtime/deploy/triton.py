@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import onnx_ir as ir
 
+from onnx_compress.atomic import write_atomic
 from onnx_compress.errors import OutputPathError, SettingError
 from onnx_compress.model_io import PathLike, load_model, model_files, save_model
 from onnx_compress.runtime.deploy.model_config import build_model_config, config_text
@@ -88,17 +87,6 @@ class TritonDeployment:
         data = f" + {self.data_path.name}" if self.data_path else ""
         return (f"deployed {self.name} version {self.version} to {self.repository} "
                 f"({self.model_path.name}{data}; {batching}; {self.instances} {kind} instance(s))")
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".pbtxt", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _model_folder(repo: Path, name: str, version: int, overwrite: bool) -> Path:
@@ -183,7 +171,7 @@ def deploy_triton(
         if old != text and others:
             logger.warning("%s changed; it also applies to version(s) %s of %s",
                            config_path, ", ".join(sorted(others, key=int)), name)
-    _write_text_atomically(config_path, text)
+    write_atomic(config_path, text)  # 0644: the server may run as another user
     deployment = TritonDeployment(
         repository=repository,
         name=name,

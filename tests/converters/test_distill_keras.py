@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import logging
 
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from onnx_compress.converters.distillation import DistillHistory  # noqa: E402
-from onnx_compress.converters.tensorflow import distill, narrow_student  # noqa: E402
-from onnx_compress.converters.tensorflow.distill import distillation_loss  # noqa: E402
-from onnx_compress.data import Dataset  # noqa: E402
+from onnx_compress.converters.distillation import DistillHistory
+from onnx_compress.converters.tensorflow import distill, narrow_student
+from onnx_compress.converters.tensorflow.distill import distillation_loss
+from onnx_compress.data import Dataset
 from onnx_compress.errors import DataError, SettingError, UnsupportedModelError  # noqa: E402
 
 EPOCHS = 6
@@ -60,7 +59,7 @@ def test_keras_teacher_object_and_file(keras_seed, keras_seed_file, digits_nhwc,
 
 def test_losses_match_the_pytorch_trainer():
     """Both frameworks compute the same loss from the same outputs."""
-    torch = pytest.importorskip("torch")
+    import torch
     from onnx_compress.converters.distillation import soft_targets
     from onnx_compress.converters.torch.distill import distillation_loss as torch_loss
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import onnx
 import pytest
@@ -9,8 +10,6 @@ import pytest
 import onnx_compress as oc
 from onnx_compress.errors import ModelLoadError, UnsafeModelError
 from onnx_compress.runtime import Runner, SessionSettings
-
-keras = pytest.importorskip("keras")
 
 
 @pytest.mark.parametrize("batch", [1, 7])

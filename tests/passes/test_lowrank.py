@@ -15,7 +15,7 @@ from onnx_compress.model_io import load_model
 from onnx_compress.passes import LowRank, LowRankSettings, Normalize
 from onnx_compress.passes.lowrank.factorize import decompose
 from onnx_compress.passes.lowrank.rewrite import NameScope, factor_node
-from onnx_compress.passes.lowrank.statistics import conv_patches
+from onnx_compress.passes.gram import conv_geometry, im2col
 from onnx_compress.passes.lowrank.targets import find_targets
 from onnx_compress.passes.registry import pass_class
 from onnx_compress.runtime import Runner, expose_values
@@ -101,10 +101,7 @@ def test_conv_patches_reproduce_the_convolution(kind):
     expected = _run(model, feeds)[0]
     if len(node.inputs) > 2:
         expected = expected - node.inputs[2].const_value.numpy()[None, :, None, None]
-    attrs = node.attributes
-    patches = conv_patches(feeds["x"], w.shape[2:], attrs.get_ints("strides", [1, 1]),
-                           attrs.get_ints("pads", [0, 0, 0, 0]), attrs.get_ints("dilations", [1, 1]),
-                           attrs.get_string("auto_pad", "NOTSET"))
+    patches = im2col(feeds["x"], conv_geometry(node, feeds["x"].shape[2:]))
     got = (patches @ w.reshape(w.shape[0], -1).T).reshape(expected.shape[0], *expected.shape[2:], -1)
     np.testing.assert_allclose(np.moveaxis(got, -1, 1), expected, rtol=1e-4, atol=1e-4)
 

@@ -18,7 +18,7 @@ from onnx_compress.data import Dataset
 from onnx_compress.errors import PassRefusedError, SettingError
 from onnx_compress.model_io import load_model
 from onnx_compress.passes import Normalize, PruneStructured
-from onnx_compress.passes.prune.reconstruct import conv_geometry, im2col
+from onnx_compress.passes.gram import conv_geometry, im2col
 from onnx_compress.runtime import Runner, SessionSettings
 
 

@@ -11,12 +11,11 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
 
 import onnx_compress as oc
 from onnx_compress.errors import DeployError, OutputPathError, SettingError
 from onnx_compress.runtime import deploy_triton
-
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
 
 def _parse(path) -> model_config_pb2.ModelConfig:
@@ -150,3 +149,60 @@ def test_deploy_cli(cli, torch_seed_onnx, tmp_path):
     refused = cli("deploy", torch_seed_onnx, "--triton", tmp_path / "repo", "--name", "digits", "--version", "2")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.startswith("error: ") and "already exists" in refused.stderr
+
+
+def _double_model(tmp_path):
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 3])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 3])
+    two = onnx.helper.make_tensor("two", onnx.TensorProto.FLOAT, [], [2.0])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Mul", ["x", "two"], ["y"])], "g", [x], [y], [two])
+    path = tmp_path / "double.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def test_config_is_readable_by_a_server_running_as_another_user(tmp_path):
+    """config.pbtxt is written 0644 (a temporary file is 0600, unreadable by Triton's user),
+    also when it replaces an existing one."""
+    import stat
+
+    path = _double_model(tmp_path)
+    first = deploy_triton(path, tmp_path / "repo", max_batch=4)
+    assert stat.S_IMODE(first.config_path.stat().st_mode) == 0o644
+    second = deploy_triton(path, tmp_path / "repo", version=2, max_batch=8)
+    assert stat.S_IMODE(second.config_path.stat().st_mode) == 0o644
+    assert _parse(second.config_path).max_batch_size == 8
+    assert not [p for p in second.config_path.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_config_schema_loads_from_its_file_without_grpcio(tmp_path):
+    """Without grpcio ``tritonclient.grpc`` does not import; the schema module is then loaded
+    from its file (it needs only protobuf) and builds and parses the same config."""
+    import subprocess
+    import sys
+
+    path = _double_model(tmp_path)
+    code = (
+        "import sys\n"
+        "sys.modules['grpc'] = None  # as if grpcio were not installed\n"
+        "try:\n"
+        "    import tritonclient.grpc\n"
+        "    print('grpc importable')\n"
+        "except (ImportError, RuntimeError):  # what tritonclient raises without grpcio\n"
+        "    print('no grpc')\n"
+        "import onnx_compress as oc\n"
+        "from onnx_compress.runtime.deploy import model_config as mc\n"
+        "module = mc.model_config_module()\n"
+        "print(module.__name__)\n"
+        f"config = mc.build_model_config(oc.load_model({str(path)!r}), 'double', max_batch=4, dynamic_batching=True)\n"
+        "text = mc.config_text(config)\n"
+        "print(mc.parse_model_config(text) == config, config.max_batch_size)\n"
+        "print(text)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    assert lines[:3] == ["no grpc", "onnx_compress_triton_model_config_pb2", "True 4"]
+    # the text the fallback module wrote parses as Triton's own message (loaded with grpcio here)
+    config = text_format.Parse("\n".join(lines[3:]), model_config_pb2.ModelConfig())
+    assert config.name == "double" and config.max_batch_size == 4 and config.HasField("dynamic_batching")
+    assert [(i.name, list(i.dims)) for i in config.input] == [("x", [3])]
