@@ -310,7 +310,7 @@ def _server_classes() -> tuple[type, type, type]:
 def run(source: PathLike, settings: Any) -> None:
     """Load every model of ``source`` and serve it with KServe until SIGINT/SIGTERM.
 
-    ``settings`` is a :class:`~onnx_compress.runtime.serve.server.ServeSettings`.
+    ``settings`` is a :class:`~onnx_compress.runtime.serve.settings.ServeSettings`.
     """
     import asyncio
 
@@ -363,7 +363,7 @@ def run(source: PathLike, settings: Any) -> None:
 
 def main(argv: list[str]) -> int:
     """``python -m onnx_compress.runtime.serve.engine '{"source": ..., "settings": ...}'``."""
-    from onnx_compress.runtime.serve.server import ServeSettings
+    from onnx_compress.runtime.serve.settings import ServeSettings
 
     if len(argv) != 1:
         raise SettingError("usage: python -m onnx_compress.runtime.serve.engine SETTINGS_JSON")
