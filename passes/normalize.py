@@ -56,7 +56,7 @@ from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSe
 from onnx_compress.table import human_bytes
 from onnx_compress.stats import op_histogram
 
-__all__ = ["Normalize", "NormalizeSettings", "NormalizeResult"]
+__all__ = ["Normalize", "NormalizeSettings", "NormalizeResult", "upgrade_opset"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def _rewrite_rules(fold_batchnorm: bool) -> list[object]:
     return rules
 
 
-def _upgrade_opset(model: ir.Model, target: int) -> ir.Model:
+def upgrade_opset(model: ir.Model, target: int) -> ir.Model:
     if weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES:
         raise PassRefusedError(
             "cannot upgrade the opset of a model over 2 GB (the ONNX version converter needs one protobuf)"
@@ -176,7 +176,7 @@ class Normalize(CompressionPass):
         if not sorted_graph:
             work = self.copy_model(model)
         if settings.min_opset is not None and opset_before < settings.min_opset:
-            work = _upgrade_opset(work, settings.min_opset)
+            work = upgrade_opset(work, settings.min_opset)
         moved_inputs = patterns.internalize_initializer_inputs(work) if settings.initializer_inputs else []
         hoisted, merged = patterns.hoist_subgraph_constants(work)
         common_passes.InlinePass()(work)
