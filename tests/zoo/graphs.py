@@ -2,7 +2,8 @@
 
 - :func:`paddle_like_classifier`: the paddle2onnx pattern of a small image classifier: every
   Conv weight reaches its Conv through an ``Identity`` (or a ``Reshape`` / ``Transpose`` /
-  ``Cast`` / ``Unsqueeze`` of a stored initializer), Conv biases are a separate
+  ``Cast`` / ``Unsqueeze`` of a stored initializer; one Conv has its bias input with the
+  weight behind ``Identity``, which ONNX Runtime's dynamic quantizer rejects), Conv biases are a separate
   ``Add(conv, Reshape(bias, [1, C, 1, 1]))`` (and the broadcast forms ``[C, 1, 1]`` and
   ``[1, C, 1, 1]``), BatchNormalization, dynamic batch, H and W, a GlobalAveragePool +
   MatMul/Add head.
@@ -117,7 +118,12 @@ class _Builder:
     def conv(self, index: int, x: str, cin: int, cout: int, k: int = 3, stride: int = 1, *, weight_form: str,
              bias_form: str | None, group: int = 1) -> str:
         w = self.conv_weight(index, (cout, cin // group, k, k), weight_form)
-        y = self.node("Conv", [x, w], kernel_shape=[k, k], pads=[k // 2] * 4, strides=[stride, stride],
+        inputs = [x, w]
+        if bias_form == "input":  # Conv(x, Identity(W), b): ONNX Runtime's Conv quantizer needs W an initializer
+            self.inits.append(_init(f"conv2d_{index}.b_0", (self.rng.standard_normal(cout) * 0.1).astype(np.float32)))
+            inputs.append(f"conv2d_{index}.b_0")
+            bias_form = None
+        y = self.node("Conv", inputs, kernel_shape=[k, k], pads=[k // 2] * 4, strides=[stride, stride],
                       group=group, dilations=[1, 1])
         return self.bias_add(index, y, cout, bias_form) if bias_form else y
 
@@ -148,7 +154,7 @@ def paddle_like_classifier(seed: int = 0, width: int = 16, classes: int = 10) ->
     h = b.conv(4, h, 2 * width, 2 * width, stride=2, weight_form="cast", bias_form="unsqueeze")
     h = b.batchnorm(4, h, 2 * width)
     h = b.node("Relu", [h])
-    h = b.conv(5, h, 2 * width, 4 * width, k=1, weight_form="identity", bias_form="reshape")
+    h = b.conv(5, h, 2 * width, 4 * width, k=1, weight_form="identity", bias_form="input")
     h = b.node("Relu", [h])
     pooled = b.node("GlobalAveragePool", [h])
     b.inits.append(_init("flatten.shape", np.array([-1, 4 * width], dtype=np.int64)))
