@@ -26,7 +26,7 @@ def export(name: str, path: Path, seed: int = 0) -> Path:
 
     constructor, kwargs, size = KERAS_ZOO[name]
     keras.utils.set_random_seed(seed)
-    extra = {"include_preprocessing": False} if "MobileNetV3" in constructor or "EfficientNet" in constructor else {}
+    extra = {"include_preprocessing": False} if "MobileNetV3" in constructor else {}
     model = getattr(keras.applications, constructor)(weights=None, input_shape=(size, size, 3), classes=10,
                                                      **kwargs, **extra)
     example = {"input": np.random.default_rng(seed).random((2, size, size, 3), dtype=np.float32)}

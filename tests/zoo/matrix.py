@@ -176,7 +176,7 @@ def format_matrix(cells: list[Cell]) -> str:
 
 
 def zoo_models(folder: Path, *, keras: bool = True, torch: bool = True, onnx_light: bool = True) -> dict[str, Path]:
-    """Every zoo model as a file in ``folder`` (exports the Keras and torch ones)."""
+    """Every zoo model as a file in ``folder`` (exports the Keras and torch ones not there yet)."""
     import graphs
 
     models: dict[str, Path] = {}
@@ -192,12 +192,14 @@ def zoo_models(folder: Path, *, keras: bool = True, torch: bool = True, onnx_lig
         for name in torch_models.TORCH_ZOO:
             for dynamo in (False, True):
                 label = f"{name}_{'dynamo' if dynamo else 'torchscript'}"
-                models[label] = torch_models.export(name, folder / f"{label}.onnx", dynamo=dynamo)
+                path = folder / f"{label}.onnx"
+                models[label] = path if path.exists() else torch_models.export(name, path, dynamo=dynamo)
     if keras:
         import keras_models
 
         for name in keras_models.KERAS_ZOO:
-            models[name] = keras_models.export(name, folder / f"{name}.onnx")
+            path = folder / f"{name}.onnx"
+            models[name] = path if path.exists() else keras_models.export(name, path)
     return models
 
 
@@ -206,10 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown table here too")
     parser.add_argument("--no-keras", action="store_true")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--models", type=Path, default=None, help="keep (and reuse) the exported models here")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).parent))
-    with tempfile.TemporaryDirectory(prefix="zoo-") as folder:
-        models = zoo_models(Path(folder), keras=not args.no_keras, torch=not args.no_torch)
+    with tempfile.TemporaryDirectory(prefix="zoo-") as scratch:
+        folder = args.models or Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        models = zoo_models(folder, keras=not args.no_keras, torch=not args.no_torch)
         cells = run_matrix(models, on_cell=lambda c: print(f"{c.model:40s} {c.pass_name:22s} {c.short()}",
                                                            file=sys.stderr, flush=True))
     table = format_matrix(cells)
