@@ -147,7 +147,6 @@ def weight_cone(model: ir.Model) -> set[int]:
     for graph in model.graphs():
         for node in graph:
             nodes.append(node)
-    by_id = {id(node): node for node in nodes}
     changed = True
     while changed:  # nodes whose inputs are all constant (order-independent fixpoint)
         changed = False
@@ -174,7 +173,6 @@ def weight_cone(model: ir.Model) -> set[int]:
         for value in node.inputs:
             if value is not None and value.producer() is not None and id(value.producer()) in constant_nodes:
                 stack.append(value.producer())
-    del by_id
     return cone
 
 
