@@ -20,7 +20,9 @@ Each helper works in place on normalization's own copy of the model and returns 
     tensor). Where its output is a *weight* (it reaches the weight/bias input of Conv,
     ConvTranspose, Gemm, MatMul, Gather, BatchNormalization, LSTM/GRU/RNN through constant
     nodes only), it is folded: a pass can only compress a weight it can see. The model then
-    stores those tensors, and the growth is reported with its reason.
+    stores those tensors, and the growth is reported with its reason. A ``ConstantOfShape`` of
+    at most ``SMALL_CONSTANT_ELEMENTS`` elements (a per-channel scale in front of an ``Mul``)
+    is folded wherever it is: structured pruning cannot slice a ``ConstantOfShape``.
 
 ``hoist_subgraph_constants``
     Inside ``If`` / ``Loop`` / ``Scan`` bodies, a node whose inputs are all constants of the
@@ -176,11 +178,23 @@ def weight_cone(model: ir.Model) -> set[int]:
     return cone
 
 
+#: a ConstantOfShape of at most this many elements is folded wherever it is (a per-channel scale)
+SMALL_CONSTANT_ELEMENTS = 4096
+
+
+def _small_constant_of_shape(node: ir.Node) -> bool:
+    shape = node.inputs[0] if node.inputs else None
+    if shape is None or shape.const_value is None or shape.is_graph_input():
+        return False
+    return int(np.prod(shape.const_value.numpy())) <= SMALL_CONSTANT_ELEMENTS
+
+
 def should_fold_rule(cone: set[int], counter: dict[str, int]):
     """A ``should_fold`` callback for onnxscript's folder: fold ``ConstantOfShape`` weights."""
 
     def should_fold(node: ir.Node) -> bool | None:
-        if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx") and id(node) in cone:
+        if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx") and \
+                (id(node) in cone or _small_constant_of_shape(node)):
             counter["ConstantOfShape"] = counter.get("ConstantOfShape", 0) + 1
             return True
         return None
