@@ -240,11 +240,15 @@ class Normalize(CompressionPass):
         return result
 
 
+#: constant growth up to this many bytes (or 0.1 % of the constants) is not reported
+GROWTH_NOTE_BYTES = 1024
+
+
 def _growth_reasons(result: NormalizeResult, cast_bytes: int) -> list[str]:
     """Why the constants grew (empty when they did not)."""
     grown = result.constant_bytes_after - result.constant_bytes_before
-    if grown <= 0:
-        return []
+    if grown <= max(GROWTH_NOTE_BYTES, result.constant_bytes_before // 1000):
+        return []  # shape constants and the like: not worth a line
     reasons = []
     if result.constant_of_shape_folded:
         reasons.append(f"{result.constant_of_shape_folded} weights computed by ConstantOfShape are stored as tensors "
@@ -252,5 +256,5 @@ def _growth_reasons(result: NormalizeResult, cast_bytes: int) -> list[str]:
     if cast_bytes:
         reasons.append(f"{human_bytes(cast_bytes)} of float16 weights read through Cast are stored as float32")
     if not reasons:
-        reasons.append("constant folding stored computed constants (e.g. a broadcast or tiled weight) as tensors")
+        reasons.append("constant folding stored computed constants (broadcast, tiled or expanded tensors) as tensors")
     return [f"+{human_bytes(grown)}: " + "; ".join(reasons)]

@@ -21,7 +21,7 @@ Each helper works in place on normalization's own copy of the model and returns 
     ConvTranspose, Gemm, MatMul, Gather, BatchNormalization, LSTM/GRU/RNN through constant
     nodes only), it is folded: a pass can only compress a weight it can see. The model then
     stores those tensors, and the growth is reported with its reason. A ``ConstantOfShape`` of
-    at most ``SMALL_CONSTANT_ELEMENTS`` elements (a per-channel scale in front of an ``Mul``)
+    at most ``SMALL_CONSTANT_ELEMENTS`` float elements (a per-channel scale in front of a ``Mul``)
     is folded wherever it is: structured pruning cannot slice a ``ConstantOfShape``.
 
 ``hoist_subgraph_constants``
@@ -183,8 +183,14 @@ SMALL_CONSTANT_ELEMENTS = 4096
 
 
 def _small_constant_of_shape(node: ir.Node) -> bool:
+    """A float ``ConstantOfShape`` of a constant shape with few elements (integer and boolean
+    ones, the index and mask helpers of transformer exports, are left to onnxscript)."""
     shape = node.inputs[0] if node.inputs else None
     if shape is None or shape.const_value is None or shape.is_graph_input():
+        return False
+    value = node.attributes.get("value")
+    dtype = value.as_tensor().dtype if value is not None else ir.DataType.FLOAT  # ONNX's default: float 0
+    if dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16):
         return False
     return int(np.prod(shape.const_value.numpy())) <= SMALL_CONSTANT_ELEMENTS
 
@@ -193,10 +199,12 @@ def should_fold_rule(cone: set[int], counter: dict[str, int]):
     """A ``should_fold`` callback for onnxscript's folder: fold ``ConstantOfShape`` weights."""
 
     def should_fold(node: ir.Node) -> bool | None:
-        if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx") and \
-                (id(node) in cone or _small_constant_of_shape(node)):
-            counter["ConstantOfShape"] = counter.get("ConstantOfShape", 0) + 1
-            return True
+        if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx"):
+            kind = "ConstantOfShape" if id(node) in cone else \
+                "small ConstantOfShape" if _small_constant_of_shape(node) else None
+            if kind is not None:
+                counter[kind] = counter.get(kind, 0) + 1
+                return True
         return None
 
     return should_fold
