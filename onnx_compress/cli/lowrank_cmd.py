@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from onnx_compress.cli.common import add_command, add_json_flag, emit
+from onnx_compress.cli.normalize_note import growth_warning, normalize_lines
 from onnx_compress.table import format_table, human_bytes
 
 __all__ = ["register"]
@@ -64,8 +65,8 @@ def _lowrank(args: argparse.Namespace) -> int:
 
     protected = model_files(args.model)
     check_output_path(args.output, protected)  # before the work, not after it
-    model = Normalize()(load_model(args.model)).model
-    result = lowrank(model)
+    normalization = Normalize()(load_model(args.model))
+    result = lowrank(normalization.model)
     save_model(result.model, args.output, protected=protected)
     size_before, size_after = size_on_disk(args.model), size_on_disk(args.output)
 
@@ -92,6 +93,11 @@ def _lowrank(args: argparse.Namespace) -> int:
               + f"; size {human_bytes(size_before)} -> {human_bytes(size_after)}; wrote {args.output}")
     if not result.modified:
         human += "\nno layer was factored: the output is the normalized input model"
+    notes = normalize_lines(normalization) + growth_warning(size_before, size_after, normalization,
+                                                             "the factored model")
+    human += "".join(f"\n{line}" for line in notes)
+    payload["normalize"] = normalization.summary()
+    payload["warnings"] = [line for line in notes if line.startswith("WARNING")]
     emit(args, payload, human)
     return 0
 

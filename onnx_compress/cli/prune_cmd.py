@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from onnx_compress.cli.common import add_command, add_json_flag, emit, parse_dims
+from onnx_compress.cli.normalize_note import growth_warning, normalize_lines
 from onnx_compress.errors import SettingError
 from onnx_compress.table import format_table, human_bytes, human_count
 
@@ -116,8 +117,8 @@ def _prune(args: argparse.Namespace) -> int:
     dims = parse_dims(args.dim)
     model = load_model(args.model)
     before = model_stats(args.model, batch=args.batch, dims=dims)
-    normalized = Normalize(fold_batchnorm=args.importance != "bn")(model).model
-    result = prune_pass(normalized)
+    normalization = Normalize(fold_batchnorm=args.importance != "bn")(model)
+    result = prune_pass(normalization.model)
     save_model(result.model, args.output, protected=model_files(args.model))
     after = model_stats(args.output, batch=args.batch, dims=dims)
 
@@ -163,6 +164,9 @@ def _prune(args: argparse.Namespace) -> int:
                 human += f"\n  {layer_name}: {reason}"
         human += (f"\n\n{result.sparsity:.1%} of the pruned weights are zero ({result.pattern}). Dense ONNX Runtime "
                   "kernels gain no speed from zeros; the gain is the compressed size.")
+    notes = normalize_lines(normalization) + growth_warning(before.size_bytes, after.size_bytes, normalization,
+                                                             "the pruned model")
+    human += "".join(f"\n{line}" for line in ["", *notes] if notes)
     human += f"\n\nwrote {args.output}"
 
     def stats(s: Any) -> dict[str, Any]:
@@ -175,6 +179,8 @@ def _prune(args: argparse.Namespace) -> int:
         "before": stats(before),
         "after": stats(after),
         "result": result.as_dict(),
+        "normalize": normalization.summary(),
+        "warnings": [line for line in notes if line.startswith("WARNING")],
     }
     emit(args, payload, human)
     return 0

@@ -17,7 +17,8 @@ A node is left alone, with the reason, when its weight is not a constant initial
 (factoring it for one would change or duplicate it for the others), is not floating point, or
 is smaller than ``min_size``; when it is a grouped Conv; when the constant is the left operand of
 a MatMul; when it is a ``transA`` Gemm below opset 11; or when the node is excluded by name.
-Only nodes of the main graph are considered.
+Only nodes of the main graph are factored; those inside ``If`` / ``Loop`` / ``Scan`` bodies are
+listed as left alone, with the reason.
 """
 
 from __future__ import annotations
@@ -159,4 +160,17 @@ def find_targets(graph: ir.Graph, settings: LowRankSettings, opset: int = 18) ->
                                    f"its weight has {size} elements, fewer than min_size={settings.min_size}"))
             continue
         targets.append(target)
+    for anchor in graph:
+        for attr in anchor.attributes.values():
+            bodies = [attr.as_graph()] if attr.type == ir.AttributeType.GRAPH else \
+                list(attr.as_graphs()) if attr.type == ir.AttributeType.GRAPHS else []
+            for body in bodies:
+                for node in ir.traversal.RecursiveGraphIterator(body):
+                    if node.domain not in ("", "ai.onnx") or node.op_type not in settings.op_types:
+                        continue
+                    weight = node.inputs[1] if len(node.inputs) > 1 and node.inputs[1] is not None else None
+                    skipped.append(Skipped(str(node.name or node.outputs[0].name), node.op_type,
+                                           str(weight.name) if weight is not None else "",
+                                           f"inside the body of {anchor.op_type} '{anchor.name}': low-rank "
+                                           "factoring rewrites main-graph nodes only"))
     return targets, skipped

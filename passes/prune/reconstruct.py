@@ -43,6 +43,8 @@ Order and guard
     fifth calibration sample is held out: weights are fitted on the rest, and the refit is kept
     only if it lowers the relative output error ``||X W + b - Y|| / ||Y||`` on the held-out
     samples against the un-refit pruned layer; the kept weights are then fitted on all samples.
+    The original model's outputs ``Y`` of every level are read in one pass at the start (up to
+    ``REFERENCE_BUDGET_BYTES``): one ONNX Runtime session instead of one per level.
     Rows are subsampled (deterministic RNG) to at most ``max_rows`` per layer.
 
 Limits
@@ -71,6 +73,10 @@ logger = logging.getLogger(__name__)
 
 #: one sample in HOLDOUT_EVERY is held out to check a refit
 HOLDOUT_EVERY = 5
+
+#: the original model's layer outputs are read once for every level when they fit in this many
+#: bytes (otherwise each level runs the original model again)
+REFERENCE_BUDGET_BYTES = 512 * 2**20
 
 
 @dataclasses.dataclass
@@ -315,8 +321,27 @@ def _rows_per_sample(target: _Target, x: np.ndarray) -> int:
     return int(np.prod(x.shape[1:-1])) if x.ndim > 1 else 1
 
 
+def _reference_outputs(original: ir.Model, keys: list[str], data: Dataset, batch_size: int,
+                       budget: int) -> dict[str, list[np.ndarray]] | None:
+    """Every target's output in the original model, per batch, from ONE pass over ``data``
+    (they do not change while the pruned model is refit level by level); None when they would
+    take more than ``budget`` bytes (each level then runs the original model again)."""
+    from onnx_compress.runtime.activations import iter_activations
+    from onnx_compress.runtime.session import SessionSettings
+
+    stored: dict[str, list[np.ndarray]] = {key: [] for key in keys}
+    total = 0
+    for ys in iter_activations(original, keys, data, batch_size=batch_size, settings=SessionSettings(provider="cpu")):
+        for key in keys:
+            stored[key].append(ys[key])
+            total += ys[key].nbytes
+        if total > budget:
+            return None
+    return stored
+
+
 def _collect(original: ir.Model, pruned: ir.Model, targets: list[_Target], data: Dataset, max_rows: int,
-             batch_size: int) -> dict[int, tuple[_Stats, _Stats]]:
+             batch_size: int, reference: dict[str, list[np.ndarray]] | None = None) -> dict[int, tuple[_Stats, _Stats]]:
     """(fit, held-out) statistics of every target, from one pass over ``data``."""
     from onnx_compress.runtime.activations import iter_activations
     from onnx_compress.runtime.session import SessionSettings
@@ -328,8 +353,11 @@ def _collect(original: ir.Model, pruned: ir.Model, targets: list[_Target], data:
     rngs = {id(t.node): np.random.default_rng(i) for i, t in enumerate(targets)}
     fractions: dict[int, float] = {}
     offset = 0
-    for xs, ys in zip(iter_activations(pruned, inputs, data, batch_size=batch_size, settings=settings),
-                      iter_activations(original, outputs, data, batch_size=batch_size, settings=settings)):
+    if reference is not None:
+        originals = ({key: reference[key][i] for key in outputs} for i in range(len(reference[outputs[0]])))
+    else:
+        originals = iter_activations(original, outputs, data, batch_size=batch_size, settings=settings)
+    for xs, ys in zip(iter_activations(pruned, inputs, data, batch_size=batch_size, settings=settings), originals):
         batch = next(iter(xs.values())).shape[0]
         for target in targets:
             key = id(target.node)
@@ -429,9 +457,13 @@ def reconstruct(
     by_level: dict[int, list[_Target]] = {}
     for target in targets.values():
         by_level.setdefault(target.level, []).append(target)
+    reference = None
+    if len(by_level) > 1:
+        keys = list(dict.fromkeys(t.key for t in targets.values()))
+        reference = _reference_outputs(original, keys, data, batch_size, REFERENCE_BUDGET_BYTES)
     for level in sorted(by_level):
         group = by_level[level]
-        stats = _collect(original, pruned, group, data, max_rows, batch_size)
+        stats = _collect(original, pruned, group, data, max_rows, batch_size, reference)
         for target in group:
             name = str(target.node.name or target.node.op_type)
             fit, held = stats[id(target.node)]

@@ -23,7 +23,8 @@ fully understand (reported with the reason). Pruning changes the function: cut c
 gone, not zeroed; reconstruct, fine-tune afterwards, or prune less when accuracy drops too far. Channels
 whose weights are all zero (and whose bias is zero) are removed exactly.
 
-Limits: the main graph only; channel axes with static sizes; attention heads (a Reshape that
+Limits: the main graph only (weight layers inside If / Loop / Scan bodies are reported as
+untouched, with the reason); channel axes with static sizes; attention heads (a Reshape that
 splits the hidden axis) and axes normalized by LayerNormalization are not cut.
 """
 
@@ -168,6 +169,29 @@ class GroupReport:
     widths: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
     importance: str = ""
     reason: str = ""
+
+
+_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _subgraph_reports(model: ir.Model) -> list[GroupReport]:
+    """One ``untouched`` report per weight layer inside an If / Loop / Scan body (never cut)."""
+    reports: list[GroupReport] = []
+    for anchor in model.graph:
+        for attr in anchor.attributes.values():
+            bodies = [attr.as_graph()] if attr.type == ir.AttributeType.GRAPH else \
+                list(attr.as_graphs()) if attr.type == ir.AttributeType.GRAPHS else []
+            for body in bodies:
+                for node in ir.traversal.RecursiveGraphIterator(body):
+                    weight = node.inputs[1] if node.op_type in _LAYER_OPS and len(node.inputs) > 1 else None
+                    if weight is None or weight.const_value is None:
+                        continue
+                    reports.append(GroupReport(
+                        name=str(node.name), status="untouched", units_before=0, units_after=0,
+                        reason=f"inside the body of {anchor.op_type} '{anchor.name}': structured pruning cuts "
+                               "channels of the main graph only (unstructured pruning and dynamic int8 reach "
+                               "subgraphs)"))
+    return reports
 
 
 @dataclasses.dataclass
@@ -334,7 +358,7 @@ class PruneStructured(CompressionPass):
         result = PruneStructuredResult(
             model=result_model,
             modified=modified,
-            groups=[reports[g.id] for g in analysis.groups],
+            groups=[reports[g.id] for g in analysis.groups] + _subgraph_reports(work),
             params_before=params_before,
             params_after=count_params(result_model) if modified else params_before,
             macs_before=macs_before,

@@ -20,7 +20,9 @@ Defaults and limits
     The first and last eligible layers (in graph order) are left dense by default
     (``protect_first_last``): they hold few weights and are the most sensitive. A weight must
     be an initializer (run Normalize first); a weight used by several eligible nodes is pruned
-    once. Weights stored as int (quantized) are skipped.
+    once. Weights stored as int (quantized) are skipped. Nodes inside ``If`` / ``Loop`` /
+    ``Scan`` bodies are pruned like the others (their weights may be main-graph initializers
+    shared by several branches: pruned once, the same for every branch).
 """
 
 from __future__ import annotations
@@ -227,13 +229,14 @@ class PruneUnstructured(CompressionPass):
 
     def _eligible(self, model: ir.Model) -> tuple[list[tuple[ir.Node, ir.Value, int]], dict[str, str]]:
         settings = self.settings
-        names = {str(node.name) for node in model.graph}
+        nodes = list(ir.traversal.RecursiveGraphIterator(model.graph))  # If / Loop / Scan bodies too
+        names = {str(node.name) for node in nodes}
         unknown = [name for name in settings.protect if name not in names]
         if unknown:
             raise SettingError(f"protect: no node named {unknown} in the model")
         candidates: list[tuple[ir.Node, ir.Value, int]] = []
         skipped: dict[str, str] = {}
-        for node in model.graph:
+        for node in nodes:
             if node.op_type not in settings.op_types or node.domain not in ("", "ai.onnx"):
                 continue
             found = _weight_of(node)

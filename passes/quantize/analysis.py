@@ -13,6 +13,12 @@ weight_only     MatMul (B, 2-D), Gemm (B, 2-D, rewritten as MatMul + Add), Gathe
 fp16            every node with a float32 initializer input
 ==============  =====================================================================
 
+Nodes inside ``If`` / ``Loop`` / ``Scan`` bodies are candidates too when their weight is an
+initializer of their own graph or of an enclosing one: dynamic mode quantizes them (ONNX
+Runtime's ``EnableSubgraph``); static and weight-only modes list them as ineligible, with the
+reason (their ONNX Runtime tools do not descend into subgraphs), and fp16 converts main-graph
+nodes only.
+
 Models that already hold quantized ops (QuantizeLinear, QLinearConv, MatMulInteger,
 MatMulNBits, ...) are reported as such: quantizing twice is refused.
 
@@ -26,12 +32,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+from collections.abc import Iterator
 
 import onnx
 
 from onnx_compress.stats import op_key
 
-__all__ = ["Candidate", "ModelAnalysis", "analyze", "QUANTIZED_OP_TYPES", "WEIGHT_ONLY_OP_TYPES", "WEIGHT_OP_TYPES"]
+__all__ = ["Candidate", "ModelAnalysis", "analyze", "subgraph_count", "SUBGRAPH_MODES", "QUANTIZED_OP_TYPES", "WEIGHT_ONLY_OP_TYPES", "WEIGHT_OP_TYPES"]
 
 #: op types that only appear in models that are already quantized
 QUANTIZED_OP_TYPES: frozenset[str] = frozenset({
@@ -100,17 +107,43 @@ def _gemm_reason(node: onnx.NodeProto) -> str:
     return ""
 
 
+#: modes whose ONNX Runtime tool quantizes nodes inside control-flow subgraphs
+SUBGRAPH_MODES: frozenset[str] = frozenset({"dynamic"})
+
+
+def _walk(graph: onnx.GraphProto, initializers: dict[str, onnx.TensorProto], graph_inputs: set[str],
+          where: str) -> Iterator[tuple[onnx.NodeProto, dict[str, onnx.TensorProto], set[str], str]]:
+    """Every node with the initializers and graph inputs visible to it and "" (main graph) or
+    the control-flow node whose body holds it."""
+    for node in graph.node:
+        yield node, initializers, graph_inputs, where
+        for attr in node.attribute:
+            bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else \
+                list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
+            for body in bodies:
+                shadowed = {value.name for value in body.input}  # a body's inputs hide outer names
+                inner = {name: t for name, t in initializers.items() if name not in shadowed}
+                inner.update({t.name: t for t in body.initializer})
+                yield from _walk(body, inner, (graph_inputs - set(inner)) | shadowed, f"{node.op_type} '{node.name}'")
+
+
+def subgraph_count(model: onnx.ModelProto) -> int:
+    """Nodes inside control-flow bodies."""
+    return sum(1 for _, _, _, where in _walk(model.graph, {}, set(), "") if where)
+
+
 def analyze(model: onnx.ModelProto) -> ModelAnalysis:
-    """Analyze the main graph of ``model`` (weights may be external: only dims are read)."""
+    """Analyze ``model``, subgraphs included (weights may be external: only dims are read)."""
     graph = model.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     graph_inputs = {value.name for value in graph.input}
-    op_counts = collections.Counter(op_key(node) for node in graph.node)
+    walked = list(_walk(graph, initializers, graph_inputs, ""))
+    op_counts = collections.Counter(op_key(node) for node, *_ in walked)
     quantized = {op: n for op, n in op_counts.items() if op.split("::")[-1] in QUANTIZED_OP_TYPES}
 
     candidates: dict[str, list[Candidate]] = {mode: [] for mode in (*WEIGHT_OP_TYPES, "fp16")}
     ineligible: dict[str, list[str]] = {mode: [] for mode in (*WEIGHT_OP_TYPES, "fp16")}
-    for node in graph.node:
+    for node, visible, visible_inputs, where in walked:
         for mode, table in WEIGHT_OP_TYPES.items():
             index = table.get(node.op_type)
             if index is None or not _is_weight_op(node, node.op_type):
@@ -118,12 +151,15 @@ def analyze(model: onnx.ModelProto) -> ModelAnalysis:
             if index >= len(node.input) or not node.input[index]:
                 continue
             weight = node.input[index]
-            tensor = initializers.get(weight)
+            tensor = visible.get(weight)
             reason = ""
-            if tensor is None or weight in graph_inputs:
+            if tensor is None or weight in visible_inputs:
                 # activation x activation (attention scores) or a weight fed at run time: not a weight op
                 continue
-            if tensor.data_type != _FLOAT:
+            if where and mode not in SUBGRAPH_MODES:
+                reason = (f"inside the body of {where}: ONNX Runtime's {mode} quantizer does not descend into "
+                          "subgraphs (dynamic mode does)")
+            elif tensor.data_type != _FLOAT:
                 reason = f"weight {weight} is {onnx.TensorProto.DataType.Name(tensor.data_type)}, not FLOAT"
             elif node.op_type in ("MatMul", "Gemm") and len(tensor.dims) != 2 and mode != "dynamic":
                 reason = f"weight {weight} has rank {len(tensor.dims)}, not 2"
@@ -136,9 +172,9 @@ def analyze(model: onnx.ModelProto) -> ModelAnalysis:
                 continue
             elements = math.prod(int(d) for d in tensor.dims)
             candidates[mode].append(Candidate(node.name, node.op_type, weight, elements, elements * 4))
-        float_inputs = [name for name in node.input if name in initializers and initializers[name].data_type == _FLOAT]
-        if float_inputs:
-            elements = sum(math.prod(int(d) for d in initializers[name].dims) for name in float_inputs)
+        float_inputs = [name for name in node.input if name in visible and visible[name].data_type == _FLOAT]
+        if float_inputs and not where:
+            elements = sum(math.prod(int(d) for d in visible[name].dims) for name in float_inputs)
             candidates["fp16"].append(Candidate(node.name, node.op_type, float_inputs[0], elements, elements * 4))
 
     float_bytes = sum(math.prod(int(d) for d in t.dims) * 4 for t in graph.initializer if t.data_type == _FLOAT)
@@ -151,7 +187,7 @@ def analyze(model: onnx.ModelProto) -> ModelAnalysis:
         transformer_like=transformer,
         transformer_reason=reason,
         float_initializer_bytes=float_bytes,
-        node_names=frozenset(node.name for node in graph.node),
+        node_names=frozenset(node.name for node, *_ in walked),
     )
 
 

@@ -211,7 +211,11 @@ def preprocess_ort(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import quant_pre_process
 
     large = is_large(src)
-    with quiet_ort():
+    # ONNX Runtime's symbolic shape inference saves a debug model (sym_shape_infer_temp.onnx and
+    # a data file) into the working folder when it cannot infer every shape (dynamic H and W):
+    # run it from a scratch folder so the user's folder stays clean
+    with quiet_ort(), tempfile.TemporaryDirectory(prefix="onnx-compress-prep-") as scratch, \
+            contextlib.chdir(scratch):
         quant_pre_process(
             str(src),
             str(dst),
@@ -272,9 +276,34 @@ def _quant_type(name: str):
     return {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[name]
 
 
+#: the opset where DequantizeLinear gained ``axis`` (per-channel QDQ weights)
+PER_CHANNEL_QDQ_OPSET = 13
+
+#: control-flow ops: ONNX Runtime's dynamic quantizer descends into their bodies with EnableSubgraph
+CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
+
+
+def _per_channel_opset(src: Path, workspace: Workspace) -> Path:
+    """``src``, or a copy upgraded to opset 13 when it is older: ONNX Runtime's static quantizer
+    writes per-channel ``DequantizeLinear(axis=...)`` into an opset-11 model (paddle2onnx's
+    default), which ONNX Runtime then refuses to load (INVALID_GRAPH: unrecognized attribute axis)."""
+    proto = onnx.load(str(src), load_external_data=False)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= PER_CHANNEL_QDQ_OPSET:
+        return src
+    from onnx_compress.passes.normalize import upgrade_opset
+
+    upgraded = upgrade_opset(load_model(src), PER_CHANNEL_QDQ_OPSET)
+    logger.info("static per-channel: opset %d -> %d for DequantizeLinear axis", opset, PER_CHANNEL_QDQ_OPSET)
+    return workspace.write(upgraded, f"opset{PER_CHANNEL_QDQ_OPSET}")
+
+
 def _static(src: Path, dst: Path, config: QuantConfig, reader_factory, workspace: Workspace,
             present_ops: frozenset[str]) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    if config.per_channel and config.format == "qdq":
+        src = _per_channel_opset(src, workspace)
 
     weight_types = set(config.op_types)
     pass_through = [op for op in STATIC_PASS_THROUGH if op in present_ops]
@@ -309,10 +338,12 @@ def _static(src: Path, dst: Path, config: QuantConfig, reader_factory, workspace
         workspace.calibrated_op_types = frozenset(op_types)
 
 
-def _dynamic(src: Path, dst: Path, config: QuantConfig) -> None:
+def _dynamic(src: Path, dst: Path, config: QuantConfig, present_ops: frozenset[str] = frozenset()) -> None:
     from onnxruntime.quantization import quantize_dynamic
 
     extra: dict[str, object] = {"MatMulConstBOnly": True}
+    if present_ops & CONTROL_FLOW_OPS:
+        extra["EnableSubgraph"] = True  # quantize the weight ops inside If / Loop / Scan bodies too
     if config.fused:
         extra["DefaultTensorType"] = onnx.TensorProto.FLOAT
     quantize_dynamic(
@@ -383,7 +414,7 @@ def quantize_file(src: Path, dst: Path, config: QuantConfig, *, workspace: Works
             if config.mode == "static":
                 _static(src, dst, config, reader_factory, workspace, present_ops)
             elif config.mode == "dynamic":
-                _dynamic(src, dst, config)
+                _dynamic(src, dst, config, present_ops)
             elif config.mode == "weight_only":
                 _weight_only(src, dst, config)
             elif config.mode == "fp16":

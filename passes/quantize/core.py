@@ -103,11 +103,11 @@ class _Nothing(Exception):
 
 
 def _name_nodes(model: ir.Model) -> int:
-    """Give every node of the main graph a unique name (in place, on the pass's copy)."""
+    """Give every node a unique name, subgraphs included (in place, on the pass's copy)."""
     seen: set[str] = set()
     renamed = 0
     counts: collections.Counter[str] = collections.Counter()
-    for node in model.graph:
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
         name = node.name or ""
         if not name or name in seen:
             counts[node.op_type] += 1
