@@ -10,10 +10,13 @@ The steps of :meth:`Quantize.call`, in order:
 4. transformer-like models in dynamic mode: smooth activation outliers into the weights
    (``smooth.py``), at the strength that scores best on the validation data;
    quantize with ONNX Runtime (static: calibrate once, cached for every later re-quantization);
-5. speed guard: benchmark against the input; in auto mode drop op types that make it slower;
+5. speed guard: benchmark against the input; as the objective says (``size``: keep and warn,
+   ``latency`` / ``balanced``: drop op types while the result is not acceptable, see ``guard.py``);
 6. accuracy: validate on held-out data; over the budget with ``exclude="auto"``: rank the nodes
    by sensitivity and keep the most sensitive float until the budget holds;
-7. benchmark the final model again when step 6 changed it, and report.
+7. benchmark the final model again when step 6 changed it; a final result the objective does not
+   accept (``latency``: not faster; ``balanced``: slower by more than it is smaller) is not handed
+   over: the input comes back with the measured numbers; then report.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from onnx_compress.passes.quantize.backend import (
     preprocess_transformer,
     quantize_file,
 )
-from onnx_compress.passes.quantize.guard import benchmark_feeds, drop_slow_op_types, measure_speed
+from onnx_compress.passes.quantize.guard import acceptable, benchmark_feeds, drop_slow_op_types, measure_speed
 from onnx_compress.passes.quantize.result import (
     Choice,
     ExcludedNode,
@@ -151,6 +154,7 @@ class _Run:
         self._changed_since_guard = False
         self.speed_note = ""
         self.mode: str = self.settings.mode
+        self.objective: str = self.settings.objective
 
     # ------------------------------------------------------------------ entry
     def execute(self) -> QuantizeResult:
@@ -199,6 +203,8 @@ class _Run:
 
         self.mode, choice = auto.choose_mode(s, first, self.calibration is not None)
         self._note(choice)
+        self.objective, objective_choice = auto.choose_objective(s, self.mode)
+        self._note(objective_choice)
         if self.mode == "fp16" and first.float_initializer_bytes == 0:
             raise _Nothing("fp16: the model has no float32 weights to convert")
 
@@ -252,18 +258,42 @@ class _Run:
             self.speed_trials.append({"op_types": list(self.op_types), "excluded": len(self.excluded),
                                       "speedup": speed.speedup, "verdict": speed.verdict, "label": "final"})
         size_ratio = file_bytes(self.input_path) / file_bytes(path)
-        if speed is not None and speed.verdict != "faster" and size_ratio < MIN_SIZE_RATIO and self._drop_mode():
-            raise _Nothing(f"the quantized model gains nothing: {speed.speedup:.2f}x the input's speed "
-                           f"({speed.verdict}) and {size_ratio:.2f}x smaller (the float weights that stayed hold "
+        self._final_verdict(speed, size_ratio)
+        return self._result(path, speed, score)
+
+    def _final_verdict(self, speed: SpeedCheck | None, size_ratio: float) -> None:
+        """Hand the result over, with a loud warning when slower, or end with the input (see
+        ``acceptable``); every number measured is in the reason."""
+        s = self.settings
+        if speed is None:
+            if self.objective == "latency" and s.guard != "off":
+                self.warnings.append(f"objective latency, but the speed was not measured ({self.speed_note}); "
+                                     "the result is handed over unverified")
+            return
+        measured = (f"{speed.speedup:.2f}x the input's speed ({speed.verdict}; batch {speed.batch}, blocks "
+                    f"{', '.join(f'{r:.2f}' for r in speed.block_speedups)}) and {size_ratio:.2f}x smaller")
+        if s.guard in ("auto", "drop") and speed.verdict != "faster" and size_ratio < MIN_SIZE_RATIO:
+            raise _Nothing(f"the quantized model gains nothing: {measured} (the float weights that stayed hold "
                            "most of the bytes); the input is returned unchanged")
-        if speed is not None and speed.verdict != "faster":
+        if s.guard == "auto" and not acceptable(self.objective, speed, size_ratio, threshold=s.min_speedup,
+                                                final=True):
+            float_nodes = [n for n in self.excluded.values() if n.reason == "sensitivity"]
+            why = (f"; {len(float_nodes)} of {len(self.candidates)} nodes had to stay float for max_drop "
+                   f"{s.max_drop:.4g}" if float_nodes and s.max_drop is not None else "")
+            tried = "; ".join(f"{t.get('label') or '+'.join(t.get('op_types', []))}: {t['speedup']:.2f}x "
+                              f"{t['verdict']}" for t in self.speed_trials)
+            need = ("faster than the input" if self.objective == "latency"
+                    else "smaller by more than it is slower (size ratio x speedup >= 1)")
+            raise _Nothing(f"objective {self.objective} needs a result {need}; the best {self.mode} model found "
+                           f"runs {measured}{why} (guard trials: {tried}); the input is returned unchanged "
+                           "(--objective size keeps the quantized model)")
+        if speed.verdict != "faster":
             what = "SLOWER than" if speed.verdict == "slower" else "not measurably faster than"
             self.warnings.append(
-                f"the quantized model is {what} its input on this CPU: {speed.speedup:.2f}x (batch {speed.batch}, "
-                f"blocks {', '.join(f'{r:.2f}' for r in speed.block_speedups)}); it is "
-                f"{size_ratio:.2f}x smaller"
+                f"the quantized model is {what} its input on this CPU: {measured}; kept for objective "
+                f"{self.objective}" + (" (the mode asked for is honoured; --objective latency|balanced trades size "
+                                       "for speed)" if self.objective == "size" else "")
             )
-        return self._result(path, speed, score)
 
     # ------------------------------------------------------------------ checks
     def _check_data(self, specs: list) -> None:
@@ -488,7 +518,14 @@ class _Run:
         s = self.settings
         if s.guard == "drop":
             return True
-        return s.guard == "auto" and s.auto_op_types and self.mode in ("static", "dynamic")
+        return (s.guard == "auto" and s.auto_op_types and self.mode in ("static", "dynamic")
+                and self.objective in ("latency", "balanced"))
+
+    def _acceptable(self, path: Path, check: SpeedCheck) -> bool:
+        """Whether the guard's search may stop at this result (``guard.acceptable``)."""
+        objective = "latency" if self.settings.guard == "drop" and self.objective == "size" else self.objective
+        return acceptable(objective, check, file_bytes(self.input_path) / file_bytes(path),
+                          threshold=self.settings.min_speedup)
 
     def _guard(self, path: Path) -> tuple[Path, SpeedCheck | None]:
         s = self.settings
@@ -505,8 +542,8 @@ class _Run:
         speed = measure_speed(self.input_path, path, feeds, runs=s.benchmark_runs, threads=s.threads,
                               threshold=s.min_speedup)
         self.speed_trials.append({"op_types": list(self.op_types), "speedup": speed.speedup,
-                                  "verdict": speed.verdict, "label": "first"})
-        if speed.verdict != "slower" or not self._drop_mode():
+                                  "verdict": speed.verdict, "label": "first", "size_bytes": file_bytes(path)})
+        if self._acceptable(path, speed) or not self._drop_mode():
             return path, speed
 
         def try_without(kept: list[str]) -> tuple[Path, SpeedCheck] | None:
@@ -516,16 +553,18 @@ class _Run:
             return candidate, measure_speed(self.input_path, candidate, feeds, runs=s.benchmark_runs,
                                             threads=s.threads, threshold=s.min_speedup, label="+".join(kept))
 
-        outcome = drop_slow_op_types(self.op_types, (path, speed), try_without)
+        outcome = drop_slow_op_types(self.op_types, (path, speed), try_without, self._acceptable)
         self.speed_trials.extend(outcome.trials)
         if outcome.best is None:
             tried = ", ".join(f"{'+'.join(t['op_types'])}: {t['speedup']:.2f}x" for t in outcome.trials)
             label = {"static": "static int8", "dynamic": "dynamic int8", "weight_only": "4-bit weight-only",
                      "fp16": "fp16"}[self.mode]
+            smaller = file_bytes(self.input_path) / file_bytes(path)
             raise _Nothing(
                 f"{label} made the model slower on this CPU ({speed.speedup:.2f}x with "
-                f"{'+'.join(self.op_types)}{'; ' + tried if tried else ''}); the input is returned unchanged "
-                "(guard='warn' keeps the smaller, slower model)"
+                f"{'+'.join(self.op_types)}, {smaller:.2f}x smaller{'; ' + tried if tried else ''}); objective "
+                f"{self.objective} does not accept it; the input is returned unchanged "
+                "(--objective size keeps the smaller, slower model)"
             )
         for op, why in outcome.dropped.items():
             self.choices.append(Choice("op_types", f"dropped {op}", why))

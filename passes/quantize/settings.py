@@ -19,6 +19,7 @@ __all__ = [
     "CALIBRATION_METHODS",
     "PREPROCESS_CHOICES",
     "GUARD_CHOICES",
+    "OBJECTIVES",
     "METRIC_CHOICES",
     "QuantizeSettings",
 ]
@@ -31,6 +32,7 @@ ACTIVATION_TYPES: tuple[str, ...] = ("auto", "uint8", "int8")
 WEIGHT_TYPES: tuple[str, ...] = ("int8", "uint8")
 PREPROCESS_CHOICES: tuple[str, ...] = ("auto", "ort", "transformer", "none")
 GUARD_CHOICES: tuple[str, ...] = ("auto", "drop", "warn", "off")
+OBJECTIVES: tuple[str, ...] = ("auto", "size", "latency", "balanced")
 METRIC_CHOICES: tuple[str, ...] = ("auto", "top1", "cosine", "max_abs")
 #: the word that, in ``exclude``, asks for sensitivity-driven exclusions
 AUTO = "auto"
@@ -119,12 +121,24 @@ class QuantizeSettings(PassSettings):
         analyze_sensitivity: rank every quantized node by sensitivity even when the budget
             holds or is not set (needs validation data; default False).
 
-    Speed guard
-        guard: ``auto`` (default: benchmark the result against the input; when it is
-            measurably slower, in static/dynamic mode with ``op_types="auto"`` drop the op types
-            whose removal helps most and retry, otherwise warn; when it is not measurably faster,
-            warn, or return the input unchanged when it is also less than 5 % smaller), ``drop`` (drop and retry in every mode), ``warn`` (only warn) or ``off`` (no
-            benchmark). See ``guard.py`` for how "measurably" is decided.
+    Objective and speed guard
+        objective: what the pass pursues when size and speed disagree on this CPU (the guard
+            measures; ``guard.py`` has the rules): ``size`` (the model of the mode asked for is
+            written with every op type quantized, even when this CPU runs it slower: a loud
+            warning with the measured ratio), ``latency`` (op types that make the model slower
+            are dropped; a result that is not faster than the input is not handed over: the
+            input comes back with the reason), ``balanced`` (a slower result is kept only when it
+            is smaller by more than it is slower, ``size ratio x speedup >= 1``; otherwise op
+            types are dropped, then the input comes back), or ``auto`` (default): ``balanced``
+            with ``mode="auto"``; with an explicit mode, ``size`` for ``static``, ``weight_only``
+            and ``fp16`` (an explicit request is honoured) and ``latency`` for ``dynamic`` (whose
+            run-time activation quantization is a cost paid only for speed: its weights are no
+            smaller than static's).
+        guard: ``auto`` (default: benchmark the result against the input and act as the
+            objective says), ``drop`` (drop op types that make it slower and retry, in every
+            mode), ``warn`` (only warn) or ``off`` (no benchmark). See ``guard.py`` for how
+            "measurably" is decided. In every objective, a result that is not measurably faster
+            and less than 5 % smaller is not handed over.
         min_speedup: the speedup the result must reach (default 1.0: faster than the input).
         benchmark_batch: samples per call in the guard's benchmark (default 8).
         benchmark_runs: interleaved runs per model (default None: as many as fit in about two
@@ -153,6 +167,7 @@ class QuantizeSettings(PassSettings):
     metric: str | Callable[..., float] = "auto"
     sensitivity_samples: int = 64
     analyze_sensitivity: bool = False
+    objective: Literal["auto", "size", "latency", "balanced"] = "auto"
     guard: Literal["auto", "drop", "warn", "off"] = "auto"
     min_speedup: float = 1.0
     benchmark_batch: int = 8
@@ -172,6 +187,7 @@ class QuantizeSettings(PassSettings):
         choice("calibration_method", CALIBRATION_METHODS)
         choice("preprocess", PREPROCESS_CHOICES)
         choice("guard", GUARD_CHOICES)
+        choice("objective", OBJECTIVES)
         if self.op_types != AUTO:
             op_types = _names(self.op_types, "op_types")
             if AUTO in op_types:
