@@ -2,6 +2,9 @@
 
 The plot has two panels: the metric against file size, and against median latency, one point
 per kept stage, joined in stage order and labelled, with the budget line when there is one.
+Labels whose points fall close together (stages that share a size, a latency or a metric value)
+are stacked one under the other, each joined to its point by a thin line, so none is printed
+over another.
 Without matplotlib the page is written without the plot and says which extra to install.
 """
 
@@ -45,10 +48,9 @@ def plot_png(report: Report) -> bytes | None:
     for ax, (label, xs) in zip(axes, panels):
         ys = [p[3] for p in points]
         ax.plot(xs, ys, "o-", color="#2a6fb0")
-        for x, y, point in zip(xs, ys, points):
-            ax.annotate(point[0], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         if label.startswith("size"):
             ax.set_xscale("log")
+        _annotate(ax, xs, ys, [p[0] for p in points])
         if report.max_drop is not None:
             reference = report.original.metric_value
             higher_is_better = report.metric != "max_abs"
@@ -64,8 +66,30 @@ def plot_png(report: Report) -> bytes | None:
     return buffer.getvalue()
 
 
+#: two labels closer than this (fraction of the axes) are stacked rather than drawn over each other
+_NEAR_X, _NEAR_Y = 0.30, 0.08
+
+
+def _annotate(ax: object, xs: list[float], ys: list[float], labels: list[str]) -> None:
+    """Label each point; a label whose point is near an earlier one goes one line lower."""
+    ax.margins(x=0.15, y=0.2)  # type: ignore[attr-defined]
+    ax.autoscale_view()  # type: ignore[attr-defined]
+    to_axes = ax.transData + ax.transAxes.inverted()  # type: ignore[attr-defined]
+    placed: list[tuple[float, float]] = []
+    for x, y, text in zip(xs, ys, labels):
+        fx, fy = to_axes.transform((x, y))
+        line = sum(1 for px, py in placed if abs(px - fx) < _NEAR_X and abs(py - fy) < _NEAR_Y)
+        placed.append((fx, fy))
+        below = fy > 0.5  # near the top: stack downwards, else upwards
+        right = fx > 0.65  # near the right edge: the label goes to the left of its point
+        offset = (-6 if right else 6, (-12 if below else 6) + (-11 if below else 11) * line)
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, fontsize=8,  # type: ignore[attr-defined]
+                    va="center", ha="right" if right else "left",
+                    arrowprops={"arrowstyle": "-", "color": "#999999", "lw": 0.5} if line else None)
+
+
 def render_html(report: Report) -> str:
-    from onnx_compress.report.text import render_text
+    from onnx_compress.report.text import budget_text, drop_text, render_text, test_text
 
     png = plot_png(report)
     image = (
@@ -79,9 +103,14 @@ def render_html(report: Report) -> str:
             "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
                 s.name, s.decision, s.pass_summary, s.reason,
                 ", ".join(f"{t.get('strength', 0):.3g}: drop {t.get('drop', float('nan')):.4g} "
-                          f"({'ok' if t.get('holds') else 'over budget'})" for t in s.trials),
+                          f"+- {t.get('stderr', 0.0):.2g} ({'ok' if t.get('holds') else 'over budget'}"
+                          f"{'; ' + t['note'] if t.get('note') else ''}; {t.get('seconds', 0.0):.1f} s)"
+                          for t in s.trials),
+                ", ".join(f"{k} {v:.1f} s" if isinstance(v, float) else f"{k} {v}" for k, v in s.timings.items()),
             )) + "</tr>"
         )
+    test = (f"<p><b>held-out test data</b> (no pass and no budget check saw it): {html.escape(test_text(report))}</p>"
+            if report.test is not None else "")
     warnings = "".join(f"<p class=warn>WARNING: {html.escape(w)}</p>" for w in report.warnings)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>onnx-compress report: {html.escape(report.model)}</title>
@@ -90,14 +119,17 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px;v
 .warn{{color:#c0392b;font-weight:bold}}</style></head><body>
 <h1>onnx-compress report</h1>
 <p>model: <code>{html.escape(report.model)}</code>; recipe: <code>{html.escape(str(report.recipe.get("name", "")))}</code>;
-metric: {html.escape(report.metric)}; budget: {"none" if report.max_drop is None else f"max drop {report.max_drop:g}"}
-({"met" if report.budget_met else "NOT met"})</p>
+metric: {html.escape(report.metric)}; drop {html.escape(drop_text(report))} on the validation data;
+budget: {html.escape(budget_text(report))}</p>
+{test}
+<p>time: {html.escape(", ".join(f"{k} {v:.1f} s" for k, v in report.timings.items()))}</p>
 {warnings}
 {image}
 <h2>Stages</h2>
 <pre>{html.escape(render_text(report))}</pre>
 <h2>What each pass did</h2>
-<table><tr><th>stage</th><th>decision</th><th>result</th><th>reason</th><th>budget search trials</th></tr>
+<table><tr><th>stage</th><th>decision</th><th>result</th><th>reason</th><th>budget search trials
+(strength: drop +- standard error)</th><th>time</th></tr>
 {''.join(stage_rows)}</table>
 <h2>Environment</h2>
 <pre>{html.escape(str(report.environment))}</pre>

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,8 @@ class _Run:
         self.speed_note = ""
         self.mode: str = self.settings.mode
         self.objective: str = self.settings.objective
+        #: seconds per step (reported: where the time went)
+        self.seconds: dict[str, float] = collections.defaultdict(float)
 
     # ------------------------------------------------------------------ entry
     def execute(self) -> QuantizeResult:
@@ -249,14 +252,23 @@ class _Run:
                                        "with use_external_data_format"))
 
         self.op_types = [op for op in op_types if any(c.op_type == op for c in self._active())]
+        started = time.perf_counter()
         path = self._smooth() or self._quantize(self._config())
+        self.seconds["smooth + first quantization"] += time.perf_counter() - started
+        started = time.perf_counter()
         path, speed = self._guard(path)
+        self.seconds["speed guard"] += time.perf_counter() - started
+        started = time.perf_counter()
         path, score = self._budget(path)
+        self.seconds["accuracy budget (incl. sensitivity)"] += time.perf_counter() - started
         if self._changed_since_guard and speed is not None and self.feeds is not None:
+            started = time.perf_counter()
             speed = measure_speed(self.input_path, path, self.feeds, runs=s.benchmark_runs, threads=s.threads,
                                   threshold=s.min_speedup, label="final")
+            self.seconds["speed guard"] += time.perf_counter() - started
             self.speed_trials.append({"op_types": list(self.op_types), "excluded": len(self.excluded),
-                                      "speedup": speed.speedup, "verdict": speed.verdict, "label": "final"})
+                                      "speedup": speed.speedup, "verdict": speed.verdict, "label": "final",
+                                      "size_bytes": file_bytes(path)})
         size_ratio = file_bytes(self.input_path) / file_bytes(path)
         self._final_verdict(speed, size_ratio)
         return self._result(path, speed, score)
@@ -585,7 +597,8 @@ class _Run:
         evaluator = Evaluator(self.input_path, self.validation, s.metric, batch_size=self._eval_batch(),
                               settings=self.session)
         measured = evaluator.evaluate(path)
-        over = s.max_drop is not None and measured.drop > s.max_drop
+        over = s.max_drop is not None and measured.drop + s.budget_margin * float(
+            measured.details.get("stderr", 0.0)) > s.max_drop
         want_ranking = s.analyze_sensitivity or (over and s.auto_exclude)
         if want_ranking:
             self.ranking = self._rank()
@@ -602,7 +615,8 @@ class _Run:
             candidate = self._quantize(self._config(exclude=[*self.excluded, *excluded]), stem="budget")
             return candidate, evaluator.evaluate(candidate)
 
-        outcome = choose_exclusions(self.ranking, measured.drop, float(s.max_drop), measure)  # type: ignore[arg-type]
+        outcome = choose_exclusions(self.ranking, measured.drop, float(s.max_drop), measure,  # type: ignore[arg-type]
+                                    margin=s.budget_margin)
         by_name = {node.name: node for node in self.ranking}
         if not outcome.met:
             best = f"{outcome.score.drop:.4g}" if outcome.score is not None else "n/a"
@@ -632,6 +646,13 @@ class _Run:
             )
 
     def _rank(self) -> list[NodeSensitivity]:
+        started = time.perf_counter()
+        try:
+            return self._rank_nodes()
+        finally:
+            self.seconds["sensitivity ranking"] += time.perf_counter() - started
+
+    def _rank_nodes(self) -> list[NodeSensitivity]:
         s = self.settings
         assert self.validation is not None
         subset = self.validation.take(s.sensitivity_samples)
@@ -679,6 +700,7 @@ class _Run:
             weight_bytes_before=weights_nbytes(self.model),
             weight_bytes_after=weights_nbytes(model),
             warnings=self.warnings,
+            seconds=dict(self.seconds),
         )
         logger.info("quantize: %s", result.summary())
         for warning in self.warnings:

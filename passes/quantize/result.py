@@ -105,6 +105,8 @@ class QuantizeResult(CompressionResult):
     weight_bytes_before: int = 0
     weight_bytes_after: int = 0
     warnings: list[str] = dataclasses.field(default_factory=list)
+    #: where the time went, per step (smoothing + quantization, speed guard, budget, sensitivity)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def size_ratio(self) -> float:

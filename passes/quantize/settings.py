@@ -116,6 +116,9 @@ class QuantizeSettings(PassSettings):
             points for top1, 1 - mean cosine for cosine). ``None`` (default): no budget.
         metric: ``auto`` (top1 with labels, else cosine), ``top1``, ``cosine``, ``max_abs``, or a
             callable ``fn(outputs, labels) -> float`` (higher is better; not serializable).
+        budget_margin: standard errors of the measured drop added before it is compared with
+            ``max_drop`` (default 0.84, the one-sided 80 % normal quantile: the drop on a few
+            hundred validation samples is an estimate; see ``onnx_compress.budget``; 0 = the raw drop). The pipeline sets its own.
         sensitivity_samples: validation samples used to rank the nodes (default 64; the
             budget itself is always checked on all validation samples).
         analyze_sensitivity: rank every quantized node by sensitivity even when the budget
@@ -165,6 +168,7 @@ class QuantizeSettings(PassSettings):
     smooth: float | Literal["auto", "off"] = "auto"
     max_drop: float | None = None
     metric: str | Callable[..., float] = "auto"
+    budget_margin: float = 0.84
     sensitivity_samples: int = 64
     analyze_sensitivity: bool = False
     objective: Literal["auto", "size", "latency", "balanced"] = "auto"
@@ -221,6 +225,9 @@ class QuantizeSettings(PassSettings):
             raise SettingError(f"max_drop must be None or a number >= 0 (in the metric's unit); got {self.max_drop!r}")
         if not callable(self.metric) and self.metric not in METRIC_CHOICES:
             raise SettingError(f"metric must be one of {', '.join(METRIC_CHOICES)} or a callable; got {self.metric!r}")
+        if isinstance(self.budget_margin, bool) or not isinstance(self.budget_margin, (int, float)) \
+                or self.budget_margin < 0:
+            raise SettingError(f"budget_margin must be a number of standard errors >= 0; got {self.budget_margin!r}")
         if isinstance(self.min_speedup, bool) or not isinstance(self.min_speedup, (int, float)) or self.min_speedup <= 0:
             raise SettingError(f"min_speedup must be a number > 0; got {self.min_speedup!r}")
 
