@@ -3,8 +3,8 @@
 The plot has two panels: the metric against file size, and against median latency, one point
 per kept stage, joined in stage order and labelled, with the budget line when there is one.
 Labels whose points fall close together (stages that share a size, a latency or a metric value)
-are stacked one under the other, each joined to its point by a thin line, so none is printed
-over another.
+are stacked one above the other beside their points (in stage order), so none is printed over
+another.
 Without matplotlib the page is written without the plot and says which extra to install.
 """
 
@@ -84,8 +84,7 @@ def _annotate(ax: object, xs: list[float], ys: list[float], labels: list[str]) -
         right = fx > 0.65  # near the right edge: the label goes to the left of its point
         offset = (-6 if right else 6, (-12 if below else 6) + (-11 if below else 11) * line)
         ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, fontsize=8,  # type: ignore[attr-defined]
-                    va="center", ha="right" if right else "left",
-                    arrowprops={"arrowstyle": "-", "color": "#999999", "lw": 0.5} if line else None)
+                    va="center", ha="right" if right else "left")
 
 
 def render_html(report: Report) -> str:
