@@ -140,6 +140,7 @@ def test_an_explicit_static_mode_is_written_as_asked_with_a_loud_warning_when_sl
     assert len(result.speed_trials) == 1  # nothing was dropped
 
 
+@pytest.mark.slow  # several quantizations and timed trials
 def test_objective_latency_hands_back_the_input_with_the_guards_numbers(seed_model, digits_nchw):
     result = Quantize(mode="static", calibration=digits_nchw.calib, min_speedup=20.0, objective="latency")(seed_model)
     assert not result.modified
@@ -149,6 +150,7 @@ def test_objective_latency_hands_back_the_input_with_the_guards_numbers(seed_mod
     assert any(line.startswith("guard: ") for line in result.lines())
 
 
+@pytest.mark.slow  # several quantizations and timed trials
 def test_objective_balanced_keeps_a_slower_model_only_when_smaller_by_more_than_slower(seed_model, digits_nchw):
     # balanced: accepted when size ratio x speed-up reaches min_speedup (3.8x smaller x ~1.3x here)
     kept = Quantize(mode="static", calibration=digits_nchw.calib, min_speedup=2.5, objective="balanced")(seed_model)
