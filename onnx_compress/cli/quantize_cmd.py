@@ -28,7 +28,8 @@ modes:
 The model is normalized first (constant folding, shape inference). An explicit --mode is honoured:
 static, weight_only and fp16 write the model asked for, with a loud warning and the measured ratio
 when this CPU runs it slower (--objective size). --mode auto (or --objective balanced) trades: a
-slower model is kept only when it is smaller by more than it is slower, else the op types that
+slower model is kept only when its size gain is at least the square of its loss in speed
+(4x smaller may cost up to 2x in speed), else the op types that
 make it slower are dropped (dynamic ConvInteger, for example) unless --op-types names them.
 --mode dynamic (or --objective latency) hands over only a model faster than its input; otherwise
 it says why, with the guard's numbers, and writes nothing.
@@ -156,8 +157,8 @@ def register(subparsers: Any) -> None:
                              "otherwise (default); drop always drops; warn only warns; off skips the benchmark")
     parser.add_argument("--objective", choices=["auto", "size", "latency", "balanced"], default="auto",
                         help="what to pursue when int8 is smaller but slower on this CPU: size (keep it, loud "
-                             "warning), latency (only a faster model), balanced (keep it when smaller by more "
-                             "than slower); auto (default): balanced with --mode auto, latency with --mode "
+                             "warning), latency (only a faster model), balanced (keep it when the size gain is at "
+                             "least the square of the slowdown); auto (default): balanced with --mode auto, latency with --mode "
                              "dynamic, size with the other explicit modes")
     parser.add_argument("--batch", type=int, default=8, metavar="N",
                         help="batch size of the speed guard's benchmark (default 8)")

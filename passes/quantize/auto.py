@@ -79,8 +79,8 @@ def choose_objective(settings: QuantizeSettings, mode: str) -> tuple[str, Choice
     if settings.objective != "auto":
         return settings.objective, Choice("objective", settings.objective, "as set")
     if settings.mode == "auto":
-        return "balanced", Choice("objective", "balanced", "mode auto: a slower int8 model is kept only when it is "
-                                  "smaller by more than it is slower (size ratio x speedup >= 1)")
+        return "balanced", Choice("objective", "balanced", "mode auto: a slower int8 model is kept only when its size "
+                                  "gain is at least the square of its loss in speed (size ratio x speedup^2 >= 1)")
     if mode == "dynamic":
         return "latency", Choice("objective", "latency", "mode dynamic asked for: run-time activation quantization "
                                  "only pays as speed, so a result that is not faster than the input is not "

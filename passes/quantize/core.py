@@ -15,7 +15,7 @@ The steps of :meth:`Quantize.call`, in order:
 6. accuracy: validate on held-out data; over the budget with ``exclude="auto"``: rank the nodes
    by sensitivity and keep the most sensitive float until the budget holds;
 7. benchmark the final model again when step 6 changed it; a final result the objective does not
-   accept (``latency``: not faster; ``balanced``: slower by more than it is smaller) is not handed
+   accept (``latency``: not faster; ``balanced``: size gain below the square of the slowdown) is not handed
    over: the input comes back with the measured numbers; then report.
 """
 
@@ -295,7 +295,7 @@ class _Run:
             tried = "; ".join(f"{t.get('label') or '+'.join(t.get('op_types', []))}: {t['speedup']:.2f}x "
                               f"{t['verdict']}" for t in self.speed_trials)
             need = ("faster than the input" if self.objective == "latency"
-                    else "smaller by more than it is slower (size ratio x speedup >= 1)")
+                    else "whose size gain is at least the square of its loss in speed (size ratio x speedup^2 >= 1)")
             raise _Nothing(f"objective {self.objective} needs a result {need}; the best {self.mode} model found "
                            f"runs {measured}{why} (guard trials: {tried}); the input is returned unchanged "
                            "(--objective size keeps the quantized model)")

@@ -130,9 +130,9 @@ class QuantizeSettings(PassSettings):
             written with every op type quantized, even when this CPU runs it slower: a loud
             warning with the measured ratio), ``latency`` (op types that make the model slower
             are dropped; a result that is not faster than the input is not handed over: the
-            input comes back with the reason), ``balanced`` (a slower result is kept only when it
-            is smaller by more than it is slower, ``size ratio x speedup >= 1``; otherwise op
-            types are dropped, then the input comes back), or ``auto`` (default): ``balanced``
+            input comes back with the reason), ``balanced`` (a slower result is kept only when its
+            size gain is at least the square of its loss in speed, ``size ratio x speedup^2 >=
+            1``; otherwise op types are dropped, then the input comes back), or ``auto`` (default): ``balanced``
             with ``mode="auto"``; with an explicit mode, ``size`` for ``static``, ``weight_only``
             and ``fp16`` (an explicit request is honoured) and ``latency`` for ``dynamic`` (whose
             run-time activation quantization is a cost paid only for speed: its weights are no
