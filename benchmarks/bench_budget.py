@@ -1,6 +1,6 @@
 """Does the budget hold on data the search never saw? Fresh training runs of the seed CNNs.
 
-Run:  python -m benchmarks budget [--seeds 1 2 3 4 5] [--only torch|keras] [--margin 0.84 [0 ...]]
+Run:  python -m benchmarks budget [--seeds 1 2 3 4 5] [--only torch|keras] [--margin 1.0 [0 ...]] [--reuse]
 
 For each seed: a fresh split of the digits (``load_digits(seed=...)``: train / calibration /
 validation / test drawn anew) and a fresh training run of the seed CNN with that seed; then
@@ -51,7 +51,7 @@ def _trained(framework: str, seed: int, fp32: Path, threads: int) -> Any:
 
 
 def run_one(framework: str, seed: int, margin: float, folder: Path, threads: int = 2,
-            splits: Any = None) -> tuple[dict[str, Any], Any]:
+            splits: Any = None, reuse: bool = False) -> tuple[dict[str, Any], Any]:
     """One fresh model (trained unless ``folder/seed_cnn.onnx`` and ``splits`` are given),
     compressed with ``small`` at ``margin``; its validation and test drops, size and speed."""
     import onnx_compress as oc
@@ -61,6 +61,8 @@ def run_one(framework: str, seed: int, margin: float, folder: Path, threads: int
     folder.mkdir(parents=True, exist_ok=True)
     fp32 = folder / "seed_cnn.onnx"
     start = time.perf_counter()
+    if splits is None and reuse and fp32.exists():  # the model of an earlier run; the split is redrawn
+        splits = oc.load_digits("NCHW" if framework == "torch" else "NHWC", seed=seed)
     if splits is None:
         splits = _trained(framework, seed, fp32, threads)
     train_seconds = time.perf_counter() - start
@@ -87,14 +89,15 @@ def run_one(framework: str, seed: int, margin: float, folder: Path, threads: int
 
 
 def run(frameworks: list[str], seeds: list[int], margins: list[float], out: Path, threads: int = 2,
-        log: Any = print) -> list[dict[str, Any]]:
+        log: Any = print, reuse: bool = False) -> list[dict[str, Any]]:
     """Every (framework, seed, margin) run; the model of a seed is trained once for all margins."""
     rows = []
     for framework in frameworks:
         for seed in seeds:
             splits = None
             for margin in margins:
-                row, splits = run_one(framework, seed, margin, out / framework / f"seed{seed}", threads, splits)
+                row, splits = run_one(framework, seed, margin, out / framework / f"seed{seed}", threads, splits,
+                                      reuse)
                 rows.append(row)
                 log(f"{framework} seed {seed} margin {margin:g}: val drop {row['val_drop']:+.2f} +- "
                     f"{row['val_stderr']:.2f}, TEST drop {row['test_drop']:+.2f} "
@@ -121,9 +124,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks budget", description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="training/split seeds")
     parser.add_argument("--only", choices=["torch", "keras"], action="append", help="one model (default both)")
-    parser.add_argument("--margin", type=float, nargs="+", default=[0.84],
-                        help="budget margins in standard errors to compare (default 0.84, the default of the budget)")
+    parser.add_argument("--margin", type=float, nargs="+", default=[1.0],
+                        help="budget margins in standard errors to compare (default 1.0, the default of the budget)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="compress the models an earlier run trained in --out (the split is redrawn from the "
+                             "seed) instead of training again")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks", help="output folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -131,7 +137,7 @@ def main(argv: list[str]) -> int:
 
     results: dict[str, Any] = {"environment": environment(), "max_drop": MAX_DROP}
     results["runs"] = run(args.only or ["torch", "keras"], args.seeds, args.margin, args.out.resolve() / "budget",
-                          args.threads, log=lambda line: print(line, flush=True))
+                          args.threads, log=lambda line: print(line, flush=True), reuse=args.reuse)
     print(f"\nTEST-split drop against a {MAX_DROP}-point budget checked on validation (fresh split and training "
           "per seed)")
     print(format_table(["model", "margin (se)", "test within budget", "test drops", "val drop +- se", "smaller",

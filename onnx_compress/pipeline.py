@@ -73,7 +73,7 @@ class PipelineSettings:
             can use better.
         session: ONNX Runtime settings for validation and timing (default: auto provider).
         budget_margin: standard errors of the measured drop added before it is compared with
-            the budget (0.84, the one-sided 80 % normal quantile; 0 = the raw drop; see
+            the budget (1.0: one standard error; 0 = the raw drop; see
             ``onnx_compress.budget``).
         objective: ``size``, ``latency`` or ``balanced``: replaces the objective of every
             quantize step of the recipe (None: each step's own, the presets name theirs).

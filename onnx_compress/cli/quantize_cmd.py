@@ -124,9 +124,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-drop", type=float, default=None, metavar="X",
                         help="largest allowed metric drop on --val (points for top1, 1 - mean cosine for "
                              "cosine); with --exclude auto the most sensitive nodes stay float until it holds")
-    parser.add_argument("--budget-margin", type=float, default=0.84, metavar="Z",
+    parser.add_argument("--budget-margin", type=float, default=1.0, metavar="Z",
                         help="standard errors of the measured drop added before it is compared with --max-drop "
-                             "(default 0.84, the one-sided 80 %% quantile: the budget then holds beyond the --val samples; 0 = raw drop)")
+                             "(default 1.0, one standard error: the budget then holds beyond the --val samples; 0 = raw drop)")
     parser.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
                         help="one scale per output channel of each weight (default on); --no-per-channel: "
                              "one per tensor")

@@ -117,7 +117,7 @@ class QuantizeSettings(PassSettings):
         metric: ``auto`` (top1 with labels, else cosine), ``top1``, ``cosine``, ``max_abs``, or a
             callable ``fn(outputs, labels) -> float`` (higher is better; not serializable).
         budget_margin: standard errors of the measured drop added before it is compared with
-            ``max_drop`` (default 0.84, the one-sided 80 % normal quantile: the drop on a few
+            ``max_drop`` (default 1.0, one standard error: the drop on a few
             hundred validation samples is an estimate; see ``onnx_compress.budget``; 0 = the raw drop). The pipeline sets its own.
         sensitivity_samples: validation samples used to rank the nodes (default 64; the
             budget itself is always checked on all validation samples).
@@ -168,7 +168,7 @@ class QuantizeSettings(PassSettings):
     smooth: float | Literal["auto", "off"] = "auto"
     max_drop: float | None = None
     metric: str | Callable[..., float] = "auto"
-    budget_margin: float = 0.84
+    budget_margin: float = 1.0
     sensitivity_samples: int = 64
     analyze_sensitivity: bool = False
     objective: Literal["auto", "size", "latency", "balanced"] = "auto"
