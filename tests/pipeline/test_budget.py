@@ -50,13 +50,16 @@ def test_budget_validation_and_remaining():
 
 
 def test_the_margin_adds_standard_errors_to_the_drop():
-    budget = Budget(0.5, margin=0.84)
-    # one lost image of 269 (0.37 +- 0.37 points) does not hold; two flips that cancel do
+    budget = Budget(0.5, margin=1.0)
+    # one lost image of 269 (0.37 +- 0.37 points) does not hold, nor do two flips that cancel;
+    # one gained image does
     assert not budget.holds(100 / 269, 100 / 269)
-    assert budget.holds(0.0, 100 * 2**0.5 / 269)
-    assert budget.bound(0.1, 0.2) == pytest.approx(0.1 + 0.84 * 0.2)
+    assert not budget.holds(0.0, 100 * 2**0.5 / 269)
+    assert budget.holds(-100 / 269, 100 / 269)
+    assert Budget(0.5, margin=0.84).holds(0.0, 100 * 2**0.5 / 269)
+    assert budget.bound(0.1, 0.2) == pytest.approx(0.1 + 0.2)
     assert Budget(0.5, margin=0.0).holds(0.5, 10.0)  # margin 0: the raw drop
-    assert budget.remaining(0.1, 0.2) == pytest.approx(0.5 - 0.1 - 0.168)
+    assert budget.remaining(0.1, 0.2) == pytest.approx(0.5 - 0.1 - 0.2)
     with pytest.raises(BudgetError, match="margin"):
         Budget(0.5, margin=-1)
 
