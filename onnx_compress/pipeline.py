@@ -202,7 +202,7 @@ class _Pipeline:
             measured = self.measure(result.model)
             drop = measured.drop if measured is not None else 0.0
             stderr = float(measured.details.get("stderr", 0.0)) if measured is not None else 0.0
-            logger.info("%s at strength %.3g: drop %.4g +- %.2g (%.1f s)", name, strength, drop, stderr,
+            logger.info("%s at strength %.3g: drop %.4g +- %.2g (%.1f s into the stage)", name, strength, drop, stderr,
                         time.perf_counter() - start)
             return (result, measured), drop, stderr
 

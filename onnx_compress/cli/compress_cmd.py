@@ -102,7 +102,8 @@ def register(subparsers: Any) -> None:
                              "weight bytes or MACs, else it is rolled back (default 0.05)")
     parser.add_argument("--budget-margin", type=float, default=1.0, metavar="Z",
                         help="standard errors of the measured drop added before it is compared with --max-drop, "
-                             "so that the budget holds on data the search never saw (default 1.0, one standard error; 0 = raw drop)")
+                             "so that the budget holds on data the search never saw (default 1.0, one standard "
+                             "error; 0 = raw drop)")
     parser.add_argument("--objective", choices=["size", "latency", "balanced"], default=None,
                         help="what every quantize step pursues when int8 is smaller but slower on this CPU "
                              "(default: the preset's; small and cpu-int8: balanced, gpu-fp16: size)")

@@ -126,7 +126,8 @@ def register(subparsers: Any) -> None:
                              "cosine); with --exclude auto the most sensitive nodes stay float until it holds")
     parser.add_argument("--budget-margin", type=float, default=1.0, metavar="Z",
                         help="standard errors of the measured drop added before it is compared with --max-drop "
-                             "(default 1.0, one standard error: the budget then holds beyond the --val samples; 0 = raw drop)")
+                             "(default 1.0, one standard error: the budget then holds beyond the --val samples; "
+                             "0 = raw drop)")
     parser.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
                         help="one scale per output channel of each weight (default on); --no-per-channel: "
                              "one per tensor")

@@ -117,8 +117,9 @@ class QuantizeSettings(PassSettings):
         metric: ``auto`` (top1 with labels, else cosine), ``top1``, ``cosine``, ``max_abs``, or a
             callable ``fn(outputs, labels) -> float`` (higher is better; not serializable).
         budget_margin: standard errors of the measured drop added before it is compared with
-            ``max_drop`` (default 1.0, one standard error: the drop on a few
-            hundred validation samples is an estimate; see ``onnx_compress.budget``; 0 = the raw drop). The pipeline sets its own.
+            ``max_drop`` (default 1.0, one standard error: the drop on a few hundred
+            validation samples is an estimate; see ``onnx_compress.budget``; 0 = the raw drop).
+            The pipeline sets its own.
         sensitivity_samples: validation samples used to rank the nodes (default 64; the
             budget itself is always checked on all validation samples).
         analyze_sensitivity: rank every quantized node by sensitivity even when the budget
