@@ -622,7 +622,9 @@ class _Run:
             best = f"{outcome.score.drop:.4g}" if outcome.score is not None else "n/a"
             raise _Nothing(
                 f"no quantization of this model keeps {evaluator.metric_name} within max_drop {s.max_drop:.4g} "
-                f"without keeping every node float (all quantized: drop {measured.drop:.4g}; best tried: {best})"
+                f"without keeping every node float (all quantized: drop {measured.drop:.4g} +- "
+                f"{float(measured.details.get('stderr', 0.0)):.2g}; best tried: {best}; the budget holds when drop + "
+                f"{s.budget_margin:g} x standard error <= max_drop)"
             )
         for name in outcome.excluded:
             node = by_name[name]
