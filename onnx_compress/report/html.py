@@ -66,25 +66,33 @@ def plot_png(report: Report) -> bytes | None:
     return buffer.getvalue()
 
 
-#: two labels closer than this (fraction of the axes) are stacked rather than drawn over each other
-_NEAR_X, _NEAR_Y = 0.30, 0.08
+#: a label that would overlap one already placed moves by one line, at most this many times
+_MAX_LINES = 12
 
 
 def _annotate(ax: object, xs: list[float], ys: list[float], labels: list[str]) -> None:
-    """Label each point; a label whose point is near an earlier one goes one line lower."""
+    """Label each point; a label whose text box would overlap one already placed (stages that
+    share a size, a latency or a metric value) moves one line further from its point."""
     ax.margins(x=0.15, y=0.2)  # type: ignore[attr-defined]
     ax.autoscale_view()  # type: ignore[attr-defined]
+    figure = ax.figure  # type: ignore[attr-defined]
+    figure.canvas.draw()  # lay the figure out first: text boxes are measured in its final coordinates
+    renderer = figure.canvas.get_renderer()
     to_axes = ax.transData + ax.transAxes.inverted()  # type: ignore[attr-defined]
-    placed: list[tuple[float, float]] = []
+    placed: list[object] = []
     for x, y, text in zip(xs, ys, labels):
         fx, fy = to_axes.transform((x, y))
-        line = sum(1 for px, py in placed if abs(px - fx) < _NEAR_X and abs(py - fy) < _NEAR_Y)
-        placed.append((fx, fy))
         below = fy > 0.5  # near the top: stack downwards, else upwards
         right = fx > 0.65  # near the right edge: the label goes to the left of its point
-        offset = (-6 if right else 6, (-12 if below else 6) + (-11 if below else 11) * line)
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, fontsize=8,  # type: ignore[attr-defined]
-                    va="center", ha="right" if right else "left")
+        for line in range(_MAX_LINES):
+            offset = (-6 if right else 6, (-12 if below else 6) + (-11 if below else 11) * line)
+            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=offset,  # type: ignore[attr-defined]
+                               fontsize=8, va="center", ha="right" if right else "left")
+            box = note.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed) or line == _MAX_LINES - 1:
+                placed.append(box)
+                break
+            note.remove()
 
 
 def render_html(report: Report) -> str:
