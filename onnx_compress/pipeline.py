@@ -4,7 +4,8 @@
 inference: ``passes.Normalize``), then applies the recipe's passes in order. After every pass
 the candidate is run on the validation data and scored against the *original* model:
 
-- the drop holds the budget -> the pass is **applied**;
+- the drop holds the budget (with its margin for the validation split's size: ``budget.py``)
+  -> the pass is **applied**;
 - it does not, and the pass can be dialled down (``scaled``) -> the strength is bisected for the
   most aggressive setting that holds (**reduced**), or the pass is **rolled back** when none does;
 - the pass refuses, fails, or produces a model ONNX Runtime cannot run -> **rolled back**, with
@@ -37,7 +38,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnx_compress.budget import Budget, bisect_strength
+from onnx_compress.budget import DEFAULT_MARGIN, Budget, bisect_strength
 from onnx_compress.data import DataSource, input_specs, load_data, same_data, synthetic_inputs
 from onnx_compress.errors import BudgetError, OnnxCompressError, one_line
 from onnx_compress.model_io import load_model, model_files, save_model, weights_nbytes
@@ -71,6 +72,14 @@ class PipelineSettings:
             this fraction (0.05), or it is rolled back: it would spend budget that later passes
             can use better.
         session: ONNX Runtime settings for validation and timing (default: auto provider).
+        budget_margin: standard errors of the measured drop added before it is compared with
+            the budget (1.0: one standard error; 0 = the raw drop; see
+            ``onnx_compress.budget``).
+        objective: ``size``, ``latency`` or ``balanced``: replaces the objective of every
+            quantize step of the recipe (None: each step's own, the presets name theirs).
+        time_budget: seconds for the whole run (None: unbounded). Each pass's budget search
+            gets an even share of what is left; a search that would overrun its share stops
+            after its full-strength trial or the trials made so far (the report says so).
     """
 
     search_steps: int = 5
@@ -78,6 +87,9 @@ class PipelineSettings:
     bench_runs: int = 50
     min_gain: float = 0.05
     session: SessionSettings = dataclasses.field(default_factory=SessionSettings)
+    budget_margin: float = DEFAULT_MARGIN
+    objective: str | None = None
+    time_budget: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("search_steps", "bench_batch", "bench_runs"):
@@ -85,6 +97,10 @@ class PipelineSettings:
                 raise BudgetError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.min_gain < 1:
             raise BudgetError(f"min_gain must be in [0, 1), got {self.min_gain}")
+        if self.objective not in (None, "size", "latency", "balanced"):
+            raise BudgetError(f"objective must be size, latency or balanced; got {self.objective!r}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise BudgetError(f"time_budget must be a number of seconds > 0, got {self.time_budget!r}")
 
 
 @dataclasses.dataclass
@@ -127,21 +143,30 @@ class _Pipeline:
         self.settings = settings
         self.current = model
         self.drop = 0.0
+        self.stderr = 0.0
+        self.deadline = (time.perf_counter() + settings.time_budget) if settings.time_budget else None
+        self.validation_seconds = 0.0
 
     def measure(self, candidate: ir.Model) -> Score | None:
-        if self.evaluator is None:
-            # no validation data: at least prove the model runs
-            Runner(candidate, self.settings.session)
-            return None
-        return self.evaluator.evaluate(candidate)
+        start = time.perf_counter()
+        try:
+            if self.evaluator is None:
+                # no validation data: at least prove the model runs
+                Runner(candidate, self.settings.session)
+                return None
+            return self.evaluator.evaluate(candidate)
+        finally:
+            self.validation_seconds += time.perf_counter() - start
 
-    def run_pass(self, index: int, pass_: CompressionPass) -> _Stage:
+    def run_pass(self, index: int, pass_: CompressionPass, passes_left: int = 1) -> _Stage:
         name = f"{index}. {pass_.name}"
         stage = StageReport(name=name, pass_name=pass_.name, decision="applied", settings=pass_.settings.as_dict())
         start = time.perf_counter()
-        remaining = self.budget.remaining(self.drop)
+        deadline = None if self.deadline is None else start + max(0.0, self.deadline - start) / max(1, passes_left)
+        remaining = self.budget.remaining(self.drop, self.stderr)
         metric = self.evaluator.metric if self.evaluator is not None else "auto"
-        pass_ = pass_.with_budget(remaining, metric)  # only a BudgetAwareSettings pass takes it
+        pass_ = pass_.with_budget(remaining, metric, margin=self.budget.margin,  # only a BudgetAwareSettings
+                                  objective=self.settings.objective)            # pass takes them
         stage.settings = pass_.settings.as_dict()
 
         def attempt(strength: float) -> tuple[tuple[ir.Model, Any], float] | None:
@@ -151,11 +176,13 @@ class _Pipeline:
             result = configured(self.current)
             measured = self.measure(result.model)
             drop = measured.drop if measured is not None else 0.0
-            logger.info("%s at strength %.3g: drop %.4g", name, strength, drop)
-            return (result, measured), drop
+            stderr = float(measured.details.get("stderr", 0.0)) if measured is not None else 0.0
+            logger.info("%s at strength %.3g: drop %.4g +- %.2g (%.1f s into the stage)", name, strength, drop, stderr,
+                        time.perf_counter() - start)
+            return (result, measured), drop, stderr
 
         try:
-            outcome = bisect_strength(attempt, self.budget, steps=self.settings.search_steps)
+            outcome = bisect_strength(attempt, self.budget, steps=self.settings.search_steps, deadline=deadline)
         except OnnxCompressError as exc:
             stage.decision, stage.reason = "rolled back", f"{type(exc).__name__}: {one_line(exc)}"
             stage.seconds = time.perf_counter() - start
@@ -188,6 +215,7 @@ class _Pipeline:
         stage.pass_summary = result.summary()
         if measured is not None:
             stage.metric_value, stage.drop = measured.candidate, measured.drop
+            stage.drop_stderr = float(measured.details.get("stderr", 0.0))
             stage.metric_details = dict(measured.details)
         if not result.modified:
             stage.decision = "no change"
@@ -201,9 +229,18 @@ class _Pipeline:
                                 f"{cost:.4g} of the budget (min_gain {self.settings.min_gain:.0%})")
                 return _Stage(stage, None)
         if measured is not None:
-            self.drop = measured.drop
+            self.drop, self.stderr = measured.drop, stage.drop_stderr
         self.current = result.model
         return _Stage(stage, result.model)
+
+
+def _note_time(stage: StageReport, validation_seconds: float) -> None:
+    """Where a stage's time went: its budget-search trials, their validation, and the pass's own
+    breakdown where it reports one (``seconds`` in its result: sensitivity, guard, ...)."""
+    stage.timings = {"trials": len(stage.trials), "validation": validation_seconds}
+    inner = stage.pass_result.get("seconds") if isinstance(stage.pass_result, dict) else None
+    if isinstance(inner, dict):
+        stage.timings.update({f"last trial: {k}": float(v) for k, v in inner.items()})
 
 
 def _gain(before: ir.Model, after: ir.Model) -> float:
@@ -279,7 +316,8 @@ def compress(
         The compressed model with its report; ``outcome.save(path)`` writes it.
     """
     settings = settings or PipelineSettings()
-    budget = Budget(max_drop)
+    run_start = time.perf_counter()
+    budget = Budget(max_drop, settings.budget_margin)
     source = None if isinstance(model, ir.Model) else Path(model)
     original = model if isinstance(model, ir.Model) else load_model(model)
     plan = load_recipe(recipe)
@@ -308,7 +346,15 @@ def compress(
         steps.insert(0, Normalize())
     for index, pass_ in enumerate(steps, start=1):
         configured = pass_.with_data(calibration=calibration, validation=validation)
-        stages.append(pipeline.run_pass(index, configured))
+        validation_before = pipeline.validation_seconds
+        stage = pipeline.run_pass(index, configured, passes_left=len(steps) - index + 1)
+        stages.append(stage)
+        _note_time(stage.report, pipeline.validation_seconds - validation_before)
+        logger.info("[%d/%d] %s: %s in %.1f s (%s; %.0f s elapsed)", index, len(steps), stage.report.pass_name,
+                    stage.report.decision, stage.report.seconds,
+                    ", ".join(f"{k} {v:.1f} s" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in stage.report.timings.items()), time.perf_counter() - run_start)
+    timing_start = time.perf_counter()
 
     feeds_source = validation or calibration
     kept = [s for s in stages if s.model is not None]
@@ -332,10 +378,13 @@ def compress(
         report.size_bytes, report.params, report.macs = stats.size_bytes, stats.params, stats.macs
         report.latency_median_ms, report.latency_p90_ms = latency.median_ms, latency.p90_ms
         report.speedup = base_latency / latency.median_ms
+    timing_seconds = time.perf_counter() - timing_start
+    logger.info("timed %d models side by side in %.1f s", len(distinct), timing_seconds)
     if evaluator is not None:
         reference = score(evaluator.metric, evaluator.reference_outputs, evaluator.reference_outputs,
                           evaluator.data.labels)
         stages[0].report.metric_value, stages[0].report.drop = reference.reference, 0.0
+        stages[0].report.drop_stderr = 0.0
 
     final = kept[-1].report
     warnings: list[str] = []
@@ -350,7 +399,8 @@ def compress(
         handed = "the normalized input model" if stages[1].model is not None else "the input model unchanged"
         warnings.append(f"no pass of the recipe could be applied within the budget; the output is {handed}")
     # the final model's own measured drop (NaN, never measured, does not hold)
-    budget_met = budget.holds(final.drop) if evaluator is not None else True
+    budget_met = budget.holds(final.drop, final.drop_stderr if final.drop_stderr == final.drop_stderr else 0.0) \
+        if evaluator is not None else True
     report = Report(
         model=str(source) if source is not None else "(in-memory model)",
         recipe=plan.as_dict(),
@@ -360,6 +410,12 @@ def compress(
         budget_met=budget_met,
         warnings=warnings,
         environment=_environment(settings, runners[0].providers),
+        budget_margin=settings.budget_margin,
+        timings={"total": time.perf_counter() - run_start,
+                 "passes (search trials, incl. their validation)": sum(st.report.seconds for st in stages),
+                 "validation of candidates": pipeline.validation_seconds,
+                 "timing the stages side by side": timing_seconds,
+                 **({"time budget": settings.time_budget} if settings.time_budget else {})},
     )
     for warning in warnings:
         logger.warning(warning)

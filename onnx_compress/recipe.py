@@ -126,7 +126,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "normalize-only": {"name": "normalize-only", "passes": [{"normalize": {}}]},
     # int8 for CPUs: static with calibration data, dynamic otherwise; op types and exclusions chosen
     # by measurement and sensitivity (see passes/quantize)
-    "cpu-int8": {"name": "cpu-int8", "passes": [{"quantize": {"mode": "auto"}}]},
+    # objective balanced: a slower int8 model is kept only when its size gain is at least the square of
+    # its loss in speed
+    "cpu-int8": {"name": "cpu-int8", "passes": [{"quantize": {"mode": "auto", "objective": "balanced"}}]},
     # smaller and faster: fewer channels (the layers reading them re-fitted on the calibration
     # data), factored layers, then int8. The prune ratio is an upper bound: the budget search
     # bisects it down. Seed CNNs, val drop at full strength: PyTorch 0 at 0.75 (plain pruning
@@ -140,11 +142,14 @@ PRESETS: dict[str, dict[str, Any]] = {
             # 4-bit embedding tables in blocks of 128 (MiniLM: 5.1x smaller with int8 after, where blocks
             # of 32 gave 4.8x; cosine 0.998 for the tables alone); a no-op without one. Then int8.
             {"quantize": {"mode": "weight_only", "op_types": ["Gather"], "block_size": 128, "guard": "warn"}},
-            {"quantize": {"mode": "auto"}},
+            # balanced: int8's ~4x in size is kept unless it costs more than 2x in speed (size x speed^2 >= 1);
+            # after pruning and factoring int8 gains ~2x in size and then may cost at most 1.41x
+            {"quantize": {"mode": "auto", "objective": "balanced"}},
         ],
     },
     # half precision for GPUs (float inputs and outputs kept)
-    "gpu-fp16": {"name": "gpu-fp16", "passes": [{"quantize": {"mode": "fp16"}}]},
+    # (objective size: the CPU timing of the guard says nothing about a GPU)
+    "gpu-fp16": {"name": "gpu-fp16", "passes": [{"quantize": {"mode": "fp16", "objective": "size"}}]},
 }
 
 

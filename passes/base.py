@@ -76,18 +76,25 @@ class BudgetAwareSettings(PassSettings):
 
     Such a pass measures its own candidates on the ``validation=`` data (quantization keeps its
     most sensitive nodes float until the drop holds). Its settings class derives from this one
-    and has two fields: ``max_drop`` (``None`` = not set) and ``metric`` (``"auto"`` = not set).
-    The pipeline hands it what is left of the budget and the metric it checks with
-    (:meth:`CompressionPass.with_budget`); settings the user gave are kept.
+    and has the fields ``max_drop`` (``None`` = not set), ``metric`` (``"auto"`` = not set),
+    ``budget_margin`` (standard errors added to a measured drop, as the pipeline's budget does)
+    and ``objective`` (``"auto"`` = the pass decides). The pipeline hands it what is left of the
+    budget, the metric and margin it checks with, and the pipeline's objective when one is set
+    (:meth:`CompressionPass.with_budget`); ``max_drop`` and ``metric`` the user gave are kept.
     """
 
-    def with_budget(self, max_drop: float | None, metric: Any) -> BudgetAwareSettings:
-        """These settings with ``max_drop`` / ``metric`` filled in where they are not set."""
+    def with_budget(self, max_drop: float | None, metric: Any, *, margin: float | None = None,
+                    objective: str | None = None) -> BudgetAwareSettings:
+        """These settings with the pipeline's budget filled in (see the class docstring)."""
         updates: dict[str, Any] = {}
         if getattr(self, "max_drop") is None and max_drop is not None:
             updates["max_drop"] = max_drop
         if getattr(self, "metric") in (None, "auto") and isinstance(metric, str):
             updates["metric"] = metric
+        if margin is not None and getattr(self, "budget_margin") != margin:
+            updates["budget_margin"] = margin
+        if objective is not None and getattr(self, "objective") != objective:
+            updates["objective"] = objective
         return dataclasses.replace(self, **updates) if updates else self
 
 
@@ -148,15 +155,16 @@ class CompressionPass(ir.passes.FunctionalPass):
         """Whether this pass checks the accuracy budget itself (its settings are :class:`BudgetAwareSettings`)."""
         return isinstance(self.settings, BudgetAwareSettings)
 
-    def with_budget(self, max_drop: float | None, metric: Any) -> CompressionPass:
-        """This pass given what is left of the pipeline's budget and the pipeline's metric.
+    def with_budget(self, max_drop: float | None, metric: Any, *, margin: float | None = None,
+                    objective: str | None = None) -> CompressionPass:
+        """This pass given what is left of the pipeline's budget, its metric, margin and objective.
 
-        A pass that keeps the budget itself gets them where its own settings leave them unset;
-        any other pass is returned as it is (the pipeline checks the budget after it).
+        A pass that keeps the budget itself gets them (see :class:`BudgetAwareSettings`); any
+        other pass is returned as it is (the pipeline checks the budget after it).
         """
         if not isinstance(self.settings, BudgetAwareSettings):
             return self
-        settings = self.settings.with_budget(max_drop, metric)
+        settings = self.settings.with_budget(max_drop, metric, margin=margin, objective=objective)
         if settings is self.settings:
             return self
         return type(self)(settings, calibration=self.calibration, validation=self.validation)

@@ -20,6 +20,10 @@ a callable
     metric; ``drop`` = fn(reference) - fn(candidate).
 
 ``auto`` means ``top1`` when labels are present, else ``cosine``.
+
+``details["stderr"]`` (``top1``, ``cosine``): the standard error of the drop over the samples,
+from the paired per-sample drops (top1: 100 x (reference right - candidate right), each -100, 0
+or 100; cosine: 1 - cos), ``sd / sqrt(n)``; ``onnx_compress.budget`` turns it into a margin.
 """
 
 from __future__ import annotations
@@ -92,8 +96,15 @@ def _top1(reference: Outputs, candidate: Outputs, labels: np.ndarray | None) -> 
         reference=ref_acc,
         candidate=cand_acc,
         drop=ref_acc - cand_acc,
-        details={"agreement": float((ref_pred == cand_pred).mean() * 100.0), "samples": float(len(labels))},
+        details={"agreement": float((ref_pred == cand_pred).mean() * 100.0), "samples": float(len(labels)),
+                 "stderr": _stderr(100.0 * ((ref_pred == labels).astype(np.float64) - (cand_pred == labels)))},
     )
+
+
+def _stderr(per_sample_drop: np.ndarray) -> float:
+    """Standard error of the mean of paired per-sample drops (0 with fewer than two samples)."""
+    n = len(per_sample_drop)
+    return float(per_sample_drop.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
 
 
 def cosine_per_sample(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
@@ -118,7 +129,7 @@ def _cosine(reference: Outputs, candidate: Outputs) -> Score:
         reference=1.0,
         candidate=mean,
         drop=1.0 - mean,
-        details={"min": float(cos.min()), "samples": float(len(cos))},
+        details={"min": float(cos.min()), "samples": float(len(cos)), "stderr": _stderr(1.0 - cos)},
     )
 
 

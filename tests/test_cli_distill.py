@@ -46,13 +46,16 @@ def test_distill_cli_cross_framework(cli, tmp_path, keras_seed_onnx, digits_file
     files = digits_files["NCHW"]
     proc = cli("distill", "--teacher", keras_seed_onnx, "--student", f"{factory}:half_width",
                "--data", files["train"], "--val", files["val"], "--teacher-layout", "NCHW->NHWC",
-               "--epochs", 4, "--lr", 2e-3, "-o", out, "--json")
+               "--epochs", 4, "-o", out, "--json")  # the default lr and batch size
     assert proc.returncode == 0, proc.stderr
     assert "distill epoch 4/4" in proc.stderr  # the progress bar, on stderr
     report = json.loads(proc.stdout)
     history = report["history"]
     assert history["teacher_outputs"] == "probs" and history["student_outputs"] == "log_probs"
     assert len(history["loss"]) == 4 and history["loss"][-1] < history["loss"][0]
+    # the defaults that train the half-width student to the teacher's level in a few epochs
+    assert history["settings"]["lr"] == 2e-3 and history["settings"]["batch_size"] == 32
+    assert history["val_metric"][-1] > 88.0, history["val_metric"]
     assert report["export"]["max_abs_error"] < 1e-4 and report["export"]["input_names"] == ["input"]
     assert report["student"]["params"] < 0.3 * report["teacher"]["params"]
     student_pred = Runner(out, SessionSettings(provider="cpu")).run_dataset(digits_nchw.test)["output"].argmax(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,14 @@ def _compress(args: argparse.Namespace) -> int:
     from onnx_compress.report.text import render_text
 
     check_output_path(args.output, model_files(args.model))  # fail before hours of work, not after
+    pipeline_log = logging.getLogger("onnx_compress.pipeline")
+    if pipeline_log.getEffectiveLevel() > logging.INFO:
+        pipeline_log.setLevel(logging.INFO)  # one progress line per stage, with its time, on stderr
     settings = PipelineSettings(
         search_steps=args.search_steps,
+        budget_margin=args.budget_margin,
+        objective=args.objective,
+        time_budget=args.time_budget,
         bench_batch=args.bench_batch,
         bench_runs=args.bench_runs,
         min_gain=args.min_gain,
@@ -93,6 +100,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--min-gain", type=float, default=0.05,
                         help="a pass that costs accuracy must save at least this fraction of parameters, "
                              "weight bytes or MACs, else it is rolled back (default 0.05)")
+    parser.add_argument("--budget-margin", type=float, default=1.0, metavar="Z",
+                        help="standard errors of the measured drop added before it is compared with --max-drop, "
+                             "so that the budget holds on data the search never saw (default 1.0, one standard "
+                             "error; 0 = raw drop)")
+    parser.add_argument("--objective", choices=["size", "latency", "balanced"], default=None,
+                        help="what every quantize step pursues when int8 is smaller but slower on this CPU "
+                             "(default: the preset's; small and cpu-int8: balanced, gpu-fp16: size)")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="bound the budget searches: each pass gets a share of what is left, and a search "
+                             "that would overrun it keeps the best setting found so far (default: unbounded)")
     parser.add_argument("--bench-batch", type=int, default=8, help="samples per call when timing stages (default 8)")
     parser.add_argument("--bench-runs", type=int, default=50, help="timed calls per stage (default 50)")
     add_session_flags(parser)

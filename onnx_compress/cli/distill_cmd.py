@@ -157,12 +157,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--val", type=Path, default=None,
                         help="held-out .npz evaluated after every epoch (top-1 with labels, agreement with the teacher)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="the student ONNX file to write")
-    parser.add_argument("--epochs", type=int, default=10, help="passes over the training data (default 10)")
+    parser.add_argument("--epochs", type=int, default=12, help="passes over the training data (default 12)")
     parser.add_argument("--temperature", type=float, default=4.0, help="softening temperature T > 0 (default 4)")
     parser.add_argument("--alpha", type=_unit_interval, default=0.5,
                         help="weight of the hard-label loss in [0, 1]; the KL term gets 1 - alpha (default 0.5)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    parser.add_argument("--batch-size", type=int, default=64, help="samples per optimizer step (default 64)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
+    parser.add_argument("--batch-size", type=int, default=32, help="samples per optimizer step (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample order (default 0)")
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA when torch sees one, else CPU), cpu, cuda or cuda:N (default auto)")

@@ -25,14 +25,20 @@ modes:
   fp16         float16 weights and compute, float32 inputs and outputs
   auto         dynamic for transformer-like models, static with --data, else dynamic (default)
 
-The model is normalized first (constant folding, shape inference). Op types that make the model
-slower on this CPU are dropped (dynamic ConvInteger, for example) unless --op-types names them.
+The model is normalized first (constant folding, shape inference). An explicit --mode is honoured:
+static, weight_only and fp16 write the model asked for, with a loud warning and the measured ratio
+when this CPU runs it slower (--objective size). --mode auto (or --objective balanced) trades: a
+slower model is kept only when its size gain is at least the square of its loss in speed
+(4x smaller may cost up to 2x in speed), else the op types that
+make it slower are dropped (dynamic ConvInteger, for example) unless --op-types names them.
+--mode dynamic (or --objective latency) hands over only a model faster than its input; otherwise
+it says why, with the guard's numbers, and writes nothing.
 With --val and --max-drop, the nodes most sensitive to quantization are kept in float until the
 drop holds (--exclude auto, the default; name nodes with --exclude NODE to keep them float
 yourself, add 'auto' to combine). The input model is never modified.
 
 exit status: 0 quantized and written; 3 nothing to do (already quantized, nothing quantizable,
-or slower on this CPU), nothing written; 2 bad input.
+or not what the objective accepts on this CPU), nothing written; 2 bad input.
 
 examples:
   onnx-compress quantize m.onnx -o q.onnx --mode static --data calib.npz --val val.npz --max-drop 0.5
@@ -59,6 +65,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "preprocess": args.preprocess,
         "smooth": args.smooth,
         "guard": args.guard,
+        "objective": args.objective,
+        "budget_margin": args.budget_margin,
         "benchmark_batch": args.batch,
         "threads": args.threads,
         "metric": args.metric,
@@ -116,6 +124,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-drop", type=float, default=None, metavar="X",
                         help="largest allowed metric drop on --val (points for top1, 1 - mean cosine for "
                              "cosine); with --exclude auto the most sensitive nodes stay float until it holds")
+    parser.add_argument("--budget-margin", type=float, default=1.0, metavar="Z",
+                        help="standard errors of the measured drop added before it is compared with --max-drop "
+                             "(default 1.0, one standard error: the budget then holds beyond the --val samples; "
+                             "0 = raw drop)")
     parser.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
                         help="one scale per output channel of each weight (default on); --no-per-channel: "
                              "one per tensor")
@@ -144,6 +156,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--guard", choices=["auto", "drop", "warn", "off"], default="auto",
                         help="speed guard: auto drops op types that make an int8 model slower and warns "
                              "otherwise (default); drop always drops; warn only warns; off skips the benchmark")
+    parser.add_argument("--objective", choices=["auto", "size", "latency", "balanced"], default="auto",
+                        help="what to pursue when int8 is smaller but slower on this CPU: size (keep it, loud "
+                             "warning), latency (only a faster model), balanced (keep it when the size gain is at "
+                             "least the square of the slowdown); auto (default): balanced with --mode auto, latency with --mode "
+                             "dynamic, size with the other explicit modes")
     parser.add_argument("--batch", type=int, default=8, metavar="N",
                         help="batch size of the speed guard's benchmark (default 8)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",

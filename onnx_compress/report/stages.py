@@ -38,11 +38,15 @@ class StageReport:
     speedup: float = float("nan")
     metric_value: float = float("nan")
     drop: float = float("nan")
+    #: standard error of ``drop`` over the validation samples (``onnx_compress.budget``)
+    drop_stderr: float = float("nan")
     metric_details: dict[str, float] = dataclasses.field(default_factory=dict)
     pass_result: dict[str, Any] = dataclasses.field(default_factory=dict)
     pass_summary: str = ""
     trials: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    #: where the stage's time went: trial count, validation seconds, the pass's own breakdown
+    timings: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def kept(self) -> bool:
@@ -61,6 +65,19 @@ class Report:
     budget_met: bool
     warnings: list[str] = dataclasses.field(default_factory=list)
     environment: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: standard errors added to the drop before the budget comparison (``onnx_compress.budget``)
+    budget_margin: float = 0.0
+    #: seconds per part of the run (passes, validation, timing, total)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: the drop on data no pass and no budget check saw, when the caller measured it
+    #: (``{"drop", "stderr", "samples", "within_budget", ...}``; the demo fills it)
+    test: dict[str, Any] | None = None
+
+    @property
+    def drop_bound(self) -> float:
+        """The final drop plus its margin: what the budget was checked against."""
+        se = self.final.drop_stderr
+        return self.final.drop + self.budget_margin * (se if se == se else 0.0)
 
     @property
     def original(self) -> StageReport:
@@ -82,6 +99,8 @@ class Report:
             "size_ratio": self.size_ratio,
             "speedup": self.final.speedup,
             "drop": self.final.drop,
+            "drop_stderr": self.final.drop_stderr,
+            "drop_bound": self.drop_bound,
             "budget_met": self.budget_met,
             "final_stage": self.final.name,
         }

@@ -39,6 +39,7 @@ from onnx_compress.runtime.cpu import CpuFeatures
 
 __all__ = [
     "choose_mode",
+    "choose_objective",
     "choose_preprocess",
     "choose_reduce_range",
     "choose_activation_type",
@@ -64,6 +65,29 @@ def choose_mode(settings: QuantizeSettings, analysis: ModelAnalysis, has_calibra
         return "static", Choice("mode", "static", "calibration data given and the model is not transformer-like: "
                                 "static int8 keeps activations int8 between layers")
     return "dynamic", Choice("mode", "dynamic", "no calibration data: dynamic int8 needs none")
+
+
+def choose_objective(settings: QuantizeSettings, mode: str) -> tuple[str, Choice]:
+    """What the guard pursues (``size``, ``latency`` or ``balanced``), always reported.
+
+    An explicit mode is a request: ``static``, ``weight_only`` and ``fp16`` are written as asked
+    (objective ``size``; slower is a loud warning, not a silent substitute). ``dynamic`` int8
+    quantizes activations at run time, work that only pays as speed (its int8 weights are the
+    same as static's), so an explicit ``dynamic`` pursues ``latency``: a result that is not
+    faster is not handed over. ``mode="auto"`` is where the tool trades: ``balanced``.
+    """
+    if settings.objective != "auto":
+        return settings.objective, Choice("objective", settings.objective, "as set")
+    if settings.mode == "auto":
+        return "balanced", Choice("objective", "balanced", "mode auto: a slower int8 model is kept only when its size "
+                                  "gain is at least the square of its loss in speed (size ratio x speedup^2 >= 1)")
+    if mode == "dynamic":
+        return "latency", Choice("objective", "latency", "mode dynamic asked for: run-time activation quantization "
+                                 "only pays as speed, so a result that is not faster than the input is not "
+                                 "handed over (--objective size keeps it)")
+    return "size", Choice("objective", "size", f"mode {mode} asked for: the {mode} model is written with every op "
+                          "type of the mode, with a loud warning if this CPU runs it slower (--objective "
+                          "latency|balanced lets the tool trade size for speed)")
 
 
 def choose_preprocess(settings: QuantizeSettings, mode: str, analysis: ModelAnalysis) -> tuple[str, Choice | None]:

@@ -10,16 +10,20 @@ The steps of :meth:`Quantize.call`, in order:
 4. transformer-like models in dynamic mode: smooth activation outliers into the weights
    (``smooth.py``), at the strength that scores best on the validation data;
    quantize with ONNX Runtime (static: calibrate once, cached for every later re-quantization);
-5. speed guard: benchmark against the input; in auto mode drop op types that make it slower;
+5. speed guard: benchmark against the input; as the objective says (``size``: keep and warn,
+   ``latency`` / ``balanced``: drop op types while the result is not acceptable, see ``guard.py``);
 6. accuracy: validate on held-out data; over the budget with ``exclude="auto"``: rank the nodes
    by sensitivity and keep the most sensitive float until the budget holds;
-7. benchmark the final model again when step 6 changed it, and report.
+7. benchmark the final model again when step 6 changed it; a final result the objective does not
+   accept (``latency``: not faster; ``balanced``: size gain below the square of the slowdown) is not handed
+   over: the input comes back with the measured numbers; then report.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +49,7 @@ from onnx_compress.passes.quantize.backend import (
     preprocess_transformer,
     quantize_file,
 )
-from onnx_compress.passes.quantize.guard import benchmark_feeds, drop_slow_op_types, measure_speed
+from onnx_compress.passes.quantize.guard import acceptable, benchmark_feeds, drop_slow_op_types, measure_speed
 from onnx_compress.passes.quantize.result import (
     Choice,
     ExcludedNode,
@@ -151,6 +155,9 @@ class _Run:
         self._changed_since_guard = False
         self.speed_note = ""
         self.mode: str = self.settings.mode
+        self.objective: str = self.settings.objective
+        #: seconds per step (reported: where the time went)
+        self.seconds: dict[str, float] = collections.defaultdict(float)
 
     # ------------------------------------------------------------------ entry
     def execute(self) -> QuantizeResult:
@@ -199,6 +206,8 @@ class _Run:
 
         self.mode, choice = auto.choose_mode(s, first, self.calibration is not None)
         self._note(choice)
+        self.objective, objective_choice = auto.choose_objective(s, self.mode)
+        self._note(objective_choice)
         if self.mode == "fp16" and first.float_initializer_bytes == 0:
             raise _Nothing("fp16: the model has no float32 weights to convert")
 
@@ -243,27 +252,60 @@ class _Run:
                                        "with use_external_data_format"))
 
         self.op_types = [op for op in op_types if any(c.op_type == op for c in self._active())]
+        started = time.perf_counter()
         path = self._smooth() or self._quantize(self._config())
+        self.seconds["smooth + first quantization"] += time.perf_counter() - started
+        started = time.perf_counter()
         path, speed = self._guard(path)
+        self.seconds["speed guard"] += time.perf_counter() - started
+        started = time.perf_counter()
         path, score = self._budget(path)
+        self.seconds["accuracy budget (incl. sensitivity)"] += time.perf_counter() - started
         if self._changed_since_guard and speed is not None and self.feeds is not None:
+            started = time.perf_counter()
             speed = measure_speed(self.input_path, path, self.feeds, runs=s.benchmark_runs, threads=s.threads,
                                   threshold=s.min_speedup, label="final")
+            self.seconds["speed guard"] += time.perf_counter() - started
             self.speed_trials.append({"op_types": list(self.op_types), "excluded": len(self.excluded),
-                                      "speedup": speed.speedup, "verdict": speed.verdict, "label": "final"})
+                                      "speedup": speed.speedup, "verdict": speed.verdict, "label": "final",
+                                      "size_bytes": file_bytes(path)})
         size_ratio = file_bytes(self.input_path) / file_bytes(path)
-        if speed is not None and speed.verdict != "faster" and size_ratio < MIN_SIZE_RATIO and self._drop_mode():
-            raise _Nothing(f"the quantized model gains nothing: {speed.speedup:.2f}x the input's speed "
-                           f"({speed.verdict}) and {size_ratio:.2f}x smaller (the float weights that stayed hold "
+        self._final_verdict(speed, size_ratio)
+        return self._result(path, speed, score)
+
+    def _final_verdict(self, speed: SpeedCheck | None, size_ratio: float) -> None:
+        """Hand the result over, with a loud warning when slower, or end with the input (see
+        ``acceptable``); every number measured is in the reason."""
+        s = self.settings
+        if speed is None:
+            if self.objective == "latency" and s.guard != "off":
+                self.warnings.append(f"objective latency, but the speed was not measured ({self.speed_note}); "
+                                     "the result is handed over unverified")
+            return
+        measured = (f"{speed.speedup:.2f}x the input's speed ({speed.verdict}; batch {speed.batch}, blocks "
+                    f"{', '.join(f'{r:.2f}' for r in speed.block_speedups)}) and {size_ratio:.2f}x smaller")
+        if s.guard in ("auto", "drop") and speed.verdict != "faster" and size_ratio < MIN_SIZE_RATIO:
+            raise _Nothing(f"the quantized model gains nothing: {measured} (the float weights that stayed hold "
                            "most of the bytes); the input is returned unchanged")
-        if speed is not None and speed.verdict != "faster":
+        if s.guard == "auto" and not acceptable(self.objective, speed, size_ratio, threshold=s.min_speedup,
+                                                final=True):
+            float_nodes = [n for n in self.excluded.values() if n.reason == "sensitivity"]
+            why = (f"; {len(float_nodes)} of {len(self.candidates)} nodes had to stay float for max_drop "
+                   f"{s.max_drop:.4g}" if float_nodes and s.max_drop is not None else "")
+            tried = "; ".join(f"{t.get('label') or '+'.join(t.get('op_types', []))}: {t['speedup']:.2f}x "
+                              f"{t['verdict']}" for t in self.speed_trials)
+            need = ("faster than the input" if self.objective == "latency"
+                    else "whose size gain is at least the square of its loss in speed (size ratio x speedup^2 >= 1)")
+            raise _Nothing(f"objective {self.objective} needs a result {need}; the best {self.mode} model found "
+                           f"runs {measured}{why} (guard trials: {tried}); the input is returned unchanged "
+                           "(--objective size keeps the quantized model)")
+        if speed.verdict != "faster":
             what = "SLOWER than" if speed.verdict == "slower" else "not measurably faster than"
             self.warnings.append(
-                f"the quantized model is {what} its input on this CPU: {speed.speedup:.2f}x (batch {speed.batch}, "
-                f"blocks {', '.join(f'{r:.2f}' for r in speed.block_speedups)}); it is "
-                f"{size_ratio:.2f}x smaller"
+                f"the quantized model is {what} its input on this CPU: {measured}; kept for objective "
+                f"{self.objective}" + (" (the mode asked for is honoured; --objective latency|balanced trades size "
+                                       "for speed)" if self.objective == "size" else "")
             )
-        return self._result(path, speed, score)
 
     # ------------------------------------------------------------------ checks
     def _check_data(self, specs: list) -> None:
@@ -488,7 +530,14 @@ class _Run:
         s = self.settings
         if s.guard == "drop":
             return True
-        return s.guard == "auto" and s.auto_op_types and self.mode in ("static", "dynamic")
+        return (s.guard == "auto" and s.auto_op_types and self.mode in ("static", "dynamic")
+                and self.objective in ("latency", "balanced"))
+
+    def _acceptable(self, path: Path, check: SpeedCheck) -> bool:
+        """Whether the guard's search may stop at this result (``guard.acceptable``)."""
+        objective = "latency" if self.settings.guard == "drop" and self.objective == "size" else self.objective
+        return acceptable(objective, check, file_bytes(self.input_path) / file_bytes(path),
+                          threshold=self.settings.min_speedup)
 
     def _guard(self, path: Path) -> tuple[Path, SpeedCheck | None]:
         s = self.settings
@@ -505,8 +554,8 @@ class _Run:
         speed = measure_speed(self.input_path, path, feeds, runs=s.benchmark_runs, threads=s.threads,
                               threshold=s.min_speedup)
         self.speed_trials.append({"op_types": list(self.op_types), "speedup": speed.speedup,
-                                  "verdict": speed.verdict, "label": "first"})
-        if speed.verdict != "slower" or not self._drop_mode():
+                                  "verdict": speed.verdict, "label": "first", "size_bytes": file_bytes(path)})
+        if self._acceptable(path, speed) or not self._drop_mode():
             return path, speed
 
         def try_without(kept: list[str]) -> tuple[Path, SpeedCheck] | None:
@@ -516,16 +565,18 @@ class _Run:
             return candidate, measure_speed(self.input_path, candidate, feeds, runs=s.benchmark_runs,
                                             threads=s.threads, threshold=s.min_speedup, label="+".join(kept))
 
-        outcome = drop_slow_op_types(self.op_types, (path, speed), try_without)
+        outcome = drop_slow_op_types(self.op_types, (path, speed), try_without, self._acceptable)
         self.speed_trials.extend(outcome.trials)
         if outcome.best is None:
             tried = ", ".join(f"{'+'.join(t['op_types'])}: {t['speedup']:.2f}x" for t in outcome.trials)
             label = {"static": "static int8", "dynamic": "dynamic int8", "weight_only": "4-bit weight-only",
                      "fp16": "fp16"}[self.mode]
+            smaller = file_bytes(self.input_path) / file_bytes(path)
             raise _Nothing(
                 f"{label} made the model slower on this CPU ({speed.speedup:.2f}x with "
-                f"{'+'.join(self.op_types)}{'; ' + tried if tried else ''}); the input is returned unchanged "
-                "(guard='warn' keeps the smaller, slower model)"
+                f"{'+'.join(self.op_types)}, {smaller:.2f}x smaller{'; ' + tried if tried else ''}); objective "
+                f"{self.objective} does not accept it; the input is returned unchanged "
+                "(--objective size keeps the smaller, slower model)"
             )
         for op, why in outcome.dropped.items():
             self.choices.append(Choice("op_types", f"dropped {op}", why))
@@ -546,7 +597,8 @@ class _Run:
         evaluator = Evaluator(self.input_path, self.validation, s.metric, batch_size=self._eval_batch(),
                               settings=self.session)
         measured = evaluator.evaluate(path)
-        over = s.max_drop is not None and measured.drop > s.max_drop
+        over = s.max_drop is not None and measured.drop + s.budget_margin * float(
+            measured.details.get("stderr", 0.0)) > s.max_drop
         want_ranking = s.analyze_sensitivity or (over and s.auto_exclude)
         if want_ranking:
             self.ranking = self._rank()
@@ -563,13 +615,16 @@ class _Run:
             candidate = self._quantize(self._config(exclude=[*self.excluded, *excluded]), stem="budget")
             return candidate, evaluator.evaluate(candidate)
 
-        outcome = choose_exclusions(self.ranking, measured.drop, float(s.max_drop), measure)  # type: ignore[arg-type]
+        outcome = choose_exclusions(self.ranking, measured.drop, float(s.max_drop), measure,  # type: ignore[arg-type]
+                                    margin=s.budget_margin)
         by_name = {node.name: node for node in self.ranking}
         if not outcome.met:
             best = f"{outcome.score.drop:.4g}" if outcome.score is not None else "n/a"
             raise _Nothing(
                 f"no quantization of this model keeps {evaluator.metric_name} within max_drop {s.max_drop:.4g} "
-                f"without keeping every node float (all quantized: drop {measured.drop:.4g}; best tried: {best})"
+                f"without keeping every node float (all quantized: drop {measured.drop:.4g} +- "
+                f"{float(measured.details.get('stderr', 0.0)):.2g}; best tried: {best}; the budget holds when drop + "
+                f"{s.budget_margin:g} x standard error <= max_drop)"
             )
         for name in outcome.excluded:
             node = by_name[name]
@@ -593,6 +648,13 @@ class _Run:
             )
 
     def _rank(self) -> list[NodeSensitivity]:
+        started = time.perf_counter()
+        try:
+            return self._rank_nodes()
+        finally:
+            self.seconds["sensitivity ranking"] += time.perf_counter() - started
+
+    def _rank_nodes(self) -> list[NodeSensitivity]:
         s = self.settings
         assert self.validation is not None
         subset = self.validation.take(s.sensitivity_samples)
@@ -640,6 +702,7 @@ class _Run:
             weight_bytes_before=weights_nbytes(self.model),
             weight_bytes_after=weights_nbytes(model),
             warnings=self.warnings,
+            seconds=dict(self.seconds),
         )
         logger.info("quantize: %s", result.summary())
         for warning in self.warnings:

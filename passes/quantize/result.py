@@ -105,6 +105,8 @@ class QuantizeResult(CompressionResult):
     weight_bytes_before: int = 0
     weight_bytes_after: int = 0
     warnings: list[str] = dataclasses.field(default_factory=list)
+    #: where the time went, per step (smoothing + quantization, speed guard, budget, sensitivity)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def size_ratio(self) -> float:
@@ -131,6 +133,9 @@ class QuantizeResult(CompressionResult):
         out: list[str] = []
         if not self.modified:
             out.append(self.summary())
+            out.extend(self._guard_lines())
+            out.extend(f"decided {choice.setting} = {choice.value}: {choice.reason}" for choice in self.choices
+                       if choice.setting in ("mode", "objective"))
             out.extend(f"WARNING: {w}" for w in self.warnings)
             return out
         out.append(f"mode: {self.mode}")
@@ -159,7 +164,20 @@ class QuantizeResult(CompressionResult):
             budget = f" (budget {self.max_drop:.4g})" if self.max_drop is not None else ""
             out.append(f"accuracy: {a['metric']} {a['reference']:.4g} -> {a['candidate']:.4g}, "
                        f"drop {a['drop']:.4g}{budget}" + (f"; {extra}" if extra else ""))
+        out.extend(self._guard_lines())
         for choice in self.choices:
             out.append(f"auto {choice.setting} = {choice.value}: {choice.reason}")
         out.extend(f"WARNING: {w}" for w in self.warnings)
+        return out
+
+    def _guard_lines(self) -> list[str]:
+        """The speed guard's measurements, one line each (configuration, speed-up, verdict, size)."""
+        if len(self.speed_trials) < 2 and self.modified:
+            return []
+        out = []
+        for trial in self.speed_trials:
+            what = trial.get("label") if trial.get("label") not in (None, "first") else None
+            what = what or "+".join(trial.get("op_types", [])) or "?"
+            size = f", {human_bytes(int(trial['size_bytes']))}" if trial.get("size_bytes") else ""
+            out.append(f"guard: {what}: {float(trial['speedup']):.2f}x the input's speed, {trial['verdict']}{size}")
         return out

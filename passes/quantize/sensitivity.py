@@ -128,9 +128,11 @@ def choose_exclusions(
     full_drop: float,
     max_drop: float,
     measure: Callable[[list[str]], tuple[Path, Score]],
+    margin: float = 0.0,
 ) -> ExclusionOutcome:
     """Keep the nodes that recover most accuracy per weight float until the measured drop is
-    <= ``max_drop`` (see the module docstring).
+    <= ``max_drop`` (see the module docstring); with ``margin``, the drop plus ``margin``
+    standard errors (``onnx_compress.budget``).
 
     ``measure(excluded)`` quantizes with ``excluded`` kept float and scores the model on all
     validation data. Never excludes every node: when only that would hold the budget, returns
@@ -151,7 +153,7 @@ def choose_exclusions(
         logger.info("keeping %d node(s) float: drop %.5g (budget %.5g)", k, measured.drop, max_drop)
         if best is None or measured.drop < best[2].drop:
             best = (excluded, path, measured)
-        if measured.drop <= max_drop:
+        if measured.drop + margin * float(measured.details.get("stderr", 0.0)) <= max_drop:
             return ExclusionOutcome(excluded, path, measured, True, tries)
         steps += 1
         step = 1 if steps <= 3 else k

@@ -19,6 +19,7 @@ __all__ = [
     "CALIBRATION_METHODS",
     "PREPROCESS_CHOICES",
     "GUARD_CHOICES",
+    "OBJECTIVES",
     "METRIC_CHOICES",
     "QuantizeSettings",
 ]
@@ -31,6 +32,7 @@ ACTIVATION_TYPES: tuple[str, ...] = ("auto", "uint8", "int8")
 WEIGHT_TYPES: tuple[str, ...] = ("int8", "uint8")
 PREPROCESS_CHOICES: tuple[str, ...] = ("auto", "ort", "transformer", "none")
 GUARD_CHOICES: tuple[str, ...] = ("auto", "drop", "warn", "off")
+OBJECTIVES: tuple[str, ...] = ("auto", "size", "latency", "balanced")
 METRIC_CHOICES: tuple[str, ...] = ("auto", "top1", "cosine", "max_abs")
 #: the word that, in ``exclude``, asks for sensitivity-driven exclusions
 AUTO = "auto"
@@ -114,17 +116,33 @@ class QuantizeSettings(BudgetAwareSettings):
             points for top1, 1 - mean cosine for cosine). ``None`` (default): no budget.
         metric: ``auto`` (top1 with labels, else cosine), ``top1``, ``cosine``, ``max_abs``, or a
             callable ``fn(outputs, labels) -> float`` (higher is better; not serializable).
+        budget_margin: standard errors of the measured drop added before it is compared with
+            ``max_drop`` (default 1.0, one standard error: the drop on a few hundred
+            validation samples is an estimate; see ``onnx_compress.budget``; 0 = the raw drop).
+            The pipeline sets its own.
         sensitivity_samples: validation samples used to rank the nodes (default 64; the
             budget itself is always checked on all validation samples).
         analyze_sensitivity: rank every quantized node by sensitivity even when the budget
             holds or is not set (needs validation data; default False).
 
-    Speed guard
-        guard: ``auto`` (default: benchmark the result against the input; when it is
-            measurably slower, in static/dynamic mode with ``op_types="auto"`` drop the op types
-            whose removal helps most and retry, otherwise warn; when it is not measurably faster,
-            warn, or return the input unchanged when it is also less than 5 % smaller), ``drop`` (drop and retry in every mode), ``warn`` (only warn) or ``off`` (no
-            benchmark). See ``guard.py`` for how "measurably" is decided.
+    Objective and speed guard
+        objective: what the pass pursues when size and speed disagree on this CPU (the guard
+            measures; ``guard.py`` has the rules): ``size`` (the model of the mode asked for is
+            written with every op type quantized, even when this CPU runs it slower: a loud
+            warning with the measured ratio), ``latency`` (op types that make the model slower
+            are dropped; a result that is not faster than the input is not handed over: the
+            input comes back with the reason), ``balanced`` (a slower result is kept only when its
+            size gain is at least the square of its loss in speed, ``size ratio x speedup^2 >=
+            1``; otherwise op types are dropped, then the input comes back), or ``auto`` (default): ``balanced``
+            with ``mode="auto"``; with an explicit mode, ``size`` for ``static``, ``weight_only``
+            and ``fp16`` (an explicit request is honoured) and ``latency`` for ``dynamic`` (whose
+            run-time activation quantization is a cost paid only for speed: its weights are no
+            smaller than static's).
+        guard: ``auto`` (default: benchmark the result against the input and act as the
+            objective says), ``drop`` (drop op types that make it slower and retry, in every
+            mode), ``warn`` (only warn) or ``off`` (no benchmark). See ``guard.py`` for how
+            "measurably" is decided. In every objective, a result that is not measurably faster
+            and less than 5 % smaller is not handed over.
         min_speedup: the speedup the result must reach (default 1.0: faster than the input).
         benchmark_batch: samples per call in the guard's benchmark (default 8).
         benchmark_runs: interleaved runs per model (default None: as many as fit in about two
@@ -151,8 +169,10 @@ class QuantizeSettings(BudgetAwareSettings):
     smooth: float | Literal["auto", "off"] = "auto"
     max_drop: float | None = None
     metric: str | Callable[..., float] = "auto"
+    budget_margin: float = 1.0
     sensitivity_samples: int = 64
     analyze_sensitivity: bool = False
+    objective: Literal["auto", "size", "latency", "balanced"] = "auto"
     guard: Literal["auto", "drop", "warn", "off"] = "auto"
     min_speedup: float = 1.0
     benchmark_batch: int = 8
@@ -172,6 +192,7 @@ class QuantizeSettings(BudgetAwareSettings):
         choice("calibration_method", CALIBRATION_METHODS)
         choice("preprocess", PREPROCESS_CHOICES)
         choice("guard", GUARD_CHOICES)
+        choice("objective", OBJECTIVES)
         if self.op_types != AUTO:
             op_types = _names(self.op_types, "op_types")
             if AUTO in op_types:
@@ -205,6 +226,9 @@ class QuantizeSettings(BudgetAwareSettings):
             raise SettingError(f"max_drop must be None or a number >= 0 (in the metric's unit); got {self.max_drop!r}")
         if not callable(self.metric) and self.metric not in METRIC_CHOICES:
             raise SettingError(f"metric must be one of {', '.join(METRIC_CHOICES)} or a callable; got {self.metric!r}")
+        if isinstance(self.budget_margin, bool) or not isinstance(self.budget_margin, (int, float)) \
+                or self.budget_margin < 0:
+            raise SettingError(f"budget_margin must be a number of standard errors >= 0; got {self.budget_margin!r}")
         if isinstance(self.min_speedup, bool) or not isinstance(self.min_speedup, (int, float)) or self.min_speedup <= 0:
             raise SettingError(f"min_speedup must be a number > 0; got {self.min_speedup!r}")
 

@@ -47,3 +47,41 @@ def test_budget_validation_and_remaining():
         Budget(max_drop=-1)
     assert Budget(0.5).remaining(0.2) == pytest.approx(0.3) and Budget(0.5).remaining(0.9) == 0.0
     assert Budget(None).holds(1e9)
+
+
+def test_the_margin_adds_standard_errors_to_the_drop():
+    budget = Budget(0.5, margin=1.0)
+    # one lost image of 269 (0.37 +- 0.37 points) does not hold, nor do two flips that cancel;
+    # one gained image does
+    assert not budget.holds(100 / 269, 100 / 269)
+    assert not budget.holds(0.0, 100 * 2**0.5 / 269)
+    assert budget.holds(-100 / 269, 100 / 269)
+    assert Budget(0.5, margin=0.84).holds(0.0, 100 * 2**0.5 / 269)
+    assert budget.bound(0.1, 0.2) == pytest.approx(0.1 + 0.2)
+    assert Budget(0.5, margin=0.0).holds(0.5, 10.0)  # margin 0: the raw drop
+    assert budget.remaining(0.1, 0.2) == pytest.approx(0.5 - 0.1 - 0.2)
+    with pytest.raises(BudgetError, match="margin"):
+        Budget(0.5, margin=-1)
+
+
+def test_the_search_judges_a_trial_by_its_drop_plus_margin():
+    # the drop falls with strength but its standard error does not: only the margin decides
+    outcome = bisect_strength(lambda s: (f"m@{s}", 0.1, 0.5 * s), Budget(0.5, margin=1.0), steps=4)
+    # 0.1 + 0.5 s <= 0.5 holds up to s = 0.8: trials 1, 0.5, 0.75, 0.875
+    assert [t.holds for t in outcome.trials] == [False, True, True, False]
+    assert outcome.strength == 0.75 and all(t.stderr > 0 for t in outcome.trials)
+
+
+def test_a_deadline_stops_the_search_after_the_full_strength_trial():
+    import time
+
+    calls = []
+
+    def slow(strength):
+        calls.append(strength)
+        time.sleep(0.05)
+        return f"m@{strength}", 2.0 * strength
+
+    outcome = bisect_strength(slow, Budget(0.5), steps=5, deadline=time.perf_counter() + 0.01)
+    assert calls == [1.0] and outcome.best is None
+    assert "time budget" in outcome.trials[-1].note and outcome.trials[0].seconds >= 0.05

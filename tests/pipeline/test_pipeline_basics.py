@@ -64,3 +64,23 @@ def test_a_stage_slower_than_the_stage_before_it_is_said():
     assert _slower_stage_warnings([original, lowrank, stage("5. quantize", 4.25, 28)], batch=8) == []
     same = _Stage(StageReport("4. quantize", None, "rolled back", speedup=3.0, size_bytes=43), lowrank.model)
     assert _slower_stage_warnings([original, lowrank, same], batch=8) == []
+
+
+def test_cli_compress_objective_time_budget_progress_and_uncertainty(cli, torch_seed_onnx, digits_files, tmp_path):
+    files = digits_files["NCHW"]
+    done = cli("compress", torch_seed_onnx, "-o", tmp_path / "q.onnx", "--preset", "cpu-int8", "--data", files["calib"],
+               "--val", files["val"], "--max-drop", "0.5", "--objective", "size", "--time-budget", "600",
+               "--bench-runs", "5", "--json")
+    assert done.returncode == 0, done.stderr
+    # one progress line per stage, with its time, on stderr
+    assert "[1/2] normalize: no change in" in done.stderr and "[2/2] quantize:" in done.stderr
+    report = json.loads(done.stdout)
+    quantize = report["stages"][2]
+    assert quantize["settings"]["objective"] == "size"  # the pipeline's objective replaces the preset's balanced
+    assert quantize["settings"]["budget_margin"] == 1.0
+    assert quantize["decision"] == "applied" and report["summary"]["size_ratio"] > 3.5
+    # the drop with its standard error and the bound the budget was checked against
+    assert quantize["drop_stderr"] >= 0 and report["summary"]["drop_bound"] <= 0.5 + 1e-9
+    assert report["budget_margin"] == 1.0 and report["timings"]["time budget"] == 600
+    assert report["timings"]["total"] >= report["timings"]["passes (search trials, incl. their validation)"] > 0
+    assert quantize["timings"]["trials"] == 1 and "last trial: speed guard" in quantize["timings"]

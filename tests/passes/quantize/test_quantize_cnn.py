@@ -186,3 +186,39 @@ def test_result_reports_json_friendly(static_result):
     text = json.dumps(payload)
     assert '"mode": "static"' in text and "choices" in payload and payload["size_after"] < payload["size_before"]
     assert onnx.load_from_string(ir.serde.serialize_model(result.model).SerializeToString()).graph.node
+
+
+# The objective decides what a slower int8 model becomes. "Slower" is forced without timing
+# assumptions: min_speedup far above what int8 can give on a 0.3 ms CNN makes every block slower
+# than asked (the verdict is still measured in ONNX Runtime, side by side).
+def test_an_explicit_static_mode_is_written_as_asked_with_a_loud_warning_when_slower(seed_model, digits_nchw):
+    result = Quantize(mode="static", calibration=digits_nchw.calib, min_speedup=20.0)(seed_model)
+    assert result.modified and result.quantized_op_types == {"Conv": 2, "Gemm": 2}
+    assert result.size_ratio >= 3.5
+    assert result.speed is not None and result.speed.verdict == "slower"
+    objective = next(c for c in result.choices if c.setting == "objective")
+    assert objective.value == "size" and "asked for" in objective.reason
+    warning = next(w for w in result.warnings if "SLOWER" in w)
+    assert f"{result.speed.speedup:.2f}x" in warning and "smaller" in warning and "objective size" in warning
+    assert len(result.speed_trials) == 1  # nothing was dropped
+
+
+@pytest.mark.slow  # several quantizations and timed trials
+def test_objective_latency_hands_back_the_input_with_the_guards_numbers(seed_model, digits_nchw):
+    result = Quantize(mode="static", calibration=digits_nchw.calib, min_speedup=20.0, objective="latency")(seed_model)
+    assert not result.modified
+    assert "input is returned unchanged" in result.nothing_to_do and "x smaller" in result.nothing_to_do
+    # the first measurement and one trial per op type removed, each with its speed-up
+    assert len(result.speed_trials) >= 3 and all(t["speedup"] > 0 for t in result.speed_trials)
+    assert any(line.startswith("guard: ") for line in result.lines())
+
+
+@pytest.mark.slow  # several quantizations and timed trials
+def test_objective_balanced_keeps_a_slower_model_only_when_smaller_by_more_than_slower(seed_model, digits_nchw):
+    # balanced: accepted when size ratio x speed-up^2 reaches min_speedup (3.8x smaller x ~1.3x^2 here)
+    kept = Quantize(mode="static", calibration=digits_nchw.calib, min_speedup=2.0, objective="balanced")(seed_model)
+    assert kept.modified and kept.speed.verdict == "slower"
+    assert kept.size_ratio * kept.speed.speedup ** 2 >= 2.0
+    refused = Quantize(mode="static", calibration=digits_nchw.calib, min_speedup=40.0,
+                       objective="balanced")(seed_model)
+    assert not refused.modified and "objective balanced" in refused.nothing_to_do
