@@ -70,14 +70,12 @@ def unit_scores(model, layers: Sequence[EncoderLayer], method: str, data: Datase
         for layer in layers:
             if layer.attention is not None:
                 block = layer.attention
-                context = np.asarray(values[str(block.o.input.name)], np.float64)
-                rows = context.reshape(-1, context.shape[-1])
+                context = np.asarray(values[str(block.o.input.name)], np.float32)
+                rows = context.reshape(-1, block.heads, block.head_dim)
                 weights = _row_weights(mask, rows.shape[0])
-                w_o = _weight(block.o.weight)
-                for h in range(block.heads):
-                    part = slice(h * block.head_dim, (h + 1) * block.head_dim)
-                    out = rows[:, part] @ w_o[part]
-                    head_sq[layer.index][h] += float((weights * (out ** 2).sum(1)).sum())
+                w_o = np.asarray(block.o.weight.const_value.numpy(), np.float32)  # type: ignore[union-attr]
+                out = np.matmul(rows.transpose(1, 0, 2), w_o.reshape(block.heads, block.head_dim, -1))  # H x N x D
+                head_sq[layer.index] += ((out.astype(np.float64) ** 2).sum(2) @ weights)
             if layer.ffn is not None:
                 act = np.asarray(values[str(layer.ffn.down.input.name)], np.float64)
                 rows = act.reshape(-1, act.shape[-1])

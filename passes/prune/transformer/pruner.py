@@ -89,8 +89,10 @@ class PruneTransformerSettings(PassSettings):
         round_to: kept FFN widths are rounded up to a multiple of this (default 1).
         reconstruct: re-fit the output projection of every cut attention block and the down
             projection of every cut FFN by ridge least squares on calibration data (default False).
-        calibration_samples: calibration samples used for importance, layer choice and
+        calibration_samples: calibration samples used for head/neuron importance and
             reconstruction (default 128).
+        layer_samples: calibration samples used to choose the layers to remove (default 64;
+            ``skip`` runs the model once per candidate layer and step on them).
         reconstruct_rows: rows (tokens) per layer for reconstruction, at most (default 20000).
         reconstruct_ridge: reconstruction's ridge strength (see :mod:`..reconstruct`; default 0.01).
     """
@@ -103,6 +105,7 @@ class PruneTransformerSettings(PassSettings):
     round_to: int = 1
     reconstruct: bool = False
     calibration_samples: int = 128
+    layer_samples: int = 64
     reconstruct_rows: int = 20000
     reconstruct_ridge: float = 0.01
 
@@ -119,6 +122,7 @@ class PruneTransformerSettings(PassSettings):
         if not isinstance(self.reconstruct, bool):
             raise SettingError(f"reconstruct must be true or false, got {self.reconstruct!r}")
         _count(self.calibration_samples, "calibration_samples", 1)
+        _count(self.layer_samples, "layer_samples", 1)
         _count(self.reconstruct_rows, "reconstruct_rows", 1)
         if isinstance(self.reconstruct_ridge, bool) or not isinstance(self.reconstruct_ridge, (int, float)) \
                 or not 0 < self.reconstruct_ridge < float("inf"):
@@ -232,7 +236,8 @@ class PruneTransformer(CompressionPass):
         # depth
         if settings.layers:
             assert data is not None
-            chosen, scores = choose_layers(work, structure.layers, settings.layers, data, settings.layer_importance)
+            chosen, scores = choose_layers(work, structure.layers, settings.layers, data.take(settings.layer_samples),
+                                           settings.layer_importance)
             for index, score in scores.items():
                 reports[index].score = score
             if len(chosen) < settings.layers:
