@@ -29,13 +29,11 @@ JSON keys: inputs, outputs, params, macs, macs_unknown_nodes, size_bytes, ops, o
 
 def _transformer(path: Path) -> tuple[dict[str, Any] | None, str]:
     """The encoder layers of the model at ``path`` (JSON) and a table, or (None, "")."""
-    import onnx_ir.passes.common as common_passes
-
     from onnx_compress.model_io import load_model
-    from onnx_compress.passes.prune.transformer import find_structure
+    from onnx_compress.passes.prune.transformer.detect import find_structure, prepare
 
     model = load_model(path)
-    common_passes.ShapeInferencePass(strict_mode=False)(model)
+    prepare(model)
     structure = find_structure(model)
     if not structure.layers:
         return None, ""

@@ -52,6 +52,7 @@ __all__ = [
     "ShapeRewrite",
     "TransformerStructure",
     "find_structure",
+    "prepare",
 ]
 
 _DEFAULT = ("", "ai.onnx")
@@ -360,9 +361,13 @@ def _classify_attention_reshape(node: ir.Node, heads: int, head_dim: int) -> Sha
             positions[len(values) - 2] = "heads"
     elif values and values[-1] == width and width != head_dim:
         positions[len(values) - 1] = "width"
+    data_shape = node.inputs[0].shape if node.inputs[0] is not None else None
+    leading = min(len(data_shape), len(values)) - 1 if data_shape is not None else 0
     for i, entry in enumerate(values):
         if i in positions or entry is None or entry in (-1, 1):
             continue
+        if i < leading and data_shape is not None and data_shape[i] == entry:
+            continue  # a leading axis (batch, sequence) passed through unchanged
         if entry == 0:
             return f"Reshape {_node_name(node)}: a 0 (copy) entry in its target shape {values}"
         if entry in (heads, width) and not (i == len(values) - 1 and entry == head_dim):
@@ -690,8 +695,17 @@ def _last_output(graph: ir.Graph, start: ir.Value, template: Counter[str]) -> ir
     return None
 
 
+def prepare(model: ir.Model) -> None:
+    """Make ``model`` (a copy) readable for :func:`find_structure`, in place: ``Constant`` nodes
+    become initializers and shapes are inferred (``Normalize`` does this and more)."""
+    import onnx_ir.passes.common as common_passes
+
+    common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    common_passes.ShapeInferencePass(strict_mode=False)(model)
+
+
 def find_structure(model: ir.Model) -> TransformerStructure:
-    """The encoder layers of ``model`` (run shape inference first for the best results)."""
+    """The encoder layers of ``model`` (call :func:`prepare` on a copy first, or ``Normalize``)."""
     graph = model.graph
     order = {id(node): i for i, node in enumerate(graph)}
     notes: list[str] = []

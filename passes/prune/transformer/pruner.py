@@ -46,7 +46,7 @@ from onnx_compress.errors import PassRefusedError, SettingError
 from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
 from onnx_compress.passes.prune.reconstruct import LayerReconstruction, reconstruct
 from onnx_compress.passes.prune.transformer.cuts import clear_shapes, cut_ffn, cut_heads, head_columns, masked_reference
-from onnx_compress.passes.prune.transformer.detect import EncoderLayer, TransformerStructure, find_structure
+from onnx_compress.passes.prune.transformer.detect import EncoderLayer, TransformerStructure, find_structure, prepare
 from onnx_compress.passes.prune.transformer.importance import IMPORTANCE, unit_scores
 from onnx_compress.passes.prune.transformer.layers import choose_layers, remove_layers
 from onnx_compress.passes.prune.verify import Probe, check_pruned, make_probe
@@ -216,7 +216,7 @@ class PruneTransformer(CompressionPass):
             raise PassRefusedError(f"{' and '.join(needs_data)} need(s) calibration data: pass calibration=... "
                                    "(CLI: --data calib.npz), or use importance='magnitude' for heads and FFN")
         work = self.copy_model(model)
-        common_passes.ShapeInferencePass(strict_mode=False)(work)
+        prepare(work)
         structure = find_structure(work)
         self._check_request(structure)
         params_before = count_params(work)
