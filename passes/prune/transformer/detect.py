@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import onnx_ir as ir
@@ -407,7 +407,7 @@ def _closure(starts: Iterable[ir.Value], stop: set[int]) -> list[ir.Node]:
     return list(seen.values())
 
 
-def _head_dim_from(projection: Projection, block_nodes: Sequence[ir.Node]) -> int | None:
+def _head_dim_from(projection: Projection) -> int | None:
     """The last entry of the first Reshape after the projection (the split's head_dim)."""
     value = projection.output
     for _ in range(6):
@@ -482,7 +482,7 @@ def _finish_attention(core: ir.Node, q: Projection, k: Projection, v: Projection
             return f"{core.op_type} {name}: the weight of {p.name} is shared with other nodes"
     block_nodes = _closure([q.output, k.output, v.output], stop={id(o.matmul)})
     if heads is None:
-        dims = {_head_dim_from(p, block_nodes) for p in (q, k, v)}
+        dims = {_head_dim_from(p) for p in (q, k, v)}
         if len(dims) != 1 or None in dims:
             return f"{core.op_type} {name}: cannot read the head size from the head-split Reshapes"
         head_dim = int(dims.pop())  # type: ignore[arg-type]
@@ -552,7 +552,6 @@ def _ffn_from(up: Projection, attention_matmuls: set[int]) -> FfnBlock | str | N
     seen: set[int] = set()
     path_values = _reach(up.output)
     stack = [up.output]
-    path_nodes: list[ir.Node] = []
     while stack:
         value = stack.pop()
         if value.is_graph_output():
@@ -579,14 +578,12 @@ def _ffn_from(up: Projection, attention_matmuls: set[int]) -> FfnBlock | str | N
                 rewrites.append(ok)
             elif isinstance(ok, list):
                 rows.extend(ok)
-            path_nodes.append(node)
             stack.extend(node.outputs)
         if len(seen) > 64:
             return None
     if down is None:
         return None
-    # every path node must only be read by path nodes or down (checked by the walk: each consumer was
-    # either accepted or ended the search), and the bias Add of up is part of the path
+    # every consumer of a value on the way was accepted (or is down, or a Shape read): nothing else reads it
     return FfnBlock(up=up, down=down, width=width, rows=rows, rewrites=rewrites)
 
 

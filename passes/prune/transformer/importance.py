@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import onnx_ir as ir
 
 from onnx_compress.data import Dataset
 from onnx_compress.passes.prune.transformer.detect import EncoderLayer
@@ -30,8 +31,8 @@ __all__ = ["IMPORTANCE", "unit_scores"]
 IMPORTANCE = ("contribution", "magnitude")
 
 
-def _weight(value) -> np.ndarray:  # noqa: ANN001 - an ir.Value with a constant
-    return np.asarray(value.const_value.numpy(), np.float64)
+def _weight(value: ir.Value) -> np.ndarray:
+    return np.asarray(value.const_value.numpy(), np.float64)  # type: ignore[union-attr]
 
 
 def _magnitude(layers: Sequence[EncoderLayer]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
@@ -49,7 +50,7 @@ def _magnitude(layers: Sequence[EncoderLayer]) -> tuple[dict[int, np.ndarray], d
     return heads, ffn
 
 
-def unit_scores(model, layers: Sequence[EncoderLayer], method: str, data: Dataset | None,  # noqa: ANN001
+def unit_scores(model: ir.Model, layers: Sequence[EncoderLayer], method: str, data: Dataset | None,
                 batch_size: int = 16) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     """``(head scores, neuron scores)`` per layer index (higher = more important)."""
     if method == "magnitude" or data is None:
