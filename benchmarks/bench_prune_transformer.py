@@ -14,9 +14,10 @@ the fp32 original at batch 1 and 8 (all models of one export timed side by side 
 held-out sentences (mean / min; per token over the attention mask for ``last_hidden_state``).
 
 Recovery (the companion recovery training) plugs in with ``--recover MODULE:FUNCTION``, or
-:func:`run` with ``recover=``: a function taking the pruned model's path and the calibration
-data file (``.npz``) and returning the recovered model's path; its cosine is added as
-``recovered_mean`` / ``recovered_min`` next to the numbers before recovery.
+:func:`run` with ``recover=``: a function taking the pruned model's path and returning the
+recovered model's path (the 200 calibration sentences lie next to the pruned model as
+``calib.npz``; the original fp32 model as ``<export>_fp32.onnx``); its cosine on the held-out
+sentences is added as ``recovered_mean`` / ``recovered_min`` next to the numbers before recovery.
 
 ONNX Runtime on CPU, ``--threads`` intra-op threads (default 2). Writes
 ``artifacts/benchmarks/prune_transformer.json``.
@@ -56,7 +57,7 @@ CUTS: list[tuple[str, dict[str, Any]]] = [
                                                            "reconstruct": True}),
 ]
 
-Recover = Callable[[Path, Path], Path]
+Recover = Callable[[Path], Path]
 
 
 def _load_recover(spec: str) -> Recover:
@@ -121,7 +122,7 @@ def run_export(export: str, args: argparse.Namespace, recover: Recover | None, f
                "layers": [{"index": r.index, "status": r.status, "heads": r.heads_after, "ffn": r.ffn_after,
                            "score": r.score} for r in result.layers]}
         if recover is not None:
-            recovered = recover(path, calib_file)
+            recovered = recover(path)
             got = Runner(recovered, settings).run_dataset(val)
             row["recovered_mean"], row["recovered_min"] = _cosine(reference[first], got[first], val)
         print(f"{export:12} {name:52} cosine {mean:.4f} / {low:.4f}  params {stats.params:,}  ({seconds:.0f} s)",
@@ -165,7 +166,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=30, help="timed calls per model and batch size (default 30)")
     parser.add_argument("--exports", default="dynamo,torchscript", help="dynamo, torchscript or both (default)")
     parser.add_argument("--recover", metavar="MODULE:FUNCTION",
-                        help="recovery step: FUNCTION(pruned_path, calib_npz) -> recovered_path")
+                        help="recovery step: FUNCTION(pruned_path) -> recovered_path (calib.npz and the fp32 "
+                             "model lie next to pruned_path)")
     parser.add_argument("--only", nargs="+", metavar="CUT", help="run only these cuts (names as in the table)")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks", help="results folder")
     args = parser.parse_args(argv)
