@@ -21,6 +21,7 @@ PASS_PATHS: dict[str, str] = {
     "fuse": "onnx_compress.passes.fuse:Fuse",
     "prune_structured": "onnx_compress.passes.prune.structured:PruneStructured",
     "prune_unstructured": "onnx_compress.passes.prune.unstructured:PruneUnstructured",
+    "prune_transformer": "onnx_compress.passes.prune.transformer:PruneTransformer",
     "lowrank": "onnx_compress.passes.lowrank:LowRank",
     "quantize": "onnx_compress.passes.quantize:Quantize",
 }

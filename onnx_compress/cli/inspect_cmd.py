@@ -18,8 +18,36 @@ of each op type it has. MACs count Conv, ConvTranspose, Gemm, MatMul and their q
 from shapes resolved by ONNX shape inference; a transformer's symbolic sequence axis needs a
 size (--dim sequence=128) for MACs to be counted.
 
-JSON keys: inputs, outputs, params, macs, macs_unknown_nodes, size_bytes, ops, opsets.
+For a transformer encoder it also lists the prunable groups (`prune --heads/--ffn/--layers`):
+the encoder layers, heads per layer and their size, FFN width, whether a layer can be removed,
+and what the analysis refused, with the reason.
+
+JSON keys: inputs, outputs, params, macs, macs_unknown_nodes, size_bytes, ops, opsets, transformer
+(null when no encoder layer is found).
 """
+
+
+def _transformer(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """The encoder layers of the model at ``path`` (JSON) and a table, or (None, "")."""
+    from onnx_compress.model_io import load_model
+    from onnx_compress.passes.prune.transformer.detect import find_structure, prepare
+
+    model = load_model(path)
+    prepare(model)
+    structure = find_structure(model)
+    if not structure.layers:
+        return None, ""
+    rows = []
+    for layer in structure.layers:
+        heads = f"{layer.attention.heads} x {layer.attention.head_dim}" if layer.attention else ""
+        rows.append([layer.index, heads, layer.ffn.width if layer.ffn else "",
+                     "yes" if not layer.depth_reason else "no",
+                     "; ".join(r for r in (layer.attention_reason, layer.ffn_reason, layer.depth_reason) if r)])
+    text = format_table([f"encoder layer ({structure.form} graph)", "heads x size", "FFN width", "removable",
+                         "refused"], rows)
+    for note in structure.notes:
+        text += f"\nnote: {note}"
+    return structure.as_dict(), text
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -39,7 +67,10 @@ def _inspect(args: argparse.Namespace) -> int:
                      + (" ..." if len(stats.macs_unknown_nodes) > 10 else "")])
     human = format_table([str(args.model), ""], rows, numeric=False)
     human += "\n\n" + format_table(["op", "count"], [[op, n] for op, n in stats.ops.items()])
-    emit(args, stats.as_dict(), human)
+    transformer, table = _transformer(args.model)
+    if table:
+        human += "\n\n" + table
+    emit(args, {**stats.as_dict(), "transformer": transformer}, human)
     return 0
 
 

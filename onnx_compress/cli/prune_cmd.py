@@ -26,6 +26,14 @@ Prune a model and write the result; the input model is never modified.
                     ONNX Runtime kernels gain NO speed from zeros and the .onnx file keeps its
                     size: what shrinks is the compressed (gzip) file, which is reported.
   --nm N:M          unstructured with a pattern: keep N of every M weights (2:4).
+  --heads R, --ffn R, --layers N
+                    transformer encoders: remove the fraction R of the attention heads and/or of
+                    the FFN neurons of every layer, and/or N whole encoder layers (the residual
+                    stream passes through). Heads and neurons are ranked by their contribution on
+                    --data (or --head-importance magnitude without data), layers by the output
+                    with the layer skipped (--layer-importance skip) or by how little they change
+                    the hidden state (cosine). Every cut is checked against the original with the
+                    removed heads/neurons zeroed; a layer that does not match is left whole.
   --reconstruct     structured: after cutting, re-fit every layer that read the cut channels
                     (least squares on --data, layer by layer) so that its output matches the
                     original model's; no training needed. Needs --data.
@@ -45,6 +53,7 @@ examples:
   onnx-compress prune model.onnx -o pruned.onnx --structured 0.5 --reconstruct --data calib.npz
   onnx-compress prune model.onnx -o sparse.onnx --unstructured 0.7
   onnx-compress prune model.onnx -o sparse.onnx --nm 2:4
+  onnx-compress prune minilm.onnx -o small.onnx --heads 0.25 --ffn 0.25 --layers 2 --data calib.npz
 """
 
 
@@ -55,6 +64,26 @@ def _ratio(text: str) -> float:
         raise argparse.ArgumentTypeError(f"a ratio must be a number in [0, 1), got {text!r}") from None
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"a ratio must be in [0, 1), got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a fraction must be a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a fraction must be in [0, 1], got {text!r}")
+    return value
+
+
+def _layer_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a layer count must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a layer count must be an integer >= 0, got {text!r}")
     return value
 
 
@@ -76,8 +105,19 @@ def _build_pass(args: argparse.Namespace, calibration: Any) -> Any:
 
     given = [flag for flag, value in (("--structured", args.structured), ("--unstructured", args.unstructured),
                                       ("--nm", args.nm)) if value is not None]
+    transformer = [flag for flag, value in (("--heads", args.heads), ("--ffn", args.ffn), ("--layers", args.layers))
+                   if value is not None]
+    if transformer:
+        if given:
+            raise SettingError(f"{' / '.join(transformer)} cannot be combined with {' / '.join(given)}")
+        from onnx_compress.passes.prune.transformer import PruneTransformer
+
+        return PruneTransformer(heads=args.heads or 0.0, ffn=args.ffn or 0.0, layers=args.layers or 0,
+                                importance=args.head_importance, layer_importance=args.layer_importance,
+                                reconstruct=args.reconstruct, calibration=calibration)
     if not given:
-        raise SettingError("choose what to prune: --structured R, --unstructured R or --nm N:M")
+        raise SettingError("choose what to prune: --structured R, --unstructured R, --nm N:M, "
+                           "or --heads R / --ffn R / --layers N")
     if args.structured is not None:
         if len(given) > 1:
             raise SettingError(f"--structured cannot be combined with {' / '.join(given[1:])}")
@@ -89,7 +129,7 @@ def _build_pass(args: argparse.Namespace, calibration: Any) -> Any:
                                round_to=args.round_to, protect=tuple(args.protect or ()),
                                reconstruct=args.reconstruct, calibration=calibration)
     if args.reconstruct:
-        raise SettingError("--reconstruct works with --structured only")
+        raise SettingError("--reconstruct works with --structured or --heads/--ffn only")
     nm = parse_nm(args.nm)
     ratio = args.unstructured
     if nm is not None and ratio is not None:
@@ -98,6 +138,26 @@ def _build_pass(args: argparse.Namespace, calibration: Any) -> Any:
         ratio = None
     return PruneUnstructured(ratio=ratio, nm=nm, scope=args.scope, protect=tuple(args.protect or ()),
                              protect_first_last=not args.prune_first_last)
+
+
+def _transformer_table(result: Any) -> str:
+    """Per encoder layer: what was cut (heads, FFN neurons, the whole layer) and why not."""
+
+    def width(before: int | None, after: int | None) -> str:
+        if before is None:
+            return ""
+        return f"{before}" if after == before else f"{before} -> {after if after is not None else 0}"
+
+    rows = [[layer.index, layer.status, width(layer.heads_before, layer.heads_after),
+             width(layer.ffn_before, layer.ffn_after), "" if layer.score is None else f"{layer.score:.4f}",
+             layer.reason] for layer in result.layers]
+    text = format_table(["layer", "status", "heads", "FFN neurons", "layer score", "reason"], rows)
+    for layer in result.reconstruction:
+        if layer.status == "refit":
+            text += f"\nreconstructed {layer.node}: output error {layer.error_before:.4f} -> {layer.error_after:.4f}"
+    for note in result.notes:
+        text += f"\nnote: {note}"
+    return text
 
 
 def _change(before: float, after: float) -> str:
@@ -122,20 +182,25 @@ def _prune(args: argparse.Namespace) -> int:
     save_model(result.model, args.output, protected=model_files(args.model))
     after = model_stats(args.output, batch=args.batch, dims=dims)
 
+    from onnx_compress.passes.prune.transformer import PruneTransformerResult
+
     structured = isinstance(result, PruneStructuredResult)
+    transformer = isinstance(result, PruneTransformerResult)
     rows: list[list[Any]] = [
         ["params", f"{before.params:,}", f"{after.params:,}", _change(before.params, after.params)],
         [f"MACs (batch {args.batch})", f"{before.macs:,}", f"{after.macs:,}", _change(before.macs, after.macs)],
         ["size", human_bytes(before.size_bytes), human_bytes(after.size_bytes), _change(before.size_bytes, after.size_bytes)],
     ]
-    if not structured and result.compressed_before and result.compressed_after:
+    if not structured and not transformer and result.compressed_before and result.compressed_after:
         rows.append(["gzip size", human_bytes(result.compressed_before), human_bytes(result.compressed_after),
                      _change(result.compressed_before, result.compressed_after)])
     human = format_table([str(args.model), "before", "after", "change"], rows)
     if before.macs_unknown_nodes:
         human += (f"\nMACs unknown for {len(before.macs_unknown_nodes)} nodes with symbolic shapes: "
                   "give their sizes with --dim NAME=SIZE")
-    if structured:
+    if transformer:
+        human += "\n\n" + _transformer_table(result)
+    elif structured:
         cut = [[g.name, ", ".join(f"{b} -> {a}" for b, a in g.widths.values()), g.importance]
                for g in result.pruned]
         if cut:
@@ -175,7 +240,7 @@ def _prune(args: argparse.Namespace) -> int:
     payload = {
         "input": str(args.model),
         "output": str(args.output),
-        "mode": "structured" if structured else "unstructured",
+        "mode": "transformer" if transformer else "structured" if structured else "unstructured",
         "before": stats(before),
         "after": stats(after),
         "result": result.as_dict(),
@@ -196,6 +261,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--unstructured", type=_ratio, metavar="R",
                         help="set this fraction of the Conv/Gemm/MatMul weights to zero")
     parser.add_argument("--nm", metavar="N:M", help="unstructured N:M pattern: keep N of every M weights (e.g. 2:4)")
+    parser.add_argument("--heads", type=_fraction, metavar="R",
+                        help="transformer: remove this fraction of the attention heads of every layer")
+    parser.add_argument("--ffn", type=_fraction, metavar="R",
+                        help="transformer: remove this fraction of the FFN neurons of every layer")
+    parser.add_argument("--layers", type=_layer_count, metavar="N", help="transformer: remove N whole encoder layers")
+    parser.add_argument("--head-importance", choices=["contribution", "magnitude"], default="contribution",
+                        help="transformer: rank heads and FFN neurons by their contribution on --data (default) "
+                             "or by weight magnitude (no data)")
+    parser.add_argument("--layer-importance", choices=["skip", "cosine"], default="skip",
+                        help="transformer: choose layers by the output with the layer skipped (default) or by "
+                             "1 - cos(layer input, layer output); both on --data")
     parser.add_argument("--importance", choices=["l1", "l2", "bn", "activation"], default="l2",
                         help="structured: how channels are ranked: weight L1 / L2 norm (default l2), BatchNorm "
                              "scale, or activation statistics on --data")
