@@ -47,6 +47,8 @@ import onnx_ir.passes.common as common_passes
 from onnx_compress.errors import SettingError
 from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
 from onnx_compress.passes.fuse.residual_norm import measure, residual_adds, unfuse_residual_adds
+from onnx_compress.passes.fuse.rules import normalization_rules
+from onnx_compress.passes.fuse.shapes import infer_symbolic, resolve_reshapes, symbolic_shapes
 from onnx_compress.stats import op_histogram
 
 __all__ = ["Fuse", "FuseSettings", "FuseResult"]
@@ -153,8 +155,16 @@ class Fuse(CompressionPass):
         optimize(work)
         shape_optimization.rules.apply_to_model(work)
         optimize(work)
-        layer_norm, reason = self._choose_layer_norm(work)
         fusions: dict[str, int] = {}
+        shapes = infer_symbolic(work)
+        if shapes is not None:
+            fusions["reshape_targets"], fusions["identity_reshapes"] = resolve_reshapes(work, shapes)
+            if fusions["reshape_targets"] or fusions["identity_reshapes"]:
+                optimize(work)  # the shape arithmetic that fed them is dead now
+                shapes = infer_symbolic(work) or shapes
+            symbolic_shapes(work, shapes)
+        fusions["normalized"] = normalization_rules().apply_to_model(work)
+        layer_norm, reason = self._choose_layer_norm(work)
         for name, fuse in _fusion_steps(self.settings, layer_norm):
             kwargs = {"apply_shape_inference": True} if name == "sdpa" else {}
             fusions[name] = int(fuse(work, **kwargs))
