@@ -25,6 +25,13 @@ What
       construction: ``prod(d) = prod(e)`` for every binding of the symbols, so ``-1`` resolves
       to the one remaining symbolic factor. A Reshape whose target equals its input shape
       (all ``0`` or equal numbers, same rank) is an identity and is removed.
+    Where ONNX Runtime's inference gives up (tf2onnx computes ``B*H`` with ``ReduceProd`` over a
+    ``Shape`` slice, which it does not evaluate), :func:`resolve_reshapes` evaluates the target
+    itself: every dim is a product ``c * s1 * s2 ...`` of an integer and named symbols, and
+    ``Shape`` (with ``start``/``end``), ``Gather``, ``Slice``, ``Unsqueeze``, ``Squeeze``,
+    ``Concat``, ``Cast``, ``ReduceProd`` and integer constants are evaluated on such lists; the
+    Reshape's ``0`` and ``-1`` are then resolved by the ONNX rules (copy; total divided by the
+    rest), and the result is written as above.
     - :func:`symbolic_shapes`: the inferred shapes are written onto the IR values whose shape is
       unknown or holds ONNX's anonymous ``unk__N`` dims, so that the fusion rules see one name
       per axis (``batch``, ``sequence``) everywhere.
@@ -114,6 +121,125 @@ def symbolic_shapes(model: ir.Model, shapes: dict[str, Dims]) -> int:
     return written
 
 
+Monomial = tuple[int, tuple[str, ...]]  # c * s1 * s2 * ...
+
+
+def _monomial(dim: int | str | None) -> Monomial | None:
+    if dim is None:
+        return None
+    if isinstance(dim, int):
+        return (dim, ())
+    coef, names = 1, []
+    for part in dim.replace(" ", "").split("*"):
+        if part.isdigit():
+            coef *= int(part)
+        elif part.isidentifier():
+            names.append(part)
+        else:
+            return (1, (dim,))  # an expression we do not take apart: one opaque symbol
+    return (coef, tuple(sorted(names)))
+
+
+def _product(items: list[Monomial]) -> Monomial:
+    coef, names = 1, []
+    for c, n in items:
+        coef *= c
+        names += n
+    return (coef, tuple(sorted(names)))
+
+
+def _as_dim(m: Monomial) -> int | str:
+    if not m[1]:
+        return m[0]
+    return "*".join(([str(m[0])] if m[0] != 1 else []) + list(m[1]))
+
+
+def _evaluate_shapes(model: ir.Model, shapes: dict[str, Dims]) -> dict[str, list[Monomial]]:
+    """Integer tensors computed from shapes, as lists of monomials (see the module docstring);
+    scalars are stored as one-element lists."""
+    known: dict[str, list[Monomial]] = {}
+
+    def get(value: ir.Value | None) -> list[Monomial] | None:
+        if value is None:
+            return None
+        if value.name in known:
+            return known[value.name]
+        tensor = value.const_value
+        if tensor is not None and tensor.dtype in (ir.DataType.INT64, ir.DataType.INT32) and tensor.size <= 16:
+            return [(int(v), ()) for v in tensor.numpy().reshape(-1)]
+        return None
+
+    for node in model.graph:
+        if node.domain not in ("", "ai.onnx") or not node.outputs:
+            continue
+        op, out = node.op_type, node.outputs[0]
+        result: list[Monomial] | None = None
+        inputs = [get(v) for v in node.inputs]
+        if op == "Shape" and node.inputs[0] is not None:
+            dims = shapes.get(node.inputs[0].name or "")
+            if dims is None and node.inputs[0].shape is not None:
+                dims = [d if isinstance(d, int) else getattr(d, "value", None) for d in node.inputs[0].shape]
+            monomials = [_monomial(d) for d in dims] if dims is not None else None
+            if monomials is not None and all(m is not None for m in monomials):
+                start = node.attributes.get("start")
+                end = node.attributes.get("end")
+                result = monomials[start.as_int() if start else 0: end.as_int() if end else None]  # type: ignore[assignment]
+        elif op in ("Cast", "Identity", "Squeeze") and inputs and inputs[0] is not None:
+            result = inputs[0]
+        elif op == "Unsqueeze" and inputs and inputs[0] is not None and len(inputs[0]) == 1:
+            result = inputs[0]
+        elif op == "Concat" and inputs and all(i is not None for i in inputs):
+            result = [m for i in inputs for m in i]  # type: ignore[union-attr]
+        elif op == "ReduceProd" and len(node.inputs) == 1 and inputs[0] is not None:
+            result = [_product(inputs[0])]
+        elif op == "Gather" and len(inputs) == 2 and inputs[0] is not None and inputs[1] is not None:
+            axis = node.attributes.get("axis")
+            if axis is None or axis.as_int() == 0:
+                try:
+                    result = [inputs[0][i[0]] for i in inputs[1] if not i[1]]
+                except IndexError:
+                    result = None
+        elif op == "Slice" and len(inputs) >= 3 and all(i is not None for i in inputs[:3]) \
+                and all(not m[1] for m in inputs[1] + inputs[2]):  # type: ignore[operator]
+            steps = inputs[4] if len(inputs) > 4 else None
+            if len(inputs[1]) == 1 and (steps is None or steps == [(1, ())]):  # type: ignore[arg-type]
+                result = inputs[0][inputs[1][0][0]: inputs[2][0][0]]  # type: ignore[index]
+        if result is not None:
+            known[out.name or ""] = result
+    return known
+
+
+def _evaluated_output(in_dims: Dims, target: list[Monomial]) -> Dims | None:
+    """The output dims of Reshape(in_dims, target) by ONNX's rules (0 copies, -1 infers)."""
+    inputs = [_monomial(d) for d in in_dims]
+    if any(m is None for m in inputs):
+        return None
+    out: list[Monomial | None] = []
+    for i, m in enumerate(target):
+        if m == (0, ()):
+            if i >= len(inputs):
+                return None
+            out.append(inputs[i])
+        elif m == (-1, ()):
+            out.append(None)
+        else:
+            out.append(m)
+    if out.count(None) > 1:
+        return None
+    if None in out:
+        total = _product(inputs)  # type: ignore[arg-type]
+        rest = _product([m for m in out if m is not None])
+        names = list(total[1])
+        for name in rest[1]:
+            if name not in names:
+                return None
+            names.remove(name)
+        if rest[0] == 0 or total[0] % rest[0]:
+            return None
+        out[out.index(None)] = (total[0] // rest[0], tuple(names))
+    return [_as_dim(m) for m in out]  # type: ignore[arg-type]
+
+
 def _constant_target(in_dims: Dims, out_dims: Dims) -> list[int] | None:
     """The constant Reshape target meaning ``in_dims -> out_dims`` for every size (module docstring)."""
     if any(d is None for d in out_dims) or any(d is None for d in in_dims):
@@ -141,6 +267,7 @@ def resolve_reshapes(model: ir.Model, shapes: dict[str, Dims]) -> tuple[int, int
     """Constant targets for run-time Reshape targets, identities removed (module docstring);
     returns (rewritten, removed). In place."""
     rewritten = removed = 0
+    evaluated = _evaluate_shapes(model, shapes)
     for node in list(model.graph):
         if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
             continue
@@ -152,9 +279,12 @@ def resolve_reshapes(model: ir.Model, shapes: dict[str, Dims]) -> tuple[int, int
             continue
         in_dims = shapes.get(data.name or "")
         out_dims = shapes.get(node.outputs[0].name or "")
-        if in_dims is None or out_dims is None:
+        if in_dims is None:
             continue
-        target = _constant_target(in_dims, out_dims)
+        target = _constant_target(in_dims, out_dims) if out_dims is not None else None
+        if target is None and (target_value.name or "") in evaluated:
+            out_dims = _evaluated_output(in_dims, evaluated[target_value.name or ""])
+            target = _constant_target(in_dims, out_dims) if out_dims is not None else None
         if target is None:
             continue
         output = node.outputs[0]
