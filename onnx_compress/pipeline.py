@@ -43,6 +43,7 @@ from onnx_compress.errors import BudgetError, OnnxCompressError, one_line
 from onnx_compress.model_io import load_model, model_files, save_model, weights_nbytes
 from onnx_compress.passes.base import CompressionPass
 from onnx_compress.passes.normalize import Normalize
+from onnx_compress.rebalance import rebalance
 from onnx_compress.recipe import Recipe, load_recipe
 from onnx_compress.report import Report, StageReport
 from onnx_compress.runtime.benchmark import compare_many
@@ -71,6 +72,8 @@ class PipelineSettings:
             this fraction (0.05), or it is rolled back: it would spend budget that later passes
             can use better.
         session: ONNX Runtime settings for validation and timing (default: auto provider).
+        real_tokens_only: per-token outputs of a model with an ``attention_mask`` input are
+            compared on real tokens only (default True; ``runtime.metrics``); False: every position.
     """
 
     search_steps: int = 5
@@ -78,6 +81,7 @@ class PipelineSettings:
     bench_runs: int = 50
     min_gain: float = 0.05
     session: SessionSettings = dataclasses.field(default_factory=SessionSettings)
+    real_tokens_only: bool = True
 
     def __post_init__(self) -> None:
         for name in ("search_steps", "bench_batch", "bench_runs"):
@@ -141,12 +145,12 @@ class _Pipeline:
     """One compression run (state kept here rather than in a chain of arguments)."""
 
     def __init__(self, model: ir.Model, evaluator: Evaluator | None, budget: Budget,
-                 settings: PipelineSettings) -> None:
+                 settings: PipelineSettings, drop: float = 0.0) -> None:
         self.evaluator = evaluator
         self.budget = budget
         self.settings = settings
         self.current = model
-        self.drop = 0.0
+        self.drop = drop
 
     def measure(self, candidate: ir.Model) -> Score | None:
         if self.evaluator is None:
@@ -318,7 +322,8 @@ def compress(
                               "checked on held-out data (use a different split)")
         resolve_metric(metric, validation.labels is not None)
 
-    evaluator = Evaluator(original, validation, metric, settings=settings.session) if validation is not None else None
+    evaluator = Evaluator(original, validation, metric, settings=settings.session,
+                          real_tokens_only=settings.real_tokens_only) if validation is not None else None
     metric_name = evaluator.metric_name if evaluator is not None else "none"
     pipeline = _Pipeline(original, evaluator, budget, settings)
 
@@ -326,16 +331,22 @@ def compress(
     steps = list(passes)
     if not steps or not isinstance(steps[0], Normalize):
         steps.insert(0, Normalize())
+    configured_steps: list[CompressionPass] = []
     for index, pass_ in enumerate(steps, start=1):
         configured = pass_.with_data(calibration=calibration, validation=validation)
+        configured_steps.append(configured)
         stages.append(pipeline.run_pass(index, configured))
 
     feeds_source = validation or calibration
-    kept = [s for s in stages if s.model is not None]
     if feeds_source is not None:
         feeds = {spec.name: feeds_source.inputs[spec.name][: settings.bench_batch] for spec in specs}
     else:
         feeds = synthetic_inputs(specs, batch=settings.bench_batch)
+    stages, alternatives = rebalance(  # a pass starved of budget by an earlier one: try the other order
+        stages, configured_steps, lambda model, drop: _Pipeline(model, evaluator, budget, settings, drop=drop),
+        lambda models: [lat.median_ms for lat in compare_many([Runner(m, settings.session) for m in models], feeds,
+                                                              runs=settings.bench_runs, warmup=5)])
+    kept = [s for s in stages if s.model is not None]
     dims = _symbolic_dims(original, feeds)
     distinct: list[ir.Model] = []
     for stage in kept:
@@ -354,7 +365,7 @@ def compress(
         report.speedup = base_latency / latency.median_ms
     if evaluator is not None:
         reference = score(evaluator.metric, evaluator.reference_outputs, evaluator.reference_outputs,
-                          evaluator.data.labels)
+                          evaluator.data.labels, token_mask=evaluator.token_mask)
         stages[0].report.metric_value, stages[0].report.drop = reference.reference, 0.0
 
     final = kept[-1].report
@@ -378,6 +389,8 @@ def compress(
         budget_met=budget_met,
         warnings=warnings,
         environment=_environment(settings, runners[0].providers),
+        metric_scope=evaluator.scope if evaluator is not None else "",
+        alternatives=[dataclasses.asdict(alt) for alt in alternatives],
     )
     for warning in warnings:
         logger.warning(warning)

@@ -39,6 +39,12 @@ def render_text(report: Report) -> str:
     lines = [table, "", f"{report.model}: {report.size_ratio:.2f}x smaller, "
              f"{_num(report.final.speedup, '.2f')}x faster, {metric} drop {_num(report.final.drop, '.4f')} "
              f"[{budget}: {'met' if report.budget_met else 'NOT met'}]"]
+    if report.metric_scope:
+        lines.append(f"  metric: {report.metric_scope}")
+    for alt in report.alternatives:
+        lines.append(f"  re-balanced: {alt['label']}: drop {alt['drop']:.4g}, {alt['size_ratio']:.2f}x smaller, "
+                     f"{alt['speedup']:.2f}x faster, value {alt['value']:.2f} "
+                     f"({'kept' if alt['chosen'] else 'not kept'}; {'; '.join(alt['stages'])})")
     for stage in report.stages[1:]:
         detail = stage.pass_summary or ""
         if stage.reason:
