@@ -9,8 +9,10 @@ Why
 
 Rule
     After the recipe has run, a stage is *starved* when it did not apply for lack of budget: it
-    was rolled back with every trial over the budget, or it made no change and its pass said the
-    budget was why (its result names ``max_drop``). When an earlier kept stage spent budget (its
+    was rolled back with every trial over the budget, it made no change and its pass said the
+    budget was why (its result names ``max_drop``), or it applied only by keeping nodes
+    uncompressed for the budget (quantization's sensitivity exclusions: int8 with a few MatMuls
+    kept float is the slower int8). When an earlier kept stage spent budget (its
     drop rose over the stage before it), the largest such spender is the *donor*, and ONE
     alternative order is run: from the model before the donor, the passes after it in recipe
     order, then the donor pass again at the end with whatever budget is left (it may apply,
@@ -86,6 +88,9 @@ class Alternative:
 
 
 def _starved(report: StageReport) -> bool:
+    if report.decision == "applied":  # applied, but kept nodes uncompressed to fit what was left
+        excluded = report.pass_result.get("excluded") or []
+        return any(isinstance(node, dict) and node.get("reason") == "sensitivity" for node in excluded)
     if report.decision == "rolled back":
         return bool(report.trials) and not any(trial.get("holds") for trial in report.trials)
     if report.decision == "no change":

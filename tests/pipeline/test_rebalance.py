@@ -40,6 +40,15 @@ def test_a_pass_that_says_its_budget_was_too_small_is_starved_too():
     assert find_swap(_recipe(other)) is None
 
 
+def test_int8_that_kept_nodes_float_for_the_budget_is_starved_too():
+    partial = _stage("5. quantize", "applied", 0.0099)
+    partial.pass_result = {"excluded": [{"name": "MatMul_3", "reason": "too small"},
+                                        {"name": "MatMul_7", "reason": "sensitivity"}]}
+    assert find_swap(_recipe(partial)) == Swap(donor=4, starved=5)
+    partial.pass_result = {"excluded": [{"name": "MatMul_3", "reason": "too small"}]}
+    assert find_swap(_recipe(partial)) is None
+
+
 def test_no_swap_without_an_earlier_stage_that_spent_budget():
     reports = _recipe(_stage("5. quantize", "applied", 0.008))
     assert find_swap(reports) is None  # nothing starved
