@@ -44,6 +44,7 @@ from onnx_compress.errors import BudgetError, OnnxCompressError, one_line
 from onnx_compress.model_io import load_model, model_files, save_model, weights_nbytes
 from onnx_compress.passes.base import CompressionPass
 from onnx_compress.passes.normalize import Normalize
+from onnx_compress.rebalance import rebalance
 from onnx_compress.recipe import Recipe, load_recipe
 from onnx_compress.report import Report, StageReport, save_report
 from onnx_compress.runtime.benchmark import compare_many
@@ -80,6 +81,8 @@ class PipelineSettings:
         time_budget: seconds for the whole run (None: unbounded). Each pass's budget search
             gets an even share of what is left; a search that would overrun its share stops
             after its full-strength trial or the trials made so far (the report says so).
+        real_tokens_only: per-token outputs of a model with an ``attention_mask`` input are
+            compared on real tokens only (default True; ``runtime.metrics``); False: every position.
     """
 
     search_steps: int = 5
@@ -90,6 +93,7 @@ class PipelineSettings:
     budget_margin: float = DEFAULT_MARGIN
     objective: str | None = None
     time_budget: float | None = None
+    real_tokens_only: bool = True
 
     def __post_init__(self) -> None:
         for name in ("search_steps", "bench_batch", "bench_runs"):
@@ -137,12 +141,12 @@ class _Pipeline:
     """One compression run (state kept here rather than in a chain of arguments)."""
 
     def __init__(self, model: ir.Model, evaluator: Evaluator | None, budget: Budget,
-                 settings: PipelineSettings) -> None:
+                 settings: PipelineSettings, drop: float = 0.0) -> None:
         self.evaluator = evaluator
         self.budget = budget
         self.settings = settings
         self.current = model
-        self.drop = 0.0
+        self.drop = drop
         self.stderr = 0.0
         self.deadline = (time.perf_counter() + settings.time_budget) if settings.time_budget else None
         self.validation_seconds = 0.0
@@ -336,7 +340,8 @@ def compress(
                               "checked on held-out data (use a different split)")
         resolve_metric(metric, validation.labels is not None)
 
-    evaluator = Evaluator(original, validation, metric, settings=settings.session) if validation is not None else None
+    evaluator = Evaluator(original, validation, metric, settings=settings.session,
+                          real_tokens_only=settings.real_tokens_only) if validation is not None else None
     metric_name = evaluator.metric_name if evaluator is not None else "none"
     pipeline = _Pipeline(original, evaluator, budget, settings)
 
@@ -344,8 +349,10 @@ def compress(
     steps = list(passes)
     if not steps or not isinstance(steps[0], Normalize):
         steps.insert(0, Normalize())
+    configured_steps: list[CompressionPass] = []
     for index, pass_ in enumerate(steps, start=1):
         configured = pass_.with_data(calibration=calibration, validation=validation)
+        configured_steps.append(configured)
         validation_before = pipeline.validation_seconds
         stage = pipeline.run_pass(index, configured, passes_left=len(steps) - index + 1)
         stages.append(stage)
@@ -354,14 +361,20 @@ def compress(
                     stage.report.decision, stage.report.seconds,
                     ", ".join(f"{k} {v:.1f} s" if isinstance(v, float) else f"{k} {v}"
                               for k, v in stage.report.timings.items()), time.perf_counter() - run_start)
-    timing_start = time.perf_counter()
+    rebalance_start = time.perf_counter()
 
     feeds_source = validation or calibration
-    kept = [s for s in stages if s.model is not None]
     if feeds_source is not None:
         feeds = {spec.name: feeds_source.inputs[spec.name][: settings.bench_batch] for spec in specs}
     else:
         feeds = synthetic_inputs(specs, batch=settings.bench_batch)
+    stages, alternatives = rebalance(  # a pass starved of budget by an earlier one: try the other order
+        stages, configured_steps, lambda model, drop: _Pipeline(model, evaluator, budget, settings, drop=drop),
+        lambda models: [lat.median_ms for lat in compare_many([Runner(m, settings.session) for m in models], feeds,
+                                                              runs=settings.bench_runs, warmup=5)])
+    rebalance_seconds = time.perf_counter() - rebalance_start
+    timing_start = time.perf_counter()
+    kept = [s for s in stages if s.model is not None]
     dims = _symbolic_dims(original, feeds)
     distinct: list[ir.Model] = []
     for stage in kept:
@@ -382,7 +395,7 @@ def compress(
     logger.info("timed %d models side by side in %.1f s", len(distinct), timing_seconds)
     if evaluator is not None:
         reference = score(evaluator.metric, evaluator.reference_outputs, evaluator.reference_outputs,
-                          evaluator.data.labels)
+                          evaluator.data.labels, token_mask=evaluator.token_mask)
         stages[0].report.metric_value, stages[0].report.drop = reference.reference, 0.0
         stages[0].report.drop_stderr = 0.0
 
@@ -415,7 +428,10 @@ def compress(
                  "passes (search trials, incl. their validation)": sum(st.report.seconds for st in stages),
                  "validation of candidates": pipeline.validation_seconds,
                  "timing the stages side by side": timing_seconds,
+                 **({"re-balancing (other pass orders)": rebalance_seconds} if alternatives else {}),
                  **({"time budget": settings.time_budget} if settings.time_budget else {})},
+        metric_scope=evaluator.scope if evaluator is not None else "",
+        alternatives=[dataclasses.asdict(alt) for alt in alternatives],
     )
     for warning in warnings:
         logger.warning(warning)

@@ -24,6 +24,22 @@ a callable
 ``details["stderr"]`` (``top1``, ``cosine``): the standard error of the drop over the samples,
 from the paired per-sample drops (top1: 100 x (reference right - candidate right), each -100, 0
 or 100; cosine: 1 - cos), ``sd / sqrt(n)``; ``onnx_compress.budget`` turns it into a margin.
+
+Per-token outputs: real tokens only
+    A model with an ``attention_mask`` input (a tokenizer's padding mask, ``[batch, sequence]``,
+    non-zero = real token) whose first output is per token (rank 3, ``[batch, sequence,
+    hidden]``, e.g. a BERT encoder's ``last_hidden_state``) is compared on the real tokens only:
+    what the model writes at padded positions is never read by a correct consumer (pooling and
+    token heads mask them out) and moves freely under compression, so counting it measures
+    noise. :func:`score` gets the mask as ``token_mask``; then ``cosine`` is the cosine of each
+    real token's hidden vector (``value`` = mean over real tokens, ``min`` = the worst token) and
+    ``max_abs`` the largest difference over real tokens (other outputs: every element).
+    ``details`` say which positions were used (``tokens`` real of ``positions``) and
+    :attr:`Score.scope` says it in words ("over 3,412 real tokens of 12,800 positions").
+    The validation helpers apply the rule by default; ``real_tokens_only=False``
+    (``Evaluator``, ``validate``, ``PipelineSettings``) compares every position (cosine per
+    sample over the flattened output, as for any other output). With real tokens, the standard
+    error is taken over the samples' mean token drops (tokens of one sample are not independent).
 """
 
 from __future__ import annotations
@@ -36,7 +52,11 @@ import numpy as np
 
 from onnx_compress.errors import DataError, SettingError
 
-__all__ = ["MetricName", "MetricSpec", "Score", "score", "resolve_metric", "METRIC_NAMES"]
+__all__ = ["MetricName", "MetricSpec", "Score", "score", "resolve_metric", "METRIC_NAMES", "MASK_INPUT",
+           "token_mask_for"]
+
+#: the input whose non-zero entries mark real tokens (Hugging Face's name, used by every tokenizer)
+MASK_INPUT = "attention_mask"
 
 MetricName = Literal["top1", "cosine", "max_abs"]
 METRIC_NAMES: tuple[str, ...] = ("top1", "cosine", "max_abs")
@@ -64,8 +84,19 @@ class Score:
     drop: float
     details: dict[str, float] = dataclasses.field(default_factory=dict)
 
+    @property
+    def scope(self) -> str:
+        """Which positions the metric was taken over, in words ("" when not known)."""
+        tokens, positions = self.details.get("tokens"), self.details.get("positions")
+        if tokens is not None and positions is not None:
+            return f"over {int(tokens):,} real tokens of {int(positions):,} positions"
+        samples = self.details.get("samples")
+        return f"over {int(samples):,} samples" if samples is not None else ""
+
     def as_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["scope"] = self.scope
+        return data
 
 
 def resolve_metric(metric: MetricSpec, has_labels: bool) -> MetricName | UserMetric:
@@ -121,27 +152,53 @@ def cosine_per_sample(reference: np.ndarray, candidate: np.ndarray) -> np.ndarra
     return np.clip(cos, -1.0, 1.0)
 
 
-def _cosine(reference: Outputs, candidate: Outputs) -> Score:
-    cos = cosine_per_sample(_first(reference), _first(candidate))
+def token_mask_for(output: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
+    """The boolean ``[batch, sequence]`` real-token mask when ``output`` is per token (rank 3 with
+    those leading axes) and ``mask`` is given, else None (the rule in the module docstring)."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or output.ndim != 3 or tuple(output.shape[:2]) != tuple(mask.shape):
+        return None
+    return mask != 0
+
+
+def _cosine(reference: Outputs, candidate: Outputs, token_mask: np.ndarray | None = None) -> Score:
+    ref, cand = _first(reference), _first(candidate)
+    real = token_mask_for(ref, token_mask)
+    if real is not None:
+        if not real.any():
+            raise DataError(f"the {MASK_INPUT} input marks no real token: nothing to compare")
+        cos = cosine_per_sample(ref[real], cand[real])  # one row per real token
+        details = {"tokens": float(real.sum()), "positions": float(real.size), "samples": float(len(ref))}
+        sample_of_token = np.nonzero(real)[0]  # the sample each real token belongs to
+        counts = np.bincount(sample_of_token, minlength=len(ref))
+        sums = np.bincount(sample_of_token, weights=1.0 - cos, minlength=len(ref))
+        present = counts > 0
+        stderr = _stderr(sums[present] / counts[present])
+    else:
+        cos = cosine_per_sample(ref, cand)
+        details = {"samples": float(len(cos))}
+        stderr = _stderr(1.0 - cos)
     mean = float(cos.mean())
-    return Score(
-        metric="cosine",
-        reference=1.0,
-        candidate=mean,
-        drop=1.0 - mean,
-        details={"min": float(cos.min()), "samples": float(len(cos)), "stderr": _stderr(1.0 - cos)},
-    )
+    return Score(metric="cosine", reference=1.0, candidate=mean, drop=1.0 - mean,
+                 details={"min": float(cos.min()), "stderr": stderr, **details})
 
 
-def _max_abs(reference: Outputs, candidate: Outputs) -> Score:
+def _max_abs(reference: Outputs, candidate: Outputs, token_mask: np.ndarray | None = None) -> Score:
     worst = 0.0
+    details: dict[str, float] = {}
     for name, ref in reference.items():
         cand = np.asarray(candidate[name])
         if cand.shape != ref.shape:
             raise DataError(f"output {name!r} has shape {cand.shape}, the reference has {ref.shape}")
+        real = token_mask_for(ref, token_mask)
+        if real is not None:
+            ref, cand = ref[real], cand[real]
+            details = {"tokens": float(real.sum()), "positions": float(real.size)}
         if ref.size:
             worst = max(worst, float(np.max(np.abs(ref.astype(np.float64) - cand.astype(np.float64)))))
-    return Score(metric="max_abs", reference=0.0, candidate=worst, drop=worst)
+    return Score(metric="max_abs", reference=0.0, candidate=worst, drop=worst, details=details)
 
 
 def score(
@@ -149,8 +206,14 @@ def score(
     reference: Outputs,
     candidate: Outputs,
     labels: np.ndarray | None = None,
+    *,
+    token_mask: np.ndarray | None = None,
 ) -> Score:
-    """Score a candidate's outputs against a reference's (see the module docstring)."""
+    """Score a candidate's outputs against a reference's (see the module docstring).
+
+    ``token_mask``: the model's ``attention_mask`` input (``[batch, sequence]``) to compare
+    per-token outputs on real tokens only; None compares every position.
+    """
     resolved = resolve_metric(metric, labels is not None)
     if list(reference) != list(candidate):
         raise DataError(
@@ -164,5 +227,5 @@ def score(
     if resolved == "top1":
         return _top1(reference, candidate, labels)
     if resolved == "cosine":
-        return _cosine(reference, candidate)
-    return _max_abs(reference, candidate)
+        return _cosine(reference, candidate, token_mask)
+    return _max_abs(reference, candidate, token_mask)

@@ -73,6 +73,11 @@ class Report:
     #: (``{"drop", "stderr", "samples", "within_budget", ...}``; the demo fills it)
     test: dict[str, Any] | None = None
 
+    #: which positions the metric compares ("cosine over 3,412 real tokens of 12,800 positions ...")
+    metric_scope: str = ""
+    #: the pass orders tried when a pass was starved of budget (``onnx_compress.rebalance``)
+    alternatives: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
     @property
     def drop_bound(self) -> float:
         """The final drop plus its margin: what the budget was checked against."""

@@ -71,6 +71,12 @@ def render_text(report: Report) -> str:
         lines.append(f"held-out test data: {test_text(report)}")
     if report.timings:
         lines.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in report.timings.items()))
+    if report.metric_scope:
+        lines.append(f"  metric: {report.metric_scope}")
+    for alt in report.alternatives:
+        lines.append(f"  re-balanced: {alt['label']}: drop {alt['drop']:.4g}, {alt['size_ratio']:.2f}x smaller, "
+                     f"{alt['speedup']:.2f}x faster, value {alt['value']:.2f} "
+                     f"({'kept' if alt['chosen'] else 'not kept'}; {'; '.join(alt['stages'])})")
     for stage in report.stages[1:]:
         detail = stage.pass_summary or ""
         if stage.reason:

@@ -11,6 +11,16 @@ Why
     int8 without fusion spends ~17 ms in int8 MatMuls and ~22 ms elsewhere; fused, the rest is
     ~15 ms (``MultiHeadAttention`` 5 ms, ``SkipLayerNormalization`` 7 ms, ``BiasGelu`` 3 ms).
 
+Other exporters
+    Three export forms are fused (tests on each): the dynamo export (onnxscript's rules match it
+    as written), the TorchScript export (``dynamo=False``, what Hugging Face's exporters write:
+    run-time Reshape targets, a bias-first ``Add``, a ``Where(IsNaN)`` guard with a ``[1]``-shaped
+    zero) and Keras through tf2onnx (LayerNorm as ``GlobalAveragePool`` moments, erf-GELU with
+    ``x * 1/sqrt(2)``, attention as einsums decomposed into batched MatMuls). Before the ORT
+    rules run: symbolic shapes (``shapes.py``: constant Reshape targets, one name per axis) and
+    our exact rewrite rules (``rules.py``, the maths in its docstring) bring those forms to the
+    ones onnxscript's rules match, or fuse them directly (Keras attention).
+
 What (onnxscript's ``ort_fusions`` rules, composed here)
     constant folding and shape simplification, then erf/tanh GELU -> ``Gelu`` (+ bias ->
     ``BiasGelu``), the attention core -> ``MultiHeadAttention`` (scale and Q/K/V biases folded
@@ -47,6 +57,8 @@ import onnx_ir.passes.common as common_passes
 from onnx_compress.errors import SettingError
 from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
 from onnx_compress.passes.fuse.residual_norm import measure, residual_adds, unfuse_residual_adds
+from onnx_compress.passes.fuse.rules import attention_rules, keras_rules, normalization_rules
+from onnx_compress.passes.fuse.shapes import infer_symbolic, resolve_reshapes, symbolic_shapes
 from onnx_compress.stats import op_histogram
 
 __all__ = ["Fuse", "FuseSettings", "FuseResult"]
@@ -153,8 +165,19 @@ class Fuse(CompressionPass):
         optimize(work)
         shape_optimization.rules.apply_to_model(work)
         optimize(work)
-        layer_norm, reason = self._choose_layer_norm(work)
         fusions: dict[str, int] = {}
+        shapes = infer_symbolic(work)
+        if shapes is not None:
+            fusions["reshape_targets"], fusions["identity_reshapes"] = resolve_reshapes(work, shapes)
+            if fusions["reshape_targets"] or fusions["identity_reshapes"]:
+                optimize(work)  # the shape arithmetic that fed them is dead now
+                shapes = infer_symbolic(work) or shapes
+            symbolic_shapes(work, shapes)
+        fusions["normalized"] = normalization_rules().apply_to_model(work)
+        fusions["layer_norm_and_gelu_forms"] = keras_rules().apply_to_model(work)
+        if self.settings.attention != "off":
+            fusions["einsum_attention"] = attention_rules().apply_to_model(work)
+        layer_norm, reason = self._choose_layer_norm(work)
         for name, fuse in _fusion_steps(self.settings, layer_norm):
             kwargs = {"apply_shape_inference": True} if name == "sdpa" else {}
             fusions[name] = int(fuse(work, **kwargs))

@@ -24,7 +24,9 @@ MatMulNBits, ...) are reported as such: quantizing twice is refused.
 
 *Transformer-like* (for the automatic choices): at least one Softmax, at least four MatMul
 nodes with a weight, and a layer normalization (``LayerNormalization`` or the ReduceMean
-pattern of older exports).
+pattern of older exports) or an attention Softmax (one fed, through element-wise and shape
+ops, by a MatMul of two computed tensors: query x key; tf2onnx writes Keras' LayerNorm with
+``GlobalAveragePool``, which a CNN has too, so the attention itself is the signal there).
 """
 
 from __future__ import annotations
@@ -201,5 +203,41 @@ def _transformer_like(graph: onnx.GraphProto, op_counts: collections.Counter, in
     norms = op_counts.get("LayerNormalization", 0) + op_counts.get("com.microsoft::SkipLayerNormalization", 0) \
         + op_counts.get("com.microsoft::LayerNormalization", 0) + op_counts.get("ReduceMean", 0) \
         + op_counts.get("com.microsoft::SimplifiedLayerNormalization", 0)
+    attention = _attention_softmaxes(graph, initializers)
     facts = f"{softmax} attention softmax, {weight_matmuls} weight MatMul/Gemm, {norms} layer norms"
-    return (softmax >= 1 and weight_matmuls >= 4 and norms >= 1), facts
+    if norms == 0 and attention:
+        facts += f", {attention} Softmax fed by query x key MatMuls"
+    return (softmax >= 1 and weight_matmuls >= 4 and (norms >= 1 or attention >= 1)), facts
+
+
+#: ops between the query x key MatMul and its Softmax in the exports seen (scale, mask, head reshapes)
+_SCORE_PATH_OPS = frozenset({"Add", "Mul", "Div", "Sub", "Where", "Squeeze", "Unsqueeze", "Reshape", "Transpose",
+                             "Cast"})
+
+
+def _attention_softmaxes(graph: onnx.GraphProto, initializers: dict, depth: int = 8) -> int:
+    """Softmax nodes fed (within ``depth`` element-wise/shape ops) by a MatMul of two computed tensors."""
+    producers = {out: node for node in graph.node for out in node.output}
+    found = 0
+    for node in graph.node:
+        if node.op_type != "Softmax":
+            continue
+        frontier, seen = list(node.input[:1]), set()
+        for _ in range(depth):
+            following: list[str] = []
+            for name in frontier:
+                producer = producers.get(name)
+                if producer is None or name in seen:
+                    continue
+                seen.add(name)
+                if producer.op_type == "MatMul" and not any(i in initializers for i in producer.input):
+                    found += 1
+                    following = []
+                    break
+                if producer.op_type in _SCORE_PATH_OPS:
+                    following += [i for i in producer.input if i and i not in initializers]
+            else:
+                frontier = following
+                continue
+            break
+    return found

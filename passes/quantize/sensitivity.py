@@ -77,7 +77,8 @@ def rank_nodes(
     for candidate in tqdm(candidates, desc="sensitivity", unit="node", disable=not progress, leave=False):
         path = quantize_only(candidate.name)
         outputs = evaluator.outputs(path)
-        measured = score(evaluator.metric, evaluator.reference_outputs, outputs, evaluator.data.labels)
+        measured = score(evaluator.metric, evaluator.reference_outputs, outputs, evaluator.data.labels,
+                         token_mask=evaluator.token_mask)
         ranking.append(NodeSensitivity(
             name=candidate.name,
             op_type=candidate.op_type,

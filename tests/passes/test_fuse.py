@@ -105,3 +105,51 @@ def test_bad_setting_names_the_choices():
         Fuse(attention="flash")
     with pytest.raises(SettingError, match="auto, fused, unfused, off"):
         Fuse(layer_norm=True)
+
+
+def _real_token_error(reference, candidate, data) -> float:
+    """Largest absolute difference of ``last_hidden_state`` over the real tokens of ``data``."""
+    real = data.inputs["attention_mask"].astype(bool)
+    expected = Runner(reference).run_dataset(data)["last_hidden_state"]
+    got = Runner(candidate).run_dataset(data)["last_hidden_state"]
+    return float(abs(expected[real] - got[real]).max())
+
+
+def test_torchscript_minilm_fuses_like_the_dynamo_export(minilm_ts_onnx, minilm_texts):
+    """The TorchScript exporter computes every head-split Reshape target at run time and writes
+    the attention as Mul-scaled Q and K^T, an additive Where mask, Softmax and a Where(IsNaN)
+    guard, with Linear biases first in their Add: after the symbolic-shape step and our
+    normalization rules, onnxscript's rules fuse all six layers."""
+    from onnx_compress.passes import Normalize
+
+    model = Normalize()(load_model(minilm_ts_onnx)).model
+    result = Fuse(layer_norm="fused")(model)
+    ops = op_histogram(result.model)
+    assert result.fusions["reshape_targets"] >= 24  # Q/K/V splits and the head merge, per layer
+    assert ops["com.microsoft::MultiHeadAttention"] == 6
+    assert ops["com.microsoft::BiasGelu"] == 6
+    assert ops["com.microsoft::SkipLayerNormalization"] == 12
+    assert ops["MatMul"] == 36 and "Softmax" not in ops and "IsNaN" not in ops
+    assert result.fusions["mha_bias"] == 6  # Q/K/V biases folded in (bias-first Adds normalized)
+    assert _real_token_error(model, result.model, minilm_texts["val"].take(8)) < 1e-4
+
+
+def test_keras_encoder_attention_layer_norms_and_gelu_fuse(keras_encoder_onnx, keras_encoder_data):
+    """tf2onnx writes Keras' MultiHeadAttention as einsums decomposed into 5-D Unsqueeze/Transpose
+    and batched 3-D MatMuls (targets computed with ReduceProd), LayerNormalization as
+    GlobalAveragePool moments and erf-GELU with a 1/sqrt(2) multiplication: all become ONNX
+    Runtime's fused ops, outputs unchanged on the real tokens."""
+    from onnx_compress.passes import Normalize
+
+    model = Normalize()(load_model(keras_encoder_onnx)).model
+    assert "LayerNormalization" not in op_histogram(model)
+    result = Fuse(layer_norm="fused")(model)
+    ops = op_histogram(result.model)
+    assert result.fusions["layer_norm_and_gelu_forms"] == 7  # 5 norms (embeddings + 2 per layer), 2 GELUs
+    assert result.fusions["einsum_attention"] == 2
+    assert ops["com.microsoft::MultiHeadAttention"] == 2 and "Softmax" not in ops
+    assert ops["MatMul"] == 12  # Q/K/V/O and the two FFN projections per layer stay quantizable
+    assert ops["com.microsoft::Gelu"] == 2
+    assert ops["com.microsoft::SkipLayerNormalization"] == 5
+    assert "GlobalAveragePool" not in ops and "Erf" not in ops
+    assert _real_token_error(model, result.model, keras_encoder_data["val"].take(32)) < 1e-4

@@ -46,3 +46,58 @@ def test_auto_and_user_metrics():
 
     result = score(mean_output, {"y": np.full(4, 2.0)}, {"y": np.full(4, 1.5)})
     assert result.metric == "mean_output" and result.drop == 0.5
+
+
+def _per_token(seed: int = 0):
+    """[batch 2, sequence 4, hidden 3] outputs and a padding mask with 3 and 2 real tokens."""
+    rng = np.random.default_rng(seed)
+    reference = rng.standard_normal((2, 4, 3)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=np.int64)
+    return reference, mask
+
+
+def test_per_token_outputs_are_compared_on_real_tokens_only():
+    reference, mask = _per_token()
+    noisy = reference.copy()
+    noisy[mask == 0] = np.random.default_rng(1).standard_normal((3, 3)) * 10  # padded positions: noise
+    masked = score("cosine", {"h": reference}, {"h": noisy}, token_mask=mask)
+    assert masked.candidate == pytest.approx(1.0) and masked.drop == pytest.approx(0.0, abs=1e-12)
+    assert masked.details["tokens"] == 5 and masked.details["positions"] == 8
+    assert masked.scope == "over 5 real tokens of 8 positions"
+    everything = score("cosine", {"h": reference}, {"h": noisy})  # no mask: the noise counts
+    assert everything.drop > 0.1 and "tokens" not in everything.details
+    assert score("max_abs", {"h": reference}, {"h": noisy}, token_mask=mask).drop == 0.0
+    assert score("max_abs", {"h": reference}, {"h": noisy}).drop > 1.0
+
+
+def test_per_token_cosine_is_per_real_token_with_the_worst_as_min():
+    reference, mask = _per_token()
+    candidate = reference.copy()
+    candidate[1, 1] = -candidate[1, 1]  # one real token flipped: cosine -1 for it
+    result = score("cosine", {"h": reference}, {"h": candidate}, token_mask=mask)
+    assert result.details["min"] == pytest.approx(-1.0)
+    assert result.candidate == pytest.approx((4 * 1.0 - 1.0) / 5)
+
+
+def test_the_mask_rule_needs_a_per_token_output():
+    pooled = np.random.default_rng(2).standard_normal((2, 3)).astype(np.float32)
+    _, mask = _per_token()
+    result = score("cosine", {"e": pooled}, {"e": pooled * 2}, token_mask=mask)  # rank 2: not per token
+    assert "tokens" not in result.details and result.details["samples"] == 2
+    with pytest.raises(DataError, match="no real token"):
+        reference, _ = _per_token()
+        score("cosine", {"h": reference}, {"h": reference}, token_mask=np.zeros((2, 4), np.int64))
+
+
+def test_evaluator_uses_the_attention_mask_of_a_per_token_model(keras_encoder_onnx, keras_encoder_data):
+    from onnx_compress.runtime.validate import Evaluator
+
+    data = keras_encoder_data["val"].take(40)
+    real = int(data.inputs["attention_mask"].sum())
+    evaluator = Evaluator(keras_encoder_onnx, data, "cosine")
+    assert evaluator.token_mask is not None
+    assert evaluator.scope.startswith(f"cosine over {real:,} real tokens of {40 * 32:,} positions")
+    same = evaluator.evaluate(keras_encoder_onnx)
+    assert same.drop == pytest.approx(0.0, abs=1e-6) and same.details["tokens"] == real
+    every = Evaluator(keras_encoder_onnx, data, "cosine", real_tokens_only=False)
+    assert every.token_mask is None and every.scope == "cosine over 40 samples"

@@ -94,3 +94,58 @@ def test_fp16_keeps_the_fused_skip_layernorm_for_gpus(block_onnx):
     dynamic = Quantize(mode="dynamic", guard="off")(load_model(block_onnx))
     prep = next(c for c in dynamic.choices if c.setting == "preprocess")
     assert "measured on this CPU" in prep.reason or "no residual Add" in prep.reason
+
+
+def _real_token_cosine(reference, candidate, data) -> np.ndarray:
+    """Cosine per real token of ``last_hidden_state`` (padded positions left out)."""
+    real = data.inputs["attention_mask"].astype(bool)
+    expected = Runner(reference).run_dataset(data)["last_hidden_state"]
+    got = Runner(candidate).run_dataset(data)["last_hidden_state"]
+    return cosine_per_sample(expected[real], got[real])
+
+
+def test_keras_encoder_dynamic_int8_runs_on_the_fused_graph(keras_encoder_onnx, keras_encoder_data):
+    """A Keras/tf2onnx encoder (LayerNorm as GlobalAveragePool moments) is recognised as a
+    transformer, fused (MultiHeadAttention, Gelu) before dynamic int8, every projection int8."""
+    import keras_encoder
+
+    from onnx_compress.passes import Normalize
+    from onnx_compress.stats import op_histogram
+
+    model = Normalize()(load_model(keras_encoder_onnx)).model
+    result = Quantize(mode="auto", calibration=keras_encoder_data["calib"], validation=keras_encoder_data["val"],
+                      metric="cosine", max_drop=0.01, threads=2, guard="warn")(model)
+    assert result.modified and result.mode == "dynamic"
+    mode = next(c for c in result.choices if c.setting == "mode")
+    assert "query x key" in mode.reason  # recognised by its attention, not by a LayerNormalization op
+    ops = op_histogram(result.model)
+    assert ops["com.microsoft::MultiHeadAttention"] == 2 and ops["com.microsoft::Gelu"] == 2
+    assert result.quantized_op_types.get("MatMul") == 12 and ops.get("MatMulInteger", 0) == 12
+    assert result.accuracy["details"]["tokens"] == int(keras_encoder_data["val"].inputs["attention_mask"].sum())
+    test = keras_encoder.token_dataset(100, seed=3)
+    cos = _real_token_cosine(model, result.model, test)
+    assert cos.mean() >= 0.999 and cos.min() >= 0.99, (cos.mean(), cos.min())
+    assert result.size_ratio > 2.5
+
+
+@pytest.mark.slow
+def test_torchscript_minilm_dynamic_int8_on_the_fused_graph(minilm_ts_onnx, minilm_texts):
+    """The TorchScript MiniLM (last_hidden_state) gets the same fused dynamic int8 as the dynamo
+    export: six MultiHeadAttention, all 36 projections int8, mean cosine >= 0.99 on real tokens."""
+    import minilm
+
+    from onnx_compress.passes import Normalize
+    from onnx_compress.stats import op_histogram
+
+    model = Normalize()(load_model(minilm_ts_onnx)).model
+    result = Quantize(mode="auto", calibration=minilm_texts["calib"], validation=minilm_texts["val"],
+                      metric="cosine", max_drop=0.01, threads=2, guard="warn")(model)
+    assert result.modified and result.mode == "dynamic"
+    ops = op_histogram(result.model)
+    assert ops["com.microsoft::MultiHeadAttention"] == 6
+    assert result.quantized_op_types.get("MatMul") == 36
+    assert "real tokens" in result.accuracy["scope"]
+    test = minilm.text_dataset(minilm.sentences(600)[400:600], sequence=64)
+    cos = _real_token_cosine(model, result.model, test)
+    assert cos.mean() >= 0.99, (cos.mean(), cos.min())
+    assert result.size_ratio >= 3.5

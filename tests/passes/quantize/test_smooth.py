@@ -115,3 +115,30 @@ def test_attention_outputs_are_smoothed_inside_the_value_projection(minilm_onnx,
     expected = Runner(fused).run_dataset(sample)["embedding"]
     got = Runner(smoothed).run_dataset(sample)["embedding"]
     assert np.abs(expected - got).max() < 1e-4
+
+
+@pytest.mark.parametrize("export", ["keras_encoder_onnx", pytest.param("minilm_ts_onnx", marks=pytest.mark.slow)])
+def test_smoothing_on_other_exporters_folds_attention_outputs_and_keeps_outputs(export, request, minilm_texts,
+                                                                               keras_encoder_data):
+    """The fused TorchScript MiniLM and the fused Keras/tf2onnx encoder: every MultiHeadAttention
+    output is smoothed inside its value projection (no Mul), the other MatMul inputs get one Mul;
+    real-token outputs do not move."""
+    from onnx_compress.model_io import load_model
+    from onnx_compress.passes import Fuse, Normalize
+
+    data = keras_encoder_data if export == "keras_encoder_onnx" else minilm_texts
+    fused = Fuse(layer_norm="unfused")(Normalize()(load_model(request.getfixturevalue(export))).model).model
+    attention = [node for node in fused.graph if node.op_type == "MultiHeadAttention"]
+    matmuls = [node.name for node in fused.graph if node.op_type == "MatMul" and node.inputs[1].const_value is not None]
+    groups = smoothing_groups(fused, matmuls)
+    absmax = input_absmax(fused, groups, data["calib"].take(16))
+    smoothed = smooth(fused, groups, absmax, alpha=0.75)
+    added = [node for node in smoothed.graph if node.op_type == "Mul" and node.name.startswith("smooth_")]
+    assert attention and len(added) == len(groups) - len(attention)
+    folded = [node for node in smoothed.graph if node.op_type == "MatMul" and node.inputs[1].name.endswith("_value_folded")]
+    assert len(folded) == len(attention)
+    sample = data["val"].take(8)
+    real = sample.inputs["attention_mask"].astype(bool)
+    expected = Runner(fused).run_dataset(sample)["last_hidden_state"]
+    got = Runner(smoothed).run_dataset(sample)["last_hidden_state"]
+    assert np.abs(expected[real] - got[real]).max() < 1e-3
