@@ -218,7 +218,8 @@ class _Pipeline:
             if gain < self.settings.min_gain:
                 stage.decision = "rolled back"
                 stage.reason = (f"saves only {gain:.1%} of parameters, weight bytes and MACs for "
-                                f"{cost:.4g} of the budget (min_gain {self.settings.min_gain:.0%})")
+                                f"{cost:.4g} of the budget (drop {self.drop:.4g} before, {measured.drop:.4g} "
+                                f"after; min_gain {self.settings.min_gain:.0%})")
                 return _Stage(stage, None)
         if measured is not None:
             self.drop = measured.drop
@@ -240,6 +241,19 @@ def _gain(before: ir.Model, after: ir.Model) -> float:
     if not unknown_before and not unknown_after:
         gains.append(fraction(macs_before, macs_after))
     return max(gains)
+
+
+def _group_recovery(steps: list[CompressionPass]) -> list[CompressionPass]:
+    """A stage that recovers by training (``recover``) absorbs the cut passes right before it, so
+    that their strength is searched with recovery in the loop (onnx_compress.training.stage)."""
+    grouped: list[CompressionPass] = []
+    for step in steps:
+        absorbs = getattr(step, "absorbs", ())
+        cuts: list[CompressionPass] = []
+        while absorbs and grouped and grouped[-1].name in absorbs:
+            cuts.insert(0, grouped.pop())
+        grouped.append(step.absorb(cuts) if cuts else step)  # type: ignore[attr-defined]
+    return grouped
 
 
 def _slower_stage_warnings(kept: list[_Stage], batch: int) -> list[str]:
@@ -282,6 +296,7 @@ def compress(
     max_drop: float | None = None,
     report_dir: str | os.PathLike[str] | None = None,
     settings: PipelineSettings | None = None,
+    train: DataSource | None = None,
 ) -> CompressionOutcome:
     """Compress ``model`` with ``recipe`` under "metric may drop by at most ``max_drop``".
 
@@ -294,6 +309,8 @@ def compress(
         max_drop: the budget in the metric's unit (points for top1); None = no budget.
         report_dir: where to write ``report.json`` and ``report.html`` (optional).
         settings: search and timing settings.
+        train: training data for a ``recover`` stage (inputs; labels optional), kept apart from
+            the calibration and validation data.
 
     Returns:
         The compressed model with its report; ``outcome.save(path)`` writes it.
@@ -317,6 +334,12 @@ def compress(
             raise BudgetError("the validation data is the calibration data; the budget must be "
                               "checked on held-out data (use a different split)")
         resolve_metric(metric, validation.labels is not None)
+    training = load_data(train) if train is not None else None
+    if training is not None:
+        training.check_against(specs, what="training data")
+        if validation is not None and _identical(training, validation):
+            raise BudgetError("the validation data is the training data; the budget must be checked on "
+                              "held-out data (use a different split)")
 
     evaluator = Evaluator(original, validation, metric, settings=settings.session) if validation is not None else None
     metric_name = evaluator.metric_name if evaluator is not None else "none"
@@ -326,8 +349,10 @@ def compress(
     steps = list(passes)
     if not steps or not isinstance(steps[0], Normalize):
         steps.insert(0, Normalize())
-    for index, pass_ in enumerate(steps, start=1):
+    for index, pass_ in enumerate(_group_recovery(steps), start=1):
         configured = pass_.with_data(calibration=calibration, validation=validation)
+        if hasattr(configured, "with_teacher"):  # recovery training: the original is the teacher
+            configured = configured.with_teacher(original, training)
         stages.append(pipeline.run_pass(index, configured))
 
     feeds_source = validation or calibration

@@ -143,6 +143,18 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"quantize": {"mode": "auto"}},
         ],
     },
+    # for users with training data (compress --train): prune hard and factor, recover by distillation
+    # from the original (the cut strength is searched WITH recovery in the loop), then int8.
+    # The learning rate suits small CNNs; transformers want ~5e-5 (a recipe file).
+    "tiny": {
+        "name": "tiny",
+        "passes": [
+            {"prune_structured": {"ratio": 0.8, "round_to": "auto", "reconstruct": True}},
+            {"lowrank": {"rank_ratio": 0.5}},
+            {"recover": {"epochs": 20, "lr": 0.001, "patience": 4}},
+            {"quantize": {"mode": "auto"}},
+        ],
+    },
     # half precision for GPUs (float inputs and outputs kept)
     "gpu-fp16": {"name": "gpu-fp16", "passes": [{"quantize": {"mode": "fp16"}}]},
 }

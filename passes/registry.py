@@ -21,6 +21,8 @@ PASS_PATHS: dict[str, str] = {
     "prune_unstructured": "onnx_compress.passes.prune.unstructured:PruneUnstructured",
     "lowrank": "onnx_compress.passes.lowrank:LowRank",
     "quantize": "onnx_compress.passes.quantize:Quantize",
+    # needs torch: lives in the training room, imported only when a recipe names it
+    "recover": "onnx_compress.training.stage:Recover",
 }
 
 

@@ -33,13 +33,12 @@ import numpy as np
 from onnx_compress.converters.distillation import PROB_FLOOR, detect_output_kind
 from onnx_compress.optional import require
 
-__all__ = ["LossKind", "OutputLoss", "detect_loss", "find_mask_input", "LOSS_KINDS"]
+__all__ = ["LossKind", "OutputLoss", "detect_loss", "find_mask_input"]
 
 torch = require("torch", "recovery training")
 F = torch.nn.functional
 
 LossKind = Literal["kl", "cosine", "token", "mse"]
-LOSS_KINDS = ("auto", "kl", "cosine", "token", "mse")
 
 
 def find_mask_input(inputs: Mapping[str, np.ndarray]) -> str | None:

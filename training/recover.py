@@ -12,8 +12,9 @@ cross-entropy when the data has ``labels`` (``label_weight``), plus optional mat
 intermediate values that both graphs have (``match``).
 
 Early stopping: the validation metric (top-1 with labels, else agreement with the teacher for
-class scores; the mean cosine for embeddings and per-token outputs) is measured before training
-(epoch 0) and after every epoch; training stops after ``patience`` epochs without improvement
+class scores; the mean cosine for embeddings and per-token outputs) and the validation loss are
+measured before training (epoch 0) and after every epoch; an epoch is better when its metric is
+higher, or equal with a lower validation loss (top-1 on a small set ties often); training stops after ``patience`` epochs without improvement
 and the best epoch's weights are kept. When no epoch beats epoch 0 the result says so and the
 model is the input, unchanged (``improved=False``, both numbers in the result).
 
@@ -48,11 +49,13 @@ from onnx_compress.optional import require
 from onnx_compress.passes.base import CompressionResult, PassSettings
 from onnx_compress.runtime.session import Runner
 
-__all__ = ["RecoverySettings", "RecoveryResult", "recover", "EpochRecord"]
+__all__ = ["RecoverySettings", "RecoveryResult", "recover", "EpochRecord", "DEVICES", "LOSS_KINDS"]
 
 logger = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
+#: loss kinds (see losses.py); ``auto`` picks one per output
+LOSS_KINDS = ("auto", "kl", "cosine", "token", "mse")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +99,6 @@ class RecoverySettings(PassSettings):
     max_minutes: float | None = None
 
     def __post_init__(self) -> None:
-        from onnx_compress.training.losses import LOSS_KINDS
-
         for name in ("epochs", "batch_size", "patience"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise SettingError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
@@ -135,6 +136,8 @@ class RecoveryResult(CompressionResult):
     metric_name: str = ""
     before: float = float("nan")
     after: float = float("nan")
+    loss_before: float = float("nan")
+    loss_after: float = float("nan")
     best_epoch: int = 0
     epochs_run: int = 0
     improved: bool = False
@@ -152,9 +155,11 @@ class RecoveryResult(CompressionResult):
     def summary(self) -> str:
         if not self.improved:
             return (f"recovery did not improve validation {self.metric_name} ({self.before:.4g} before, best "
-                    f"{self.after:.4g} after {self.epochs_run} epochs): model unchanged")
+                    f"{self.after:.4g} after {self.epochs_run} epochs; loss {self.loss_before:.4g} before): "
+                    "model unchanged")
         note = " (interrupted: best epoch so far)" if self.interrupted else ""
-        return (f"validation {self.metric_name} {self.before:.4g} -> {self.after:.4g} (best epoch "
+        return (f"validation {self.metric_name} {self.before:.4g} -> {self.after:.4g}, loss {self.loss_before:.4g} -> "
+                f"{self.loss_after:.4g} (best epoch "
                 f"{self.best_epoch}/{self.epochs_run}, {self.trainable_params:,} weights trained, "
                 f"{self.seconds:.0f} s){note}")
 
@@ -317,7 +322,7 @@ def recover(
                 mask = None if mask_name is None else torch.from_numpy(valid.inputs[mask_name][index]).to(device)
                 batch_loss = sum(l.weight * l.loss(out[l.name], torch.from_numpy(target[l.name]).to(device), mask,
                                                    None, 0.0) for l in losses)
-                total += float(batch_loss) * len(index)
+                total += batch_loss.item() * len(index)
                 count += len(index)
                 for l in losses:
                     chunks[l.name].append(out[l.name].cpu().numpy())
@@ -328,11 +333,11 @@ def recover(
         return total / max(count, 1), value, worst
 
     val_loss, before, before_min = evaluate()
-    result.before = before
+    result.before, result.loss_before = before, val_loss
     result.history.append(EpochRecord(0, None, val_loss, before, before_min, 0.0))
     logger.info("epoch 0 (as compressed): val loss %.5g, val %s %.5g%s", val_loss, result.metric_name, before,
                 f" (min {before_min:.4g})" if before_min is not None else "")
-    best_value, best_state, best_epoch = before, None, 0
+    best_value, best_loss, best_state, best_epoch = before, val_loss, None, 0
 
     params = list(module.params.values())
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -358,7 +363,7 @@ def recover(
             order = rng.permutation(len(train))
             running, seen = 0.0, 0
             bar = tqdm(total=len(train), desc=f"recover epoch {epoch}/{settings.epochs}", unit="sample",
-                       disable=not progress, leave=False)
+                       disable=None if progress else True, leave=False)  # None: off when stderr is no terminal
             for s in range(0, len(train), settings.batch_size):
                 index = np.sort(order[s:s + settings.batch_size])
                 out = module(**{n: train.inputs[n][index] for n in module.input_names})
@@ -368,7 +373,7 @@ def recover(
                 loss = sum(l.weight * l.loss(out[l.name], torch.from_numpy(target[l.name]).to(device), mask,
                                              labels if l is primary else None, settings.label_weight)
                            for l in losses)
-                value = float(loss)
+                value = loss.item()
                 if not math.isfinite(value):
                     raise TrainingError(f"the recovery loss became {value} at epoch {epoch}, step {step + 1}; "
                                         f"lower the learning rate (now {settings.lr:g}); nothing was written")
@@ -388,9 +393,10 @@ def recover(
             record = EpochRecord(epoch, running / max(seen, 1), val_loss, value, worst, time.perf_counter() - epoch_start)
             result.history.append(record)
             result.epochs_run = epoch
-            better = value > best_value
+            # the metric decides; on a tie (top-1 on a small set) the lower validation loss does
+            better = value > best_value or (value == best_value and val_loss < best_loss)
             if better:
-                best_value, best_epoch, stale = value, epoch, 0
+                best_value, best_loss, best_epoch, stale = value, val_loss, epoch, 0
                 best_state = {k: p.detach().clone() for k, p in module.params.items()}
             else:
                 stale += 1
@@ -408,7 +414,7 @@ def recover(
         result.interrupted = True
         logger.warning("interrupted during epoch %d: keeping the best epoch so far (%d)", result.epochs_run + 1, best_epoch)
 
-    result.after, result.best_epoch = best_value, best_epoch
+    result.after, result.loss_after, result.best_epoch = best_value, best_loss, best_epoch
     result.seconds = time.perf_counter() - start_time
     if best_state is None:
         result.improved = False
