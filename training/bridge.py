@@ -11,9 +11,10 @@ names, same initializer names and shapes) whose trainable initializers hold the 
 and :func:`check_parity` runs that copy in ONNX Runtime against the module.
 
 Why our own interpreter rather than onnx2pytorch / onnx2torch
-    Both import torchvision at import time, and PyPI's torchvision does not load against the
-    project's torch 2.13 CPU build (its C++ operators fail to register; checked on this
-    machine). More important, a converter builds a *new* module tree whose parameter names are
+    Both import torchvision at import time, and PyPI's torchvision 0.28.0 (the release that pins
+    torch 2.13.0) fails at ``import torchvision`` against the project's torch 2.13 CPU build
+    ("operator torchvision::nms does not exist": its C++ operators do not register; checked
+    2026-11-30). More important, a converter builds a *new* module tree whose parameter names are
     its own, so writing the trained values back into the same ONNX graph needs a name mapping
     that the converters do not promise; here the parameter IS the initializer, by name, so the
     write-back is exact by construction and the graph's structure can never change. The

@@ -80,7 +80,8 @@ class RecoverySettings(PassSettings):
         device: ``auto`` (CUDA when torch sees one), ``cpu`` or ``cuda``.
         seed: the shuffling and initialisation seed (0).
         cache_mb: teacher outputs on the training data up to this size are computed once (512).
-        max_minutes: stop after the epoch during which this much training time passed (None).
+        max_minutes: stop training when this much time has passed (mid-epoch: the partial epoch is
+            evaluated like a full one); None = no limit.
     """
 
     epochs: int = 10
@@ -206,7 +207,8 @@ def _teacher_with_outputs(teacher: ir.Model, extra: Sequence[str]) -> ir.Model:
 
 
 class _Teacher:
-    """The teacher's outputs per batch: cached for the whole set when small, else streamed."""
+    """The teacher's outputs per batch: kept for the whole set when they fit in ``cache_mb``
+    (each sample is run once, when a batch first needs it), else run for every batch."""
 
     def __init__(self, runner: Runner, names: Sequence[str], data: Dataset, batch: int, cache_mb: float) -> None:
         self.runner, self.names, self.data = runner, list(names), data
@@ -214,18 +216,28 @@ class _Teacher:
         probe = self._run(np.arange(min(len(data), 2)))
         per_sample = sum(a.nbytes for a in probe.values()) / max(len(probe[self.names[0]]), 1)
         self.cache: dict[str, np.ndarray] | None = None
+        self.done = np.zeros(len(data), dtype=bool)
         if per_sample * len(data) <= cache_mb * 2**20:
-            parts = [self._run(np.arange(s, min(s + 256, len(data)))) for s in range(0, len(data), 256)]
-            self.cache = {n: np.concatenate([p[n] for p in parts]) for n in self.names}
+            self.cache = {n: np.empty((len(data), *a.shape[1:]), a.dtype) for n, a in probe.items()}
 
     def _run(self, index: np.ndarray) -> dict[str, np.ndarray]:
         feeds = {n: self.data.inputs[n][index] for n in self.inputs}
         return dict(zip(self.names, self.runner.run(feeds, self.names)))
 
     def __call__(self, index: np.ndarray) -> dict[str, np.ndarray]:
-        if self.cache is not None:
-            return {n: a[index] for n, a in self.cache.items()}
-        return self._run(index)
+        if self.cache is None:
+            return self._run(index)
+        missing = index[~self.done[index]]
+        for start in range(0, len(missing), 256):
+            part = missing[start:start + 256]
+            for name, values in self._run(part).items():
+                self.cache[name][part] = values
+            self.done[part] = True
+        return {n: a[index] for n, a in self.cache.items()}
+
+    def all(self) -> dict[str, np.ndarray]:
+        """The outputs on every sample (computed now where missing)."""
+        return self(np.arange(len(self.data)))
 
 
 def recover(
@@ -288,8 +300,9 @@ def recover(
     mask_name = find_mask_input(train.inputs)
     val_mask = valid.inputs[mask_name] if mask_name else None
     losses: list[OutputLoss] = []
+    val_reference = teacher_val.all()
     for name in wanted:
-        reference = teacher_val.cache[name]  # type: ignore[index]
+        reference = val_reference[name]
         if name in outputs:
             kind = detect_loss(reference, val_mask) if settings.loss == "auto" else settings.loss
             weight = 1.0
@@ -327,8 +340,7 @@ def recover(
                 for l in losses:
                     chunks[l.name].append(out[l.name].cpu().numpy())
         student_out = np.concatenate(chunks[primary.name])
-        name, value, worst = primary.metric(student_out, teacher_val.cache[primary.name], val_mask,  # type: ignore[index]
-                                            valid.labels)
+        name, value, worst = primary.metric(student_out, val_reference[primary.name], val_mask, valid.labels)
         result.metric_name = name
         return total / max(count, 1), value, worst
 
@@ -356,6 +368,8 @@ def recover(
 
     step, stale = 0, 0
     train_start = time.perf_counter()
+    deadline = None if settings.max_minutes is None else train_start + settings.max_minutes * 60
+    out_of_time = False
     try:
         for epoch in range(1, settings.epochs + 1):
             epoch_start = time.perf_counter()
@@ -388,6 +402,9 @@ def recover(
                 seen += len(index)
                 bar.update(len(index))
                 bar.set_postfix(loss=f"{value:.4g}")
+                if deadline is not None and time.perf_counter() > deadline:
+                    out_of_time = True
+                    break  # the epoch ends here; it is evaluated like a full one
             bar.close()
             val_loss, value, worst = evaluate()
             record = EpochRecord(epoch, running / max(seen, 1), val_loss, value, worst, time.perf_counter() - epoch_start)
@@ -407,8 +424,8 @@ def recover(
                 result.stopped_early = True
                 logger.info("no better validation %s for %d epochs: stopping", result.metric_name, stale)
                 break
-            if settings.max_minutes is not None and time.perf_counter() - train_start > settings.max_minutes * 60:
-                logger.info("max_minutes (%g) reached after epoch %d: stopping", settings.max_minutes, epoch)
+            if out_of_time:
+                logger.info("max_minutes (%g) reached in epoch %d: stopping", settings.max_minutes, epoch)
                 break
     except KeyboardInterrupt:
         result.interrupted = True

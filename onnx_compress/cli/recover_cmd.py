@@ -85,7 +85,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--match", nargs="*", metavar="VALUE",
                         help="intermediate values both graphs have to match too ('auto': every LayerNorm output)")
     parser.add_argument("--patience", type=int, default=3, help="epochs without improvement before stopping (3)")
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes (the last, partial epoch is evaluated)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
