@@ -19,8 +19,9 @@ def test_recovery_wins_back_top1_of_a_hard_cut(pruned_torch_seed, torch_seed_onn
     teacher = load_model(torch_seed_onnx)
     before_arrays = {n: np.array(v.const_value.numpy()) for n, v in student.graph.initializers.items()}
     start_test = top1(student, small_splits["test"])
-    settings = RecoverySettings(epochs=6, lr=3e-3, batch_size=32, patience=6)
-    model, result = recover(student, teacher, small_splits["train"], small_splits["val"], settings, progress=False)
+    settings = RecoverySettings(epochs=5, lr=3e-3, batch_size=32, patience=5)
+    model, result = recover(student, teacher, small_splits["train"].take(640), small_splits["val"], settings,
+                            progress=False)
     assert result.improved and result.modified
     assert result.metric_name == "top1"
     assert result.after > result.before + 2.0, result.summary()
