@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from onnx_compress.data import Dataset
@@ -35,4 +34,4 @@ def small_splits(digits_nchw):
     return {"train": digits_nchw.train, "val": digits_nchw.val, "test": digits_nchw.test}
 
 
-__all__ = ["top1", "np"]
+__all__ = ["top1"]

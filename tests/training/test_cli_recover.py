@@ -59,7 +59,7 @@ def test_ctrl_c_keeps_the_best_epoch_so_far(pruned_torch_seed, torch_seed_onnx, 
             break
         assert time.monotonic() < deadline, "".join(seen)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    stdout, stderr = proc.communicate(timeout=300)  # generous: the shared test machine can be very loaded
     assert proc.returncode == 130, "".join(seen) + stderr
     assert "interrupted: wrote the best epoch so far" in stderr
     assert out.exists() and [n.op_type for n in load_model(out).graph]
