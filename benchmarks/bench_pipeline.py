@@ -70,13 +70,13 @@ def _add_speed_and_size(rows: dict[str, dict[str, Any]], variants: dict[str, dic
 
 
 def _compress(fp32: Path, folder: Path, args: argparse.Namespace, calib: Any, val: Any, metric: str,
-              max_drop: float) -> tuple[Path, float, Any]:
+              max_drop: float, train: Any = None) -> tuple[Path, float, Any]:
     from onnx_compress.pipeline import PipelineSettings, compress
     from onnx_compress.runtime import SessionSettings
 
     start = time.perf_counter()
     outcome = compress(fp32, args.preset, calib=calib, val=val, metric=metric, max_drop=max_drop,
-                       report_dir=folder / "report",
+                       report_dir=folder / "report", train=train,
                        settings=PipelineSettings(session=SessionSettings(provider="cpu", intra_op_threads=args.threads)))
     seconds = time.perf_counter() - start
     path = outcome.save(folder / f"{args.preset}.onnx")
@@ -107,7 +107,8 @@ def bench_cnn(args: argparse.Namespace, framework: str) -> dict[str, Any]:
 
         model, splits = seed_keras_cnn.trained_model()
         oc.export_keras(model, fp32, example_inputs=splits.test.take(2).inputs["input"])
-    path, seconds, outcome = _compress(fp32, folder, args, splits.calib, splits.val, "top1", 0.5)
+    path, seconds, outcome = _compress(fp32, folder, args, splits.calib, splits.val, "top1", 0.5,
+                                       train=splits.train)  # used by a recover stage (preset tiny) only
     variants = _variants(fp32, folder, splits.calib, path, f"ours: {args.preset}, budget 0.5", seconds)
     rows: dict[str, dict[str, Any]] = {}
     for name, info in variants.items():

@@ -34,6 +34,8 @@ _LAZY: dict[str, str] = {
     "compress": "onnx_compress.pipeline",
     "PipelineSettings": "onnx_compress.pipeline",
     "load_recipe": "onnx_compress.recipe",
+    "recover": "onnx_compress.training.recover",
+    "RecoverySettings": "onnx_compress.training.recover",
     "validate": "onnx_compress.runtime.validate",
     "Evaluator": "onnx_compress.runtime.validate",
     "benchmark": "onnx_compress.runtime.benchmark",
@@ -62,4 +64,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from onnx_compress.runtime.validate import Evaluator, validate
     from onnx_compress.pipeline import PipelineSettings, compress
     from onnx_compress.recipe import load_recipe
+    from onnx_compress.training.recover import RecoverySettings, recover
     from onnx_compress.stats import model_stats

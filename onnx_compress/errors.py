@@ -27,6 +27,7 @@ __all__ = [
     "RecipeError",
     "DeployError",
     "UnsupportedModelError",
+    "TrainingError",
     "one_line",
 ]
 
@@ -101,6 +102,10 @@ class DeployError(OnnxCompressError):
 class UnsupportedModelError(OnnxCompressError):
     """A model's architecture is outside what an operation handles (the message names the layer
     and says why), e.g. a branching network given to the narrow-student builder."""
+
+
+class TrainingError(OnnxCompressError):
+    """Training (recovery) cannot go on: the loss turned NaN/inf, or there is nothing to train."""
 
 
 def one_line(exc: BaseException, limit: int = 500) -> str:

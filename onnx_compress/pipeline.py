@@ -230,7 +230,8 @@ class _Pipeline:
             if gain < self.settings.min_gain:
                 stage.decision = "rolled back"
                 stage.reason = (f"saves only {gain:.1%} of parameters, weight bytes and MACs for "
-                                f"{cost:.4g} of the budget (min_gain {self.settings.min_gain:.0%})")
+                                f"{cost:.4g} of the budget (drop {self.drop:.4g} before, {measured.drop:.4g} "
+                                f"after; min_gain {self.settings.min_gain:.0%})")
                 return _Stage(stage, None)
         if measured is not None:
             self.drop, self.stderr = measured.drop, stage.drop_stderr
@@ -261,6 +262,19 @@ def _gain(before: ir.Model, after: ir.Model) -> float:
     if not unknown_before and not unknown_after:
         gains.append(fraction(macs_before, macs_after))
     return max(gains)
+
+
+def _group_recovery(steps: list[CompressionPass]) -> list[CompressionPass]:
+    """A stage that recovers by training (``recover``) absorbs the cut passes right before it, so
+    that their strength is searched with recovery in the loop (onnx_compress.training.stage)."""
+    grouped: list[CompressionPass] = []
+    for step in steps:
+        absorbs = getattr(step, "absorbs", ())
+        cuts: list[CompressionPass] = []
+        while absorbs and grouped and grouped[-1].name in absorbs:
+            cuts.insert(0, grouped.pop())
+        grouped.append(step.absorb(cuts) if cuts else step)  # type: ignore[attr-defined]
+    return grouped
 
 
 def _slower_stage_warnings(kept: list[_Stage], batch: int) -> list[str]:
@@ -303,6 +317,7 @@ def compress(
     max_drop: float | None = None,
     report_dir: str | os.PathLike[str] | None = None,
     settings: PipelineSettings | None = None,
+    train: DataSource | None = None,
 ) -> CompressionOutcome:
     """Compress ``model`` with ``recipe`` under "metric may drop by at most ``max_drop``".
 
@@ -315,6 +330,8 @@ def compress(
         max_drop: the budget in the metric's unit (points for top1); None = no budget.
         report_dir: where to write ``report.json`` and ``report.html`` (optional).
         settings: search and timing settings.
+        train: training data for a ``recover`` stage (inputs; labels optional), kept apart from
+            the calibration and validation data.
 
     Returns:
         The compressed model with its report; ``outcome.save(path)`` writes it.
@@ -339,6 +356,12 @@ def compress(
             raise BudgetError("the validation data is the calibration data; the budget must be "
                               "checked on held-out data (use a different split)")
         resolve_metric(metric, validation.labels is not None)
+    training = load_data(train) if train is not None else None
+    if training is not None:
+        training.check_against(specs, what="training data")
+        if validation is not None and same_data(training, validation):
+            raise BudgetError("the validation data is the training data; the budget must be checked on "
+                              "held-out data (use a different split)")
 
     evaluator = Evaluator(original, validation, metric, settings=settings.session,
                           real_tokens_only=settings.real_tokens_only) if validation is not None else None
@@ -350,8 +373,11 @@ def compress(
     if not steps or not isinstance(steps[0], Normalize):
         steps.insert(0, Normalize())
     configured_steps: list[CompressionPass] = []
+    steps = _group_recovery(steps)
     for index, pass_ in enumerate(steps, start=1):
         configured = pass_.with_data(calibration=calibration, validation=validation)
+        if hasattr(configured, "with_teacher"):  # recovery training: the original is the teacher
+            configured = configured.with_teacher(original, training)
         configured_steps.append(configured)
         validation_before = pipeline.validation_seconds
         stage = pipeline.run_pass(index, configured, passes_left=len(steps) - index + 1)

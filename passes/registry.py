@@ -24,6 +24,8 @@ PASS_PATHS: dict[str, str] = {
     "prune_transformer": "onnx_compress.passes.prune.transformer:PruneTransformer",
     "lowrank": "onnx_compress.passes.lowrank:LowRank",
     "quantize": "onnx_compress.passes.quantize:Quantize",
+    # needs torch: lives in the training room, imported only when a recipe names it
+    "recover": "onnx_compress.training.stage:Recover",
 }
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPED = {"converters": "onnx_compress.converters", "passes": "onnx_compress.passes",
-          "runtime": "onnx_compress.runtime", "onnx_compress": "onnx_compress"}
+          "runtime": "onnx_compress.runtime", "training": "onnx_compress.training",
+          "onnx_compress": "onnx_compress"}
 FRAMEWORKS = ("torch", "tensorflow", "keras", "tf2onnx")
 
 
@@ -62,6 +63,22 @@ def _source_files():
         yield from (ROOT / top).rglob("*.py")
 
 
+def _module_level_imports(path: Path) -> set[str]:
+    """Imports executed when the module is imported (not inside functions or ``if TYPE_CHECKING``)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        for inner in ast.walk(node):
+            if isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                break
+            if isinstance(inner, ast.Import):
+                names.update(alias.name for alias in inner.names)
+            elif isinstance(inner, ast.ImportFrom) and inner.module and inner.level == 0:
+                names.add(inner.module)
+    return names
+
+
 def test_every_package_folder_is_listed_in_pyproject():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     listed = set(config["tool"]["setuptools"]["packages"])
@@ -78,18 +95,34 @@ def test_the_layering_test_sees_require():
     assert {_required(n) for n in ast.walk(tree)} >= {"torch", "tensorflow"}
 
 
+def test_the_core_reaches_the_training_room_only_lazily():
+    """The training room (torch) is imported inside functions only: pipeline, recipe, CLI and API
+    name it lazily (the registry by a "module:Class" string), never at module level."""
+    for path in (ROOT / "onnx_compress").rglob("*.py"):
+        bad = [n for n in _module_level_imports(path) if n.startswith("onnx_compress.training")]
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad} at module level"
+    for path in (ROOT / "training").rglob("*.py"):
+        bad = [n for n in _module_level_imports(path) if n.split(".")[0] in ("torch", "tensorflow", "keras", "tf2onnx")]
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad} at module level (use optional.require)"
+
+
 def test_passes_and_runtime_never_import_frameworks_or_converters():
     for top in ("passes", "runtime"):
         for path in (ROOT / top).rglob("*.py"):
-            bad = [n for n in _imports(path) if _is_framework(n) or n.startswith("onnx_compress.converters")]
+            bad = [n for n in _imports(path) if _is_framework(n)
+                   or n.startswith(("onnx_compress.converters", "onnx_compress.training"))]
             assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
 def test_frameworks_are_imported_only_through_require_and_only_lazily():
-    """Outside converters/ no import statement names a framework; anywhere, ``require`` of a
-    framework runs inside a function, never when a module is imported."""
+    """Outside the rooms (converters/, training/) no import statement names a framework; outside
+    the training room, ``require`` of a framework runs inside a function, never when a module is
+    imported (the training room's modules require torch at import: the core reaches them only
+    lazily, see the next test)."""
     for path in _source_files():
         tree = ast.parse(path.read_text())
+        if path.is_relative_to(ROOT / "training"):
+            continue
         if not path.is_relative_to(ROOT / "converters"):
             statements = {n for n in _imports(path) if _is_framework(n)} - {
                 _required(n) for n in ast.walk(tree) if _required(n)}

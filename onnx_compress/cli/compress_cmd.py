@@ -29,7 +29,9 @@ Recipes are YAML or JSON:
     - quantize: {mode: auto}
 
 Passes a recipe can name: normalize, fuse (transformer fusions for ONNX Runtime), prune_structured,
-prune_unstructured, lowrank, quantize; an unknown pass or setting is an error naming the valid ones.
+prune_unstructured, lowrank, quantize, recover (recovery training from the original on --train,
+needs torch; the cut passes right before it are searched with recovery in the loop); an unknown
+pass or setting is an error naming the valid ones.
 
 examples:
   onnx-compress compress m.onnx -o small.onnx --preset small --data calib.npz --val val.npz --max-drop 0.5
@@ -65,6 +67,7 @@ def _compress(args: argparse.Namespace) -> int:
         max_drop=args.max_drop,
         report_dir=args.report,
         settings=settings,
+        train=args.train,
     )
     outcome.save(args.output)
     payload = {"output": str(args.output), **outcome.report.as_dict()}
@@ -89,6 +92,8 @@ def register(subparsers: Any) -> None:
                         help="calibration .npz (quantization calibration, activation statistics)")
     parser.add_argument("--val", type=Path, default=None,
                         help="held-out validation .npz on which the budget is checked (needed with --max-drop)")
+    parser.add_argument("--train", type=Path, default=None,
+                        help="training .npz for a recover stage (inputs; labels optional; kept apart from --data/--val)")
     parser.add_argument("--metric", choices=["auto", "top1", "cosine", "max_abs"], default="auto",
                         help="budget metric (default auto: top1 when --val has labels, else cosine)")
     parser.add_argument("--max-drop", type=float, default=None,

@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "onnx_compress.cli.distill_cmd",
     "onnx_compress.cli.lowrank_cmd",
     "onnx_compress.cli.quantize_cmd",
+    "onnx_compress.cli.recover_cmd",
 ]
 
 _DESCRIPTION = """\

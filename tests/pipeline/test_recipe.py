@@ -45,8 +45,8 @@ def test_bad_recipes_name_the_problem(tmp_path, text, fragment):
 
 
 def test_unknown_preset_and_missing_file(tmp_path):
-    with pytest.raises(RecipeError, match="unknown preset 'tiny'; presets:"):
-        load_recipe("tiny")
+    with pytest.raises(RecipeError, match="unknown preset 'teeny'; presets:"):
+        load_recipe("teeny")
     with pytest.raises(RecipeError, match="not found"):
         load_recipe(tmp_path / "nope.yaml")
     with pytest.raises(RecipeError):

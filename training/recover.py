@@ -1,0 +1,445 @@
+"""Recovery training: distill a compressed ONNX graph back towards the model it was cut from.
+
+The teacher is the original ONNX model, run by ONNX Runtime (its outputs on the training data
+are computed once and cached when they fit in ``cache_mb``, else per batch). The student is the
+compressed graph, executed by the bridge (:mod:`onnx_compress.training.bridge`): its weight
+initializers are trained with AdamW (learning rate ``lr``, linear warm-up over the first 5 % of
+the steps, then cosine decay to 0; gradients clipped to norm 1), and the trained values are
+written back into the same graph by initializer name. The loss per output is chosen from the
+output's kind (``losses.py``: KL at temperature ``T`` for class scores, cosine for embeddings,
+masked cosine + relative MSE for per-token features, relative MSE otherwise), plus a hard-label
+cross-entropy when the data has ``labels`` (``label_weight``), plus optional matching of
+intermediate values that both graphs have (``match``).
+
+Early stopping: the validation metric (top-1 with labels, else agreement with the teacher for
+class scores; the mean cosine for embeddings and per-token outputs) and the validation loss are
+measured before training (epoch 0) and after every epoch; an epoch is better when its metric is
+higher, or equal with a lower validation loss (top-1 on a small set ties often); training stops after ``patience`` epochs without improvement
+and the best epoch's weights are kept. When no epoch beats epoch 0 the result says so and the
+model is the input, unchanged (``improved=False``, both numbers in the result).
+
+Bad input fails before training with one line: an op the bridge cannot train (named), data
+whose arrays do not fit the student's or the teacher's inputs, a teacher without the student's
+outputs. A loss that turns NaN/inf stops with :class:`~onnx_compress.errors.TrainingError`
+naming the epoch and step. Ctrl-C during training keeps the best epoch so far
+(``interrupted=True``). The written model is checked in ONNX Runtime against the trained
+module (parity) before it is returned. Inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnx_compress.data import Dataset, DataSource, input_specs, load_data
+from onnx_compress.errors import DataError, SettingError, TrainingError
+from onnx_compress.model_io import load_model
+from onnx_compress.optional import require
+from onnx_compress.passes.base import CompressionResult, PassSettings
+from onnx_compress.runtime.session import Runner
+
+__all__ = ["RecoverySettings", "RecoveryResult", "recover", "EpochRecord", "DEVICES", "LOSS_KINDS"]
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+#: loss kinds (see losses.py); ``auto`` picks one per output
+LOSS_KINDS = ("auto", "kl", "cosine", "token", "mse")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoverySettings(PassSettings):
+    """How recovery trains.
+
+    Attributes:
+        epochs: the most passes over the training data (10).
+        lr: AdamW's peak learning rate (1e-4; small CNNs take 1e-3).
+        batch_size: samples per step (32).
+        loss: ``auto`` (per output, from its kind) or one of ``kl``, ``cosine``, ``token``, ``mse``
+            for every output.
+        temperature: the KL temperature for class scores (2.0).
+        label_weight: the weight of the hard-label cross-entropy when the data has labels (0.5;
+            the distillation term gets ``1 - label_weight``); 0 ignores labels.
+        match: names of intermediate values present in both graphs to match as well (the
+            outputs of the layers a pass changed), or ``("auto",)`` for every
+            LayerNormalization output both graphs have.
+        match_weight: the weight of each matched intermediate value's loss (0.5).
+        patience: epochs without a better validation metric before stopping (3).
+        weight_decay: AdamW's decoupled weight decay (0.0).
+        device: ``auto`` (CUDA when torch sees one), ``cpu`` or ``cuda``.
+        seed: the shuffling and initialisation seed (0).
+        cache_mb: teacher outputs on the training data up to this size are computed once (512).
+        max_minutes: stop training when this much time has passed (mid-epoch: the partial epoch is
+            evaluated like a full one); None = no limit.
+    """
+
+    epochs: int = 10
+    lr: float = 1e-4
+    batch_size: int = 32
+    loss: str = "auto"
+    temperature: float = 2.0
+    label_weight: float = 0.5
+    match: tuple[str, ...] = ()
+    match_weight: float = 0.5
+    patience: int = 3
+    weight_decay: float = 0.0
+    device: str = "auto"
+    seed: int = 0
+    cache_mb: float = 512.0
+    max_minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "patience"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise SettingError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("lr", "temperature", "cache_mb"):
+            if not getattr(self, name) > 0:
+                raise SettingError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0 <= self.label_weight <= 1:
+            raise SettingError(f"label_weight must be in [0, 1], got {self.label_weight!r}")
+        if self.match_weight < 0 or self.weight_decay < 0:
+            raise SettingError("match_weight and weight_decay must be >= 0")
+        if self.loss not in LOSS_KINDS:
+            raise SettingError(f"loss must be one of {', '.join(LOSS_KINDS)}, got {self.loss!r}")
+        if self.device not in DEVICES:
+            raise SettingError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise SettingError(f"max_minutes must be > 0, got {self.max_minutes!r}")
+        if isinstance(self.match, str):
+            object.__setattr__(self, "match", (self.match,))
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    train_loss: float | None
+    val_loss: float
+    metric: float
+    metric_min: float | None
+    seconds: float
+
+
+@dataclasses.dataclass
+class RecoveryResult(CompressionResult):
+    """What recovery did: per-epoch history, the metric before and after, the best epoch."""
+
+    metric_name: str = ""
+    before: float = float("nan")
+    after: float = float("nan")
+    loss_before: float = float("nan")
+    loss_after: float = float("nan")
+    best_epoch: int = 0
+    epochs_run: int = 0
+    improved: bool = False
+    interrupted: bool = False
+    stopped_early: bool = False
+    history: list[EpochRecord] = dataclasses.field(default_factory=list)
+    losses: dict[str, str] = dataclasses.field(default_factory=dict)
+    trainable_params: int = 0
+    trainable_tensors: int = 0
+    train_samples: int = 0
+    device: str = "cpu"
+    seconds: float = 0.0
+    parity: float = 0.0
+
+    def summary(self) -> str:
+        if not self.improved:
+            return (f"recovery did not improve validation {self.metric_name} ({self.before:.4g} before, best "
+                    f"{self.after:.4g} after {self.epochs_run} epochs; loss {self.loss_before:.4g} before): "
+                    "model unchanged")
+        note = " (interrupted: best epoch so far)" if self.interrupted else ""
+        return (f"validation {self.metric_name} {self.before:.4g} -> {self.after:.4g}, loss {self.loss_before:.4g} -> "
+                f"{self.loss_after:.4g} (best epoch "
+                f"{self.best_epoch}/{self.epochs_run}, {self.trainable_params:,} weights trained, "
+                f"{self.seconds:.0f} s){note}")
+
+
+def _device(requested: str, torch: Any) -> Any:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise SettingError("device='cuda' but torch sees no CUDA device (use --device cpu or auto)")
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(requested)
+
+
+def _check_outputs(student: ir.Model, teacher: ir.Model) -> list[str]:
+    names = [str(v.name) for v in student.graph.outputs]
+    teacher_names = {str(v.name) for v in teacher.graph.outputs}
+    missing = [n for n in names if n not in teacher_names]
+    if missing:
+        raise DataError(f"the teacher has no output(s) {missing} of the student; teacher outputs: "
+                        f"{sorted(teacher_names)} (the teacher must be the model the student was cut from)")
+    return names
+
+
+def _auto_match(student: ir.Model, teacher: ir.Model) -> list[str]:
+    def norm_outputs(model: ir.Model) -> list[str]:
+        return [str(node.outputs[0].name) for node in model.graph
+                if node.op_type in ("LayerNormalization", "SkipLayerNormalization")]
+    theirs = set(norm_outputs(teacher))
+    return [name for name in norm_outputs(student) if name in theirs]
+
+
+def _teacher_with_outputs(teacher: ir.Model, extra: Sequence[str]) -> ir.Model:
+    if not extra:
+        return teacher
+    copy_ = teacher.clone()
+    values = {str(v.name): v for node in copy_.graph for v in node.outputs if v is not None}
+    missing = [n for n in extra if n not in values]
+    if missing:
+        raise DataError(f"the teacher has no value(s) {missing} to match")
+    existing = {str(v.name) for v in copy_.graph.outputs}
+    for name in extra:
+        if name not in existing:
+            copy_.graph.outputs.append(values[name])
+    return copy_
+
+
+class _Teacher:
+    """The teacher's outputs per batch: kept for the whole set when they fit in ``cache_mb``
+    (each sample is run once, when a batch first needs it), else run for every batch."""
+
+    def __init__(self, runner: Runner, names: Sequence[str], data: Dataset, batch: int, cache_mb: float) -> None:
+        self.runner, self.names, self.data = runner, list(names), data
+        self.inputs = [spec.name for spec in runner.input_specs]
+        probe = self._run(np.arange(min(len(data), 2)))
+        per_sample = sum(a.nbytes for a in probe.values()) / max(len(probe[self.names[0]]), 1)
+        self.cache: dict[str, np.ndarray] | None = None
+        self.done = np.zeros(len(data), dtype=bool)
+        if per_sample * len(data) <= cache_mb * 2**20:
+            self.cache = {n: np.empty((len(data), *a.shape[1:]), a.dtype) for n, a in probe.items()}
+
+    def _run(self, index: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = {n: self.data.inputs[n][index] for n in self.inputs}
+        return dict(zip(self.names, self.runner.run(feeds, self.names)))
+
+    def __call__(self, index: np.ndarray) -> dict[str, np.ndarray]:
+        if self.cache is None:
+            return self._run(index)
+        missing = index[~self.done[index]]
+        for start in range(0, len(missing), 256):
+            part = missing[start:start + 256]
+            for name, values in self._run(part).items():
+                self.cache[name][part] = values
+            self.done[part] = True
+        return {n: a[index] for n, a in self.cache.items()}
+
+    def all(self) -> dict[str, np.ndarray]:
+        """The outputs on every sample (computed now where missing)."""
+        return self(np.arange(len(self.data)))
+
+
+def recover(
+    student: ir.Model | str | os.PathLike[str],
+    teacher: ir.Model | str | os.PathLike[str],
+    data: DataSource,
+    val: DataSource,
+    settings: RecoverySettings | None = None,
+    *,
+    progress: bool = True,
+) -> tuple[ir.Model, RecoveryResult]:
+    """Train ``student`` (a compressed graph) towards ``teacher`` (its original) on ``data``.
+
+    Args:
+        student: the compressed ONNX model (file or ``onnx_ir.Model``; never modified).
+        teacher: the original ONNX model (its outputs must include the student's).
+        data: training inputs (``.npz``, dict of arrays, Dataset); ``labels`` optional.
+        val: held-out validation inputs for early stopping (not the training data).
+        settings: see :class:`RecoverySettings`.
+        progress: a tqdm bar per epoch on stderr.
+
+    Returns:
+        ``(model, result)``: the same graph with trained weights (the input model when no epoch
+        improved on validation) and what happened, epoch by epoch.
+    """
+    settings = settings or RecoverySettings()
+    torch = require("torch", "recovery training")
+    from onnx_compress.training.bridge import GraphModule, check_parity
+    from onnx_compress.training.losses import OutputLoss, detect_loss, find_mask_input
+
+    start_time = time.perf_counter()
+    student_model = student if isinstance(student, ir.Model) else load_model(student)
+    teacher_model = teacher if isinstance(teacher, ir.Model) else load_model(teacher)
+    train = load_data(data)
+    valid = load_data(val)
+    if len(train) == len(valid) and all(np.array_equal(train.inputs[n], valid.inputs.get(n)) for n in train.names):
+        raise DataError("the validation data is the training data; early stopping needs held-out data")
+    for model, who in ((student_model, "student"), (teacher_model, "teacher")):
+        specs = input_specs(model)
+        train.check_against(specs, what=f"training data (for the {who})")
+        valid.check_against(specs, what=f"validation data (for the {who})")
+    outputs = _check_outputs(student_model, teacher_model)
+    match = list(settings.match)
+    if match == ["auto"]:
+        match = _auto_match(student_model, teacher_model)
+        logger.info("matching %d intermediate values: %s", len(match), match[:6])
+
+    device = _device(settings.device, torch)
+    torch.manual_seed(settings.seed)
+    module = GraphModule(student_model, extra_outputs=match).to(device)
+    if module.parameter_count == 0:
+        raise TrainingError("the student has no trainable weights (no float Conv/Gemm/MatMul/norm initializers)")
+    probe = {n: valid.inputs[n][:2] for n in module.input_names}
+    module.check_runs(probe)  # an attribute form the bridge does not execute is refused before training
+
+    runner = Runner(_teacher_with_outputs(teacher_model, match))
+    wanted = [*outputs, *[m for m in match if m not in outputs]]
+    teacher_train = _Teacher(runner, wanted, train, settings.batch_size, settings.cache_mb)
+    teacher_val = _Teacher(runner, wanted, valid, settings.batch_size, float("inf"))
+    mask_name = find_mask_input(train.inputs)
+    val_mask = valid.inputs[mask_name] if mask_name else None
+    losses: list[OutputLoss] = []
+    val_reference = teacher_val.all()
+    for name in wanted:
+        reference = val_reference[name]
+        if name in outputs:
+            kind = detect_loss(reference, val_mask) if settings.loss == "auto" else settings.loss
+            weight = 1.0
+        else:
+            kind = "token" if (val_mask is not None and reference.ndim == 3) else "mse"
+            weight = settings.match_weight
+        loss = OutputLoss(name, kind, weight, settings.temperature)  # type: ignore[arg-type]
+        loss.prepare_teacher(reference)
+        losses.append(loss)
+    primary = losses[0]
+    result = RecoveryResult(
+        model=student_model, modified=False, metric_name="", losses={l.name: l.kind for l in losses},
+        trainable_params=module.parameter_count, trainable_tensors=len(module.trainable_names),
+        train_samples=len(train), device=str(device))
+    logger.info("recovery: %d weight tensors (%s values) trainable, losses %s, %d training samples, device %s",
+                len(module.trainable_names), f"{module.parameter_count:,}", result.losses, len(train), device)
+
+    labels_train = None if train.labels is None else torch.from_numpy(train.labels.astype(np.int64))
+    use_labels = train.labels is not None and settings.label_weight > 0
+
+    def evaluate() -> tuple[float, float, float | None]:
+        module.eval()
+        chunks: dict[str, list[np.ndarray]] = {l.name: [] for l in losses}
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for s in range(0, len(valid), settings.batch_size):
+                index = np.arange(s, min(s + settings.batch_size, len(valid)))
+                out = module(**{n: valid.inputs[n][index] for n in module.input_names})
+                target = teacher_val(index)
+                mask = None if mask_name is None else torch.from_numpy(valid.inputs[mask_name][index]).to(device)
+                batch_loss = sum(l.weight * l.loss(out[l.name], torch.from_numpy(target[l.name]).to(device), mask,
+                                                   None, 0.0) for l in losses)
+                total += batch_loss.item() * len(index)
+                count += len(index)
+                for l in losses:
+                    chunks[l.name].append(out[l.name].cpu().numpy())
+        student_out = np.concatenate(chunks[primary.name])
+        name, value, worst = primary.metric(student_out, val_reference[primary.name], val_mask, valid.labels)
+        result.metric_name = name
+        return total / max(count, 1), value, worst
+
+    val_loss, before, before_min = evaluate()
+    result.before, result.loss_before = before, val_loss
+    result.history.append(EpochRecord(0, None, val_loss, before, before_min, 0.0))
+    logger.info("epoch 0 (as compressed): val loss %.5g, val %s %.5g%s", val_loss, result.metric_name, before,
+                f" (min {before_min:.4g})" if before_min is not None else "")
+    best_value, best_loss, best_state, best_epoch = before, val_loss, None, 0
+
+    params = list(module.params.values())
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
+    total_steps = steps_per_epoch * settings.epochs
+    warmup = max(1, int(0.05 * total_steps))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return settings.lr * (step + 1) / warmup
+        progress_ = (step - warmup) / max(1, total_steps - warmup)
+        return settings.lr * 0.5 * (1 + math.cos(math.pi * progress_))
+
+    rng = np.random.default_rng(settings.seed)
+    from tqdm.auto import tqdm
+
+    step, stale = 0, 0
+    train_start = time.perf_counter()
+    deadline = None if settings.max_minutes is None else train_start + settings.max_minutes * 60
+    out_of_time = False
+    try:
+        for epoch in range(1, settings.epochs + 1):
+            epoch_start = time.perf_counter()
+            module.train()
+            order = rng.permutation(len(train))
+            running, seen = 0.0, 0
+            bar = tqdm(total=len(train), desc=f"recover epoch {epoch}/{settings.epochs}", unit="sample",
+                       disable=None if progress else True, leave=False)  # None: off when stderr is no terminal
+            for s in range(0, len(train), settings.batch_size):
+                index = np.sort(order[s:s + settings.batch_size])
+                out = module(**{n: train.inputs[n][index] for n in module.input_names})
+                target = teacher_train(index)
+                mask = None if mask_name is None else torch.from_numpy(train.inputs[mask_name][index]).to(device)
+                labels = labels_train[index].to(device) if use_labels else None  # type: ignore[index]
+                loss = sum(l.weight * l.loss(out[l.name], torch.from_numpy(target[l.name]).to(device), mask,
+                                             labels if l is primary else None, settings.label_weight)
+                           for l in losses)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise TrainingError(f"the recovery loss became {value} at epoch {epoch}, step {step + 1}; "
+                                        f"lower the learning rate (now {settings.lr:g}); nothing was written")
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                step += 1
+                running += value * len(index)
+                seen += len(index)
+                bar.update(len(index))
+                bar.set_postfix(loss=f"{value:.4g}")
+                if deadline is not None and time.perf_counter() > deadline:
+                    out_of_time = True
+                    break  # the epoch ends here; it is evaluated like a full one
+            bar.close()
+            val_loss, value, worst = evaluate()
+            record = EpochRecord(epoch, running / max(seen, 1), val_loss, value, worst, time.perf_counter() - epoch_start)
+            result.history.append(record)
+            result.epochs_run = epoch
+            # the metric decides; on a tie (top-1 on a small set) the lower validation loss does
+            better = value > best_value or (value == best_value and val_loss < best_loss)
+            if better:
+                best_value, best_loss, best_epoch, stale = value, val_loss, epoch, 0
+                best_state = {k: p.detach().clone() for k, p in module.params.items()}
+            else:
+                stale += 1
+            logger.info("epoch %d/%d: train loss %.5g, val loss %.5g, val %s %.5g%s%s (%.1f s)", epoch, settings.epochs,
+                        record.train_loss, val_loss, result.metric_name, value,
+                        f" (min {worst:.4g})" if worst is not None else "", " best" if better else "", record.seconds)
+            if stale >= settings.patience:
+                result.stopped_early = True
+                logger.info("no better validation %s for %d epochs: stopping", result.metric_name, stale)
+                break
+            if out_of_time:
+                logger.info("max_minutes (%g) reached in epoch %d: stopping", settings.max_minutes, epoch)
+                break
+    except KeyboardInterrupt:
+        result.interrupted = True
+        logger.warning("interrupted during epoch %d: keeping the best epoch so far (%d)", result.epochs_run + 1, best_epoch)
+
+    result.after, result.loss_after, result.best_epoch = best_value, best_loss, best_epoch
+    result.seconds = time.perf_counter() - start_time
+    if best_state is None:
+        result.improved = False
+        return student_model, result
+    with torch.no_grad():
+        for key, tensor in best_state.items():
+            module.params[key].copy_(tensor)
+    written = module.write_back()
+    result.parity = check_parity(module, written, {n: valid.inputs[n][:8] for n in module.input_names})
+    result.improved, result.modified, result.model = True, True, written
+    return written, result
