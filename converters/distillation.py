@@ -225,6 +225,7 @@ class DistillHistory:
     def as_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["val_metric_name"] = self.val_metric_name
+        values["val_metric"] = self.val_metric
         return values
 
 

@@ -29,7 +29,8 @@ Recipes are YAML or JSON:
     - quantize: {mode: auto}
 
 Passes a recipe can name: normalize, fuse (transformer fusions for ONNX Runtime), prune_structured,
-prune_unstructured, lowrank, quantize, recover (recovery training from the original on --train,
+prune_transformer (attention heads, FFN neurons, encoder layers), prune_unstructured, lowrank,
+quantize, recover (recovery training from the original on --train,
 needs torch; the cut passes right before it are searched with recovery in the loop); an unknown
 pass or setting is an error naming the valid ones.
 
