@@ -191,6 +191,33 @@ def _name_batch_axis(model: ir.Model) -> None:
             value.shape = ir.Shape(["batch", *value.shape[1:]])
 
 
+def _refuse_unconverted_ops(proto: Any) -> None:
+    """tf2onnx leaves a TensorFlow op it cannot convert in the graph under its TensorFlow name
+    (it only logs "Unsupported ops"), and ONNX Runtime then fails to load the model with a
+    message about the ONNX op set. Name those ops here instead, with the nodes that hold them.
+    Seen: Keras 3's ``activation="gelu"`` (exact GELU) becomes ``Erfc``, which tf2onnx 1.17
+    cannot convert; ``keras.activations.gelu(x, approximate=True)`` or the erf form
+    ``0.5 * x * (1 + erf(x / sqrt(2)))`` exports."""
+    import onnx
+
+    versions = {entry.domain or "": entry.version for entry in proto.opset_import}
+    unknown: dict[str, list[str]] = {}
+    for node in proto.graph.node:
+        domain = node.domain or ""
+        if domain not in ("", "ai.onnx"):
+            continue  # contrib/custom domains are ONNX Runtime's to judge
+        try:
+            onnx.defs.get_schema(node.op_type, versions.get("", 1), domain)
+        except onnx.defs.SchemaError:
+            unknown.setdefault(node.op_type, []).append(node.name)
+    if unknown:
+        listed = "; ".join(f"{op} ({len(nodes)} node{'s' if len(nodes) > 1 else ''}, e.g. {nodes[0]})"
+                           for op, nodes in sorted(unknown.items()))
+        hint = (" (Keras' exact gelu: use gelu(x, approximate=True) or write 0.5 * x * (1 + erf(x / sqrt(2))))"
+                if "Erfc" in unknown else "")
+        raise ExportError(f"tf2onnx could not convert these TensorFlow ops to ONNX: {listed}{hint}")
+
+
 def export_keras(
     model_or_path: Any,
     path: str | os.PathLike[str],
@@ -241,6 +268,7 @@ def export_keras(
         proto, _ = tf2onnx.convert.from_function(serving, input_signature=signature, opset=opset)
     except Exception as exc:
         raise ExportError(f"tf2onnx conversion failed: {type(exc).__name__}: {one_line(exc)}") from exc
+    _refuse_unconverted_ops(proto)
 
     feeds = _example_feeds(source.specs, example_inputs, batch=2 if dynamic_batch else source.specs[0].shape[0])  # type: ignore[index]
 

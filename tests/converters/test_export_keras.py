@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 import onnx_compress as oc
-from onnx_compress.errors import ModelLoadError, UnsafeModelError
+from onnx_compress.errors import ExportError, ModelLoadError, UnsafeModelError
 from onnx_compress.runtime import Runner, SessionSettings
 
 
@@ -72,3 +72,14 @@ def test_missing_and_wrong_sources(tmp_path):
     with pytest.raises(ModelLoadError, match="SavedModel"):
         oc.export_keras(tmp_path, tmp_path / "o.onnx")
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_an_op_tf2onnx_cannot_convert_is_named_before_onnx_runtime_sees_the_model(tmp_path):
+    """Keras 3's exact GELU exports as Erfc, which tf2onnx leaves unconverted: the error names it
+    and the fix, and nothing is written."""
+    inputs = keras.Input((8,), name="x")
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="gelu", name="ffn")(inputs))
+    out = tmp_path / "gelu.onnx"
+    with pytest.raises(ExportError, match=r"Erfc \(1 node, e\.g\. .*approximate=True"):
+        oc.export_keras(model, out)
+    assert not out.exists()
