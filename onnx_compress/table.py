@@ -50,3 +50,9 @@ def human_count(count: int | float) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.2f}{unit}"
     return f"{value:.0f}"
+
+
+def change_text(before: int, after: int) -> str:
+    """``"225,034 -> 43,738 (-81%)"``: a count before and after, with the relative change."""
+    pct = f" ({(after - before) / before:+.0%})" if before else ""
+    return f"{before:,} -> {after:,}{pct}"

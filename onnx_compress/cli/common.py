@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from onnx_compress.errors import SettingError
+from onnx_compress.jsonable import jsonable
 
 __all__ = [
     "Command",
@@ -101,22 +101,10 @@ def session_settings(args: argparse.Namespace) -> Any:
     return SessionSettings(provider=args.provider, intra_op_threads=args.threads)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return value.item()
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def emit(args: argparse.Namespace, payload: Mapping[str, Any], human: str) -> None:
     """Print ``payload`` as one JSON object with ``--json``, else the human-readable text."""
     if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(_jsonable(payload), indent=2, allow_nan=True) + "\n")
+        sys.stdout.write(json.dumps(jsonable(payload), indent=2, allow_nan=True) + "\n")
     else:
         sys.stdout.write(human.rstrip("\n") + "\n")
     sys.stdout.flush()

@@ -55,6 +55,7 @@ from onnx_compress.passes.prune.slicers import apply_cuts
 from onnx_compress.passes.prune.verify import Probe, check_pruned, make_probe
 from onnx_compress.runtime.cpu import detect_cpu
 from onnx_compress.stats import count_macs, count_params
+from onnx_compress.table import change_text
 
 __all__ = ["GroupReport", "LayerReconstruction", "PruneStructured", "PruneStructuredResult",
            "PruneStructuredSettings"]
@@ -220,14 +221,10 @@ class PruneStructuredResult(CompressionResult):
         return [g for g in self.groups if g.status == "pruned"]
 
     def summary(self) -> str:
-        def change(before: int, after: int) -> str:
-            pct = f" ({(after - before) / before:+.0%})" if before else ""
-            return f"{before:,} -> {after:,}{pct}"
-
         text = (f"{len(self.pruned)} of {len(self.groups)} channel groups cut; params "
-                f"{change(self.params_before, self.params_after)}")
+                f"{change_text(self.params_before, self.params_after)}")
         if self.macs_before:
-            text += f", MACs {change(self.macs_before, self.macs_after)}"
+            text += f", MACs {change_text(self.macs_before, self.macs_after)}"
         if self.untouched:
             text += f"; {len(self.untouched)} left untouched"
         if self.reconstruction:

@@ -32,7 +32,7 @@ import onnx
 import onnx_ir as ir
 from tqdm.auto import tqdm
 
-from onnx_compress.data import Dataset, input_specs
+from onnx_compress.data import input_specs, same_data
 from onnx_compress.errors import BudgetError, SettingError
 from onnx_compress.model_io import weights_nbytes
 from onnx_compress.passes.base import CompressionPass
@@ -123,12 +123,6 @@ def _name_nodes(model: ir.Model) -> int:
             renamed += 1
         seen.add(node.name)
     return renamed
-
-
-def _same_data(a: Dataset, b: Dataset) -> bool:
-    if len(a) != len(b) or a.names != b.names:
-        return False
-    return all(np.array_equal(a.inputs[name], b.inputs[name]) for name in a.names)
 
 
 def _load_proto(path: Path) -> onnx.ModelProto:
@@ -316,7 +310,7 @@ class _Run:
             self.validation.check_against(specs, what="validation data")
             resolve_metric(s.metric, self.validation.labels is not None)  # top1 without labels -> DataError
         if s.max_drop is not None and self.validation is not None and self.calibration is not None \
-                and _same_data(self.calibration, self.validation):
+                and same_data(self.calibration, self.validation):
             raise BudgetError("the validation data is the calibration data; a budget must be checked on "
                               "held-out data (pass a different validation=... / --val)")
         if s.max_drop is not None and self.validation is None:

@@ -51,6 +51,7 @@ from onnx_compress.passes.prune.transformer.importance import IMPORTANCE, unit_s
 from onnx_compress.passes.prune.transformer.layers import choose_layers, remove_layers
 from onnx_compress.passes.prune.verify import Probe, check_pruned, make_probe
 from onnx_compress.stats import count_macs, count_params
+from onnx_compress.table import change_text
 
 __all__ = ["LayerReport", "PruneTransformer", "PruneTransformerResult", "PruneTransformerSettings"]
 
@@ -173,14 +174,11 @@ class PruneTransformerResult(CompressionResult):
         def total(attr: str, layers: list[LayerReport]) -> int:
             return sum(getattr(layer, attr) or 0 for layer in layers)
 
-        def change(before: int, after: int) -> str:
-            return f"{before:,} -> {after:,}" + (f" ({(after - before) / before:+.0%})" if before else "")
-
         text = (f"layers {len(self.layers)} -> {len(kept)}, heads {total('heads_before', self.layers)} -> "
                 f"{total('heads_after', kept)}, FFN neurons {total('ffn_before', self.layers)} -> "
-                f"{total('ffn_after', kept)}; params {change(self.params_before, self.params_after)}")
+                f"{total('ffn_after', kept)}; params {change_text(self.params_before, self.params_after)}")
         if self.macs_before:
-            text += f", MACs {change(self.macs_before, self.macs_after)}"
+            text += f", MACs {change_text(self.macs_before, self.macs_after)}"
         refused = [layer.index for layer in self.layers if layer.status == "refused"]
         if refused:
             text += f"; refused in layers {refused}"
