@@ -79,7 +79,7 @@ class Setting:
             number = "an integer" if self.kind == "int" else "a number"
             text = number if self.range is None else f"{number} {'in ' if self.range[0] in '[(' else ''}{self.range}"
         else:
-            text = "a string"
+            text = "a string" if self.kind == "str" else "see the description"
         if self.words:
             text = " or ".join([", ".join(repr(w) for w in self.words), text])
         if self.callable_ok:

@@ -50,6 +50,8 @@ def _default_text(field: dataclasses.Field[Any]) -> str:
     default = field.default
     if default is dataclasses.MISSING or default is None or default == ():
         return ""
+    if isinstance(default, tuple):
+        return " ".join(map(str, default))
     return "on" if default is True else "off" if default is False else str(default)
 
 
@@ -84,13 +86,14 @@ def add_flags(parser: Any, cls: Any, names: str, *, exclusive: bool = False, req
         if flag in known:
             continue
         default = _default_text(field)
-        help_text = meta.help + (f" (default {default})" if default and "default" not in meta.help else "")
+        shown = default and meta.role != SEARCHED and "default" not in meta.help  # a searched strength is chosen
+        help_text = meta.help + (f" (default {default})" if shown else "")
         options: dict[str, Any] = {"dest": _dest(flag), "default": None, "help": help_text.replace("%", "%%")}
         if meta.kind == "bool" and not meta.words:
             action = "store_false" if meta.negate else "store_true"
             options["action"] = argparse.BooleanOptionalAction if field.default is True and not meta.negate else action
         else:
-            options["metavar"] = meta.metavar
+            options["metavar"] = meta.metavar or ("N" if meta.kind == "int" else "X" if meta.kind == "float" else None)
             if meta.kind == "names":
                 options.update(nargs="+", action="extend")
             elif meta.choices and not meta.words:

@@ -14,6 +14,7 @@ from onnx_compress.jsonable import jsonable
 __all__ = [
     "Command",
     "add_command",
+    "add_settings_flags",
     "parse_shape",
     "parse_dims",
     "add_json_flag",
@@ -36,19 +37,25 @@ def _global_flags() -> argparse.ArgumentParser:
     return parent
 
 
-def add_command(
-    subparsers: Any, name: str, *, help: str, description: str, handler: Command
-) -> argparse.ArgumentParser:
-    """Add a subcommand with the global flags, a raw-text description and its handler."""
-    parser = subparsers.add_parser(
-        name,
-        help=help,
-        description=description,
-        parents=[_global_flags()],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.set_defaults(handler=handler)
+def add_command(subparsers: Any, name: str, *, help: str, description: str, handler: Command,
+                settings: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.ArgumentParser:
+    """Add a subcommand with the global flags, a raw-text description and its handler.
+
+    ``settings(parser)`` adds the flags generated from settings declarations; it runs only for
+    the command being parsed (:func:`add_settings_flags`).
+    """
+    parser = subparsers.add_parser(name, help=help, description=description, parents=[_global_flags()],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(handler=handler, settings_flags=settings)
     return parser
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """Add the generated flags of a command made by :func:`add_command` (once)."""
+    settings = parser.get_default("settings_flags")
+    if settings is not None:
+        parser.set_defaults(settings_flags=None)
+        settings(parser)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
