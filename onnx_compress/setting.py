@@ -84,7 +84,7 @@ class Setting:
             text = " or ".join([", ".join(repr(w) for w in self.words), text])
         if self.callable_ok:
             text += " or a callable"
-        return f"None or {text}" if self.optional else text
+        return f"{text} or None" if self.optional else text
 
     def check(self, label: str, value: Any) -> Any:
         """``value`` normalized (a list of names becomes a tuple), or SettingError naming ``label``."""
@@ -115,7 +115,8 @@ class Setting:
 
 
 def setting(default: Any = None, *, help: str, kind: str | None = None, factory: Any = None, **meta: Any) -> Any:
-    """A dataclass field with its :class:`Setting` (the kind is the default's type when not given)."""
+    """A dataclass field with its :class:`Setting` (the kind is the default's type when not given;
+    ``default=dataclasses.MISSING``: a required setting, its ``kind`` given)."""
     if kind is None:
         sample = default if factory is None else factory()
         kind = ("bool" if isinstance(sample, bool) else "int" if isinstance(sample, int)
@@ -127,6 +128,8 @@ def setting(default: Any = None, *, help: str, kind: str | None = None, factory:
     info = {"setting": Setting(help=" ".join(help.split()), kind=kind, **meta)}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=info)
+    if default is dataclasses.MISSING:  # a required setting
+        return dataclasses.field(metadata=info)
     return dataclasses.field(default=default, metadata=info)
 
 

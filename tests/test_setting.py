@@ -31,7 +31,7 @@ def test_readme_settings_reference_is_generated():
     (PruneStructuredSettings, {"ratio": 1.0}, "ratio must be a number in [0, 1), got 1.0"),
     (PruneStructuredSettings, {"round_to": 0}, "round_to must be 'auto' or an integer >= 1, got 0"),
     (PruneStructuredSettings, {"importance": "l3"}, "importance must be one of l1, l2, bn, activation"),
-    (LowRankSettings, {"energy": 0.0}, "energy must be None or a number in (0, 1], got 0.0"),
+    (LowRankSettings, {"energy": 0.0}, "energy must be a number in (0, 1] or None, got 0.0"),
     (LowRankSettings, {"op_types": ("Conv", "Add")}, "op_types must be a list of names from MatMul, Gemm, Conv"),
     (QuantizeSettings, {"smooth": 1.0}, "smooth must be 'auto', 'off' or a number in (0, 1), got 1.0"),
     (QuantizeSettings, {"per_channel": "yes"}, "per_channel must be true or false"),

@@ -10,6 +10,7 @@ from typing import Any
 
 from onnx_compress.errors import SettingError
 from onnx_compress.jsonable import jsonable
+from onnx_compress.setting_cli import add_flags, given
 
 __all__ = [
     "Command",
@@ -87,25 +88,16 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def add_session_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--provider",
-        choices=["auto", "cpu", "cuda"],
-        default="auto",
-        help="ONNX Runtime execution provider: auto = CUDA when available, else CPU (default auto)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        metavar="N",
-        help="intra-op threads of ONNX Runtime (default: ONNX Runtime's choice, one per core)",
-    )
+    """--provider and --threads, generated from SessionSettings (pass it as ``add_command(settings=)``)."""
+    from onnx_compress.runtime.session import SessionSettings
+
+    add_flags(parser, SessionSettings, "provider intra_op_threads")
 
 
 def session_settings(args: argparse.Namespace) -> Any:
     from onnx_compress.runtime.session import SessionSettings
 
-    return SessionSettings(provider=args.provider, intra_op_threads=args.threads)
+    return SessionSettings(**given(args, SessionSettings))
 
 
 def emit(args: argparse.Namespace, payload: Mapping[str, Any], human: str) -> None:

@@ -73,6 +73,7 @@ def _flags(parser: argparse.ArgumentParser) -> None:
     from onnx_compress.pipeline import PipelineSettings
 
     parser.description = _DESCRIPTION.replace("{passes}", ", ".join(pass_names()))
+    add_session_flags(parser)
     add_flags(parser, PipelineSettings, "search_steps min_gain budget_margin objective time_budget bench_batch "
               "bench_runs")
 
@@ -99,5 +100,4 @@ def register(subparsers: Any) -> None:
                         help="budget: largest allowed drop of the metric (points for top1, 1-cosine for cosine)")
     parser.add_argument("--report", type=Path, default=None, metavar="DIR",
                         help="write report.json and report.html (with a plot) into DIR")
-    add_session_flags(parser)
     add_json_flag(parser)
