@@ -43,21 +43,6 @@ example:
 """
 
 
-def _build_student(spec: str) -> Any:
-    from onnx_compress.cli.export_cmd import load_factory
-    from onnx_compress.optional import require
-
-    torch = require("torch", "distilling into a PyTorch student")
-    factory = load_factory(spec)
-    try:
-        student = factory()
-    except Exception as exc:
-        raise SettingError(f"{spec}() failed: {type(exc).__name__}: {one_line(exc)}") from exc
-    if not isinstance(student, torch.nn.Module):
-        raise SettingError(f"{spec} returned {type(student).__name__}, not a torch.nn.Module")
-    return student
-
-
 def _input_order(student: Any, names: list[str]) -> list[str]:
     """The data's arrays in the order of ``forward``'s parameters (export passes them positionally)."""
     if len(names) == 1:
@@ -71,6 +56,7 @@ def _input_order(student: Any, names: list[str]) -> list[str]:
 
 
 def _distill(args: argparse.Namespace) -> int:
+    from onnx_compress.cli.export_cmd import torch_module
     from onnx_compress.converters.torch.distill import distill
     from onnx_compress.converters.torch.export import export_torch
     from onnx_compress.data import load_data
@@ -85,7 +71,7 @@ def _distill(args: argparse.Namespace) -> int:
     check_output_path(args.output, protected)
     data = load_data(args.data)
     val = None if args.val is None else load_data(args.val)
-    student = _build_student(args.student)
+    student = torch_module(args.student, "distilling into a PyTorch student", SettingError)
     order = _input_order(student, list(data.names))
 
     student, history = distill(
