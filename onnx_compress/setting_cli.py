@@ -26,6 +26,8 @@ __all__ = ["add_flags", "given", "flag_name", "reference", "REFERENCE_CLASSES"]
 
 #: the settings classes in the README's reference, by the name a recipe or command uses for them
 REFERENCE_CLASSES = {
+    "normalize": "onnx_compress.passes.normalize:NormalizeSettings",
+    "fuse": "onnx_compress.passes.fuse:FuseSettings",
     "prune_structured": "onnx_compress.passes.prune.structured:PruneStructuredSettings",
     "prune_unstructured": "onnx_compress.passes.prune.unstructured:PruneUnstructuredSettings",
     "prune_transformer": "onnx_compress.passes.prune.transformer.pruner:PruneTransformerSettings",

@@ -87,3 +87,18 @@ def test_budget_aware_settings_declare_their_budget_fields():
 
     with pytest.raises(TypeError, match="must declare exactly"):
         Incomplete()
+
+
+def test_recipe_schema_covers_every_pass_and_preset():
+    from onnx_compress.passes.registry import pass_names
+    from onnx_compress.recipe import PRESETS, recipe_schema
+
+    steps = {next(iter(step["properties"])): step["properties"] for step in
+             recipe_schema()["properties"]["passes"]["items"]["oneOf"]}
+    assert sorted(steps) == sorted(pass_names())
+    for name, schema in steps.items():
+        assert schema[name]["properties"], f"{name} declares no settings"
+    for preset in PRESETS.values():
+        for entry in preset["passes"]:
+            (name, settings), = entry.items()
+            assert set(settings or {}) <= set(steps[name][name]["properties"]), (name, settings)
