@@ -82,6 +82,9 @@ class RecoverySettings(PassSettings):
         cache_mb: teacher outputs on the training data up to this size are computed once (512).
         max_minutes: stop training when this much time has passed (mid-epoch: the partial epoch is
             evaluated like a full one); None = no limit.
+        qat: ``on``: quantization-aware training, the weights and activations that the quantize
+            step after this one makes int8 are fake-quantized while training, and the learned
+            activation ranges go with the model to that step (``qat.py``); ``off`` (default).
     """
 
     epochs: int = 10
@@ -98,8 +101,13 @@ class RecoverySettings(PassSettings):
     seed: int = 0
     cache_mb: float = 512.0
     max_minutes: float | None = None
+    qat: str = "off"
 
     def __post_init__(self) -> None:
+        if isinstance(self.qat, bool):
+            object.__setattr__(self, "qat", "on" if self.qat else "off")
+        if self.qat not in ("on", "off"):
+            raise SettingError(f"qat must be on or off, got {self.qat!r}")
         for name in ("epochs", "batch_size", "patience"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise SettingError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
@@ -152,6 +160,11 @@ class RecoveryResult(CompressionResult):
     device: str = "cpu"
     seconds: float = 0.0
     parity: float = 0.0
+    #: with qat on: what was simulated (qat.QatPlan.describe) and the ranges handed on
+    qat: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: why training ended early other than patience: "" | "nan" (the loss turned NaN/inf)
+    stop_reason: str = ""
+    world_size: int = 1
 
     def summary(self) -> str:
         if not self.improved:
@@ -248,6 +261,7 @@ def recover(
     settings: RecoverySettings | None = None,
     *,
     progress: bool = True,
+    qat_target: Any = None,
 ) -> tuple[ir.Model, RecoveryResult]:
     """Train ``student`` (a compressed graph) towards ``teacher`` (its original) on ``data``.
 
@@ -258,6 +272,8 @@ def recover(
         val: held-out validation inputs for early stopping (not the training data).
         settings: see :class:`RecoverySettings`.
         progress: a tqdm bar per epoch on stderr.
+        qat_target: with ``settings.qat == "on"``, the quantize step to simulate
+            (:class:`~onnx_compress.training.qat.QatTarget`; None: static int8, default settings).
 
     Returns:
         ``(model, result)``: the same graph with trained weights (the input model when no epoch
@@ -287,7 +303,12 @@ def recover(
 
     device = _device(settings.device, torch)
     torch.manual_seed(settings.seed)
-    module = GraphModule(student_model, extra_outputs=match).to(device)
+    if settings.qat == "on":
+        from onnx_compress.training.qat import qat_module
+
+        module = qat_module(student_model, qat_target, match, train, settings.batch_size, device)
+    else:
+        module = GraphModule(student_model, extra_outputs=match).to(device)
     if module.parameter_count == 0:
         raise TrainingError("the student has no trainable weights (no float Conv/Gemm/MatMul/norm initializers)")
     probe = {n: valid.inputs[n][:2] for n in module.input_names}
@@ -317,6 +338,8 @@ def recover(
         model=student_model, modified=False, metric_name="", losses={l.name: l.kind for l in losses},
         trainable_params=module.parameter_count, trainable_tensors=len(module.trainable_names),
         train_samples=len(train), device=str(device))
+    if settings.qat == "on":
+        result.qat = module.plan.describe()  # type: ignore[attr-defined]
     logger.info("recovery: %d weight tensors (%s values) trainable, losses %s, %d training samples, device %s",
                 len(module.trainable_names), f"{module.parameter_count:,}", result.losses, len(train), device)
 
@@ -414,7 +437,7 @@ def recover(
             better = value > best_value or (value == best_value and val_loss < best_loss)
             if better:
                 best_value, best_loss, best_epoch, stale = value, val_loss, epoch, 0
-                best_state = {k: p.detach().clone() for k, p in module.params.items()}
+                best_state = {k: t.detach().clone() for k, t in module.state_dict().items()}  # weights (+ QAT ranges)
             else:
                 stale += 1
             logger.info("epoch %d/%d: train loss %.5g, val loss %.5g, val %s %.5g%s%s (%.1f s)", epoch, settings.epochs,
@@ -436,10 +459,12 @@ def recover(
     if best_state is None:
         result.improved = False
         return student_model, result
-    with torch.no_grad():
-        for key, tensor in best_state.items():
-            module.params[key].copy_(tensor)
+    module.load_state_dict(best_state)
     written = module.write_back()
+    if settings.qat == "on":
+        from onnx_compress.training.qat import finish_qat
+
+        finish_qat(module, written, result)  # the ranges into the model; parity on the float graph
     result.parity = check_parity(module, written, {n: valid.inputs[n][:8] for n in module.input_names})
     result.improved, result.modified, result.model = True, True, written
     return written, result

@@ -49,6 +49,7 @@ from onnx_compress.passes.quantize.backend import (
     preprocess_transformer,
     quantize_file,
 )
+from onnx_compress.passes.quantize.ranges import trained_ranges
 from onnx_compress.passes.quantize.guard import acceptable, benchmark_feeds, drop_slow_op_types, measure_speed
 from onnx_compress.passes.quantize.result import (
     Choice,
@@ -239,6 +240,8 @@ class _Run:
         self.reduce_range, choice = auto.choose_reduce_range(s, self.mode, self.cpu)
         self._note(choice)
         self.activation_type, choice = auto.choose_activation_type(s, self.mode, self.cpu)
+        self._note(choice)
+        self.activation_ranges, choice = trained_ranges(self.model, self.mode)  # QAT's ranges (ranges.py)
         self._note(choice)
         self.large = is_large(self.prepared_path)
         if self.large:
@@ -438,6 +441,7 @@ class _Run:
             fused=self.fused,
             large=self.large,
             all_candidates=tuple(self.candidates),
+            activation_ranges=self.activation_ranges,
         )
 
     def _fixed_batch(self) -> int | None:
