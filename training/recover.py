@@ -301,7 +301,26 @@ def recover(
         match = _auto_match(student_model, teacher_model)
         logger.info("matching %d intermediate values: %s", len(match), match[:6])
 
-    device = _device(settings.device, torch)
+    from onnx_compress.training.distributed import from_env
+
+    group = from_env(settings.device)  # torchrun: DistributedDataParallel (distributed.py)
+    try:
+        return _recover(student_model, teacher_model, train, valid, settings, progress and (group is None or group.main),
+                        qat_target, group, outputs, match, start_time)
+    finally:
+        if group is not None:
+            group.close()
+
+
+def _recover(student_model: ir.Model, teacher_model: ir.Model, train: Dataset, valid: Dataset,
+             settings: RecoverySettings, progress: bool, qat_target: Any, group: Any, outputs: list[str],
+             match: list[str], start_time: float) -> tuple[ir.Model, RecoveryResult]:
+    torch = require("torch", "recovery training")
+    from onnx_compress.training.bridge import GraphModule, check_parity
+    from onnx_compress.training.losses import OutputLoss, detect_loss, find_mask_input
+
+    device = group.device if group is not None else _device(settings.device, torch)
+    main = group is None or group.main
     torch.manual_seed(settings.seed)
     if settings.qat == "on":
         from onnx_compress.training.qat import qat_module
@@ -337,7 +356,7 @@ def recover(
     result = RecoveryResult(
         model=student_model, modified=False, metric_name="", losses={l.name: l.kind for l in losses},
         trainable_params=module.parameter_count, trainable_tensors=len(module.trainable_names),
-        train_samples=len(train), device=str(device))
+        train_samples=len(train), device=str(device), world_size=1 if group is None else group.world)
     if settings.qat == "on":
         result.qat = module.plan.describe()  # type: ignore[attr-defined]
     logger.info("recovery: %d weight tensors (%s values) trainable, losses %s, %d training samples, device %s",
@@ -347,6 +366,14 @@ def recover(
     use_labels = train.labels is not None and settings.label_weight > 0
 
     def evaluate() -> tuple[float, float, float | None]:
+        if group is None:
+            return measure()
+        # rank 0 measures, every process gets its numbers (and applies the same stopping rule)
+        val_loss_, value_, worst_ = measure() if main else (0.0, 0.0, None)
+        val_loss_, value_, worst_f = group.broadcast([val_loss_, value_, math.nan if worst_ is None else worst_])
+        return val_loss_, value_, None if math.isnan(worst_f) else worst_f
+
+    def measure() -> tuple[float, float, float | None]:
         module.eval()
         chunks: dict[str, list[np.ndarray]] = {l.name: [] for l in losses}
         total, count = 0.0, 0
@@ -364,9 +391,9 @@ def recover(
                     chunks[l.name].append(out[l.name].cpu().numpy())
         student_out = np.concatenate(chunks[primary.name])
         name, value, worst = primary.metric(student_out, val_reference[primary.name], val_mask, valid.labels)
-        result.metric_name = name
         return total / max(count, 1), value, worst
 
+    result.metric_name = primary.metric_name if valid.labels is None or primary.kind != "kl" else "top1"
     val_loss, before, before_min = evaluate()
     result.before, result.loss_before = before, val_loss
     result.history.append(EpochRecord(0, None, val_loss, before, before_min, 0.0))
@@ -375,8 +402,10 @@ def recover(
     best_value, best_loss, best_state, best_epoch = before, val_loss, None, 0
 
     params = list(module.params.values())
+    trained = group.wrap(module) if group is not None else module  # the forward that trains
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
+    per_process = len(train) if group is None else len(group.shard(np.arange(len(train))))
+    steps_per_epoch = math.ceil(per_process / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
     warmup = max(1, int(0.05 * total_steps))
 
@@ -398,12 +427,14 @@ def recover(
             epoch_start = time.perf_counter()
             module.train()
             order = rng.permutation(len(train))
+            if group is not None:
+                order = group.shard(order)  # the same permutation everywhere, one shard each
             running, seen = 0.0, 0
-            bar = tqdm(total=len(train), desc=f"recover epoch {epoch}/{settings.epochs}", unit="sample",
+            bar = tqdm(total=len(order), desc=f"recover epoch {epoch}/{settings.epochs}", unit="sample",
                        disable=None if progress else True, leave=False)  # None: off when stderr is no terminal
-            for s in range(0, len(train), settings.batch_size):
+            for s in range(0, len(order), settings.batch_size):
                 index = np.sort(order[s:s + settings.batch_size])
-                out = module(**{n: train.inputs[n][index] for n in module.input_names})
+                out = trained(**{n: train.inputs[n][index] for n in module.input_names})
                 target = teacher_train(index)
                 mask = None if mask_name is None else torch.from_numpy(train.inputs[mask_name][index]).to(device)
                 labels = labels_train[index].to(device) if use_labels else None  # type: ignore[index]
@@ -411,11 +442,15 @@ def recover(
                                              labels if l is primary else None, settings.label_weight)
                            for l in losses)
                 value = loss.item()
+                late = deadline is not None and time.perf_counter() > deadline
+                if group is not None:  # every process decides on the same numbers
+                    total_, late_ = group.sum([value, float(late)])
+                    value, late = total_ / group.world, late_ > 0
                 if not math.isfinite(value):
                     raise TrainingError(f"the recovery loss became {value} at epoch {epoch}, step {step + 1}; "
                                         f"lower the learning rate (now {settings.lr:g}); nothing was written")
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step)
+                for param_group in optimizer.param_groups:
+                    param_group["lr"] = lr_at(step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -425,10 +460,12 @@ def recover(
                 seen += len(index)
                 bar.update(len(index))
                 bar.set_postfix(loss=f"{value:.4g}")
-                if deadline is not None and time.perf_counter() > deadline:
+                if late:
                     out_of_time = True
                     break  # the epoch ends here; it is evaluated like a full one
             bar.close()
+            if group is not None and hasattr(module, "ranges"):
+                group.average_(module.ranges)  # QAT: one set of activation ranges
             val_loss, value, worst = evaluate()
             record = EpochRecord(epoch, running / max(seen, 1), val_loss, value, worst, time.perf_counter() - epoch_start)
             result.history.append(record)
@@ -460,6 +497,9 @@ def recover(
         result.improved = False
         return student_model, result
     module.load_state_dict(best_state)
+    if not main:  # only rank 0 writes
+        result.improved = True
+        return student_model, result
     written = module.write_back()
     if settings.qat == "on":
         from onnx_compress.training.qat import finish_qat

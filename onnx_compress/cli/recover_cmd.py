@@ -27,11 +27,19 @@ mask). After every epoch the model is scored on --val (held-out): top-1 with lab
 agreement with the original's top-1 for class scores, mean cosine for embeddings; training stops
 after --patience epochs without improvement and the best epoch is kept. If no epoch beats the
 compressed model, nothing is written (exit status 3). Ctrl-C keeps the best epoch so far.
-Needs torch (pip install "onnx-compress[torch]"). Run it before quantization.
+Needs torch (pip install "onnx-compress[torch]"). Run it before quantization; --qat trains the
+int8 model that static quantization will write (its activation ranges travel in the model).
+Started by torchrun (WORLD_SIZE > 1), it trains with DistributedDataParallel (gloo on CPU, NCCL
+on CUDA), each process on a shard of --data with --batch-size samples per step; rank 0 validates,
+writes and reports.
 
 examples:
   onnx-compress prune m.onnx -o pruned.onnx --structured 0.75 --data calib.npz
   onnx-compress recover pruned.onnx --teacher m.onnx --data train.npz --val val.npz -o recovered.onnx --lr 1e-3
+  onnx-compress recover pruned.onnx --teacher m.onnx --data train.npz --val val.npz -o qat.onnx --lr 1e-3 --qat
+  onnx-compress quantize qat.onnx -o int8.onnx --mode static --data calib.npz
+  torchrun --standalone --nproc_per_node 2 $(which onnx-compress) recover pruned.onnx --teacher m.onnx \
+      --data train.npz --val val.npz -o recovered.onnx --batch-size 16
 """
 
 
@@ -45,9 +53,11 @@ def _recover(args: argparse.Namespace) -> int:
     settings = RecoverySettings(
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, loss=args.loss, temperature=args.temperature,
         label_weight=args.label_weight, match=tuple(args.match or ()), patience=args.patience,
-        device=args.device, seed=args.seed, max_minutes=args.max_minutes,
+        device=args.device, seed=args.seed, max_minutes=args.max_minutes, qat="on" if args.qat else "off",
     )
     model, result = recover(args.model, args.teacher, args.data, args.val, settings, progress=not args.no_progress)
+    if result.world_size > 1 and not _main_process():
+        return 0 if result.improved else 3  # under torchrun only rank 0 writes and reports
     rows = [[r.epoch, "-" if r.train_loss is None else f"{r.train_loss:.5g}", f"{r.val_loss:.5g}",
              f"{r.metric:.5g}", "-" if r.metric_min is None else f"{r.metric_min:.4g}", f"{r.seconds:.1f}"]
             for r in result.history]
@@ -64,6 +74,12 @@ def _recover(args: argparse.Namespace) -> int:
         sys.stderr.write(note.strip() + "\n")
     emit(args, payload, table + f"\n\n{result.summary()}\nwrote {args.output}{note}")
     return 130 if result.interrupted else 0
+
+
+def _main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def register(subparsers: Any) -> None:
@@ -88,5 +104,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes (the last, partial epoch is evaluated)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
+    parser.add_argument("--qat", action="store_true",
+                        help="quantization-aware training for static int8: weights and activations of the "
+                             "Conv/Gemm/MatMul nodes fake-quantized while training; the learned activation ranges "
+                             "are stored in the model and used by 'onnx-compress quantize --mode static'")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     add_json_flag(parser)
