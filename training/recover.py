@@ -20,10 +20,14 @@ model is the input, unchanged (``improved=False``, both numbers in the result).
 
 Bad input fails before training with one line: an op the bridge cannot train (named), data
 whose arrays do not fit the student's or the teacher's inputs, a teacher without the student's
-outputs. A loss that turns NaN/inf stops with :class:`~onnx_compress.errors.TrainingError`
-naming the epoch and step. Ctrl-C during training keeps the best epoch so far
+outputs. A loss that turns NaN/inf stops training, naming the epoch and step: with
+:class:`~onnx_compress.errors.TrainingError` when no epoch had improved yet, else with the best
+epoch so far (``stop_reason`` says why). Ctrl-C during training keeps the best epoch so far
 (``interrupted=True``). The written model is checked in ONNX Runtime against the trained
 module (parity) before it is returned. Inputs are never modified.
+
+Quantization-aware training (``qat: on``, ``qat.py``) and training on several processes under
+``torchrun`` (``distributed.py``) hook in here; both are described in their modules.
 """
 
 from __future__ import annotations
@@ -172,10 +176,16 @@ class RecoveryResult(CompressionResult):
                     f"{self.after:.4g} after {self.epochs_run} epochs; loss {self.loss_before:.4g} before): "
                     "model unchanged")
         note = " (interrupted: best epoch so far)" if self.interrupted else ""
+        if self.stop_reason:
+            note += f" (stopped: {self.stop_reason}; best epoch so far)"
         return (f"validation {self.metric_name} {self.before:.4g} -> {self.after:.4g}, loss {self.loss_before:.4g} -> "
                 f"{self.loss_after:.4g} (best epoch "
                 f"{self.best_epoch}/{self.epochs_run}, {self.trainable_params:,} weights trained, "
                 f"{self.seconds:.0f} s){note}")
+
+
+class _Diverged(Exception):
+    """Internal: the loss turned NaN/inf after an epoch that improved (that epoch is handed back)."""
 
 
 def _device(requested: str, torch: Any) -> Any:
@@ -447,8 +457,11 @@ def _recover(student_model: ir.Model, teacher_model: ir.Model, train: Dataset, v
                     total_, late_ = group.sum([value, float(late)])
                     value, late = total_ / group.world, late_ > 0
                 if not math.isfinite(value):
-                    raise TrainingError(f"the recovery loss became {value} at epoch {epoch}, step {step + 1}; "
-                                        f"lower the learning rate (now {settings.lr:g}); nothing was written")
+                    message = (f"the recovery loss became {value} at epoch {epoch}, step {step + 1}; "
+                               f"lower the learning rate (now {settings.lr:g})")
+                    if best_state is None:
+                        raise TrainingError(message + "; nothing was written")
+                    raise _Diverged(message)  # an earlier epoch was better than the input: hand it back
                 for param_group in optimizer.param_groups:
                     param_group["lr"] = lr_at(step)
                 optimizer.zero_grad(set_to_none=True)
@@ -487,6 +500,9 @@ def _recover(student_model: ir.Model, teacher_model: ir.Model, train: Dataset, v
             if out_of_time:
                 logger.info("max_minutes (%g) reached in epoch %d: stopping", settings.max_minutes, epoch)
                 break
+    except _Diverged as diverged:
+        result.stop_reason = str(diverged)
+        logger.warning("%s: stopping, keeping the best epoch so far (%d)", diverged, best_epoch)
     except KeyboardInterrupt:
         result.interrupted = True
         logger.warning("interrupted during epoch %d: keeping the best epoch so far (%d)", result.epochs_run + 1, best_epoch)
