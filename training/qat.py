@@ -123,7 +123,9 @@ def plan_qat(model: ir.Model, target: QatTarget | None = None, trainable: Iterab
     reduce_range, _ = auto.choose_reduce_range(s, mode, cpu)
     activation_type, _ = auto.choose_activation_type(s, mode, cpu)
     trainable_names = set(trainable) if trainable is not None else None
-    by_name = {node.name: node for node in model.graph}
+    # candidates name their node and weight; nodes are found by (op type, weight): names may be empty
+    by_weight = {(node.op_type, value.name): node for node in model.graph for value in node.inputs[:2]
+                 if value is not None}
     nodes, weights, activations, skipped = [], {}, [], []
     for candidate in analysis.candidates[mode]:
         why = ""
@@ -135,14 +137,14 @@ def plan_qat(model: ir.Model, target: QatTarget | None = None, trainable: Iterab
             why = f"{candidate.weight_elements} weights < {min_elements}"
         elif candidate.op_type not in SIMULATED_OPS:
             why = f"{candidate.op_type} is not simulated"
-        elif candidate.name not in by_name:
+        elif (candidate.op_type, candidate.weight) not in by_weight:
             why = "not a main-graph node"
         elif trainable_names is not None and candidate.weight not in trainable_names:
             why = f"weight {candidate.weight} is not trained"
         if why:
             skipped.append(f"{candidate.name}: {why}")
             continue
-        node = by_name[candidate.name]
+        node = by_weight[(candidate.op_type, candidate.weight)]
         weight = model.graph.initializers[candidate.weight]
         rank = len(weight.shape) if weight.shape is not None else 2
         nodes.append(candidate.name)

@@ -441,7 +441,7 @@ def _recover(student_model: ir.Model, teacher_model: ir.Model, train: Dataset, v
                 order = group.shard(order)  # the same permutation everywhere, one shard each
             running, seen = 0.0, 0
             bar = tqdm(total=len(order), desc=f"recover epoch {epoch}/{settings.epochs}", unit="sample",
-                       disable=None if progress else True, leave=False)  # None: off when stderr is no terminal
+                       disable=None if progress else True)  # None: off when stderr is no terminal
             for s in range(0, len(order), settings.batch_size):
                 index = np.sort(order[s:s + settings.batch_size])
                 out = trained(**{n: train.inputs[n][index] for n in module.input_names})
@@ -476,10 +476,13 @@ def _recover(student_model: ir.Model, teacher_model: ir.Model, train: Dataset, v
                 if late:
                     out_of_time = True
                     break  # the epoch ends here; it is evaluated like a full one
-            bar.close()
             if group is not None and hasattr(module, "ranges"):
                 group.average_(module.ranges)  # QAT: one set of activation ranges
             val_loss, value, worst = evaluate()
+            # the bar stays as the epoch's line: mean training loss, validation loss and metric
+            bar.set_postfix({"loss": f"{running / max(seen, 1):.4g}", "val_loss": f"{val_loss:.4g}",
+                             f"val_{result.metric_name}": f"{value:.4g}"})
+            bar.close()
             record = EpochRecord(epoch, running / max(seen, 1), val_loss, value, worst, time.perf_counter() - epoch_start)
             result.history.append(record)
             result.epochs_run = epoch
@@ -521,6 +524,10 @@ def _recover(student_model: ir.Model, teacher_model: ir.Model, train: Dataset, v
         from onnx_compress.training.qat import finish_qat
 
         finish_qat(module, written, result)  # the ranges into the model; parity on the float graph
+    else:
+        from onnx_compress.passes.quantize.ranges import METADATA_KEY
+
+        written.metadata_props.pop(METADATA_KEY, None)  # ranges of an earlier QAT no longer fit the weights
     result.parity = check_parity(module, written, {n: valid.inputs[n][:8] for n in module.input_names})
     result.improved, result.modified, result.model = True, True, written
     return written, result

@@ -56,12 +56,11 @@ def test_ranges_follow_the_tensors_onnx_runtime_quantizes_alike(pruned_torch_see
 
 def test_qat_int8_model_uses_the_trained_ranges(pruned_torch_seed, torch_seed_onnx, small_splits, digits_nchw,
                                                 digits_files, tmp_path):
-    files = digits_files["NCHW"]
-    inputs = [pruned_torch_seed, torch_seed_onnx, files["train"], files["val"]]
+    train = small_splits["train"].take(512).save(tmp_path / "train.npz")
+    inputs = [pruned_torch_seed, torch_seed_onnx, train, digits_files["NCHW"]["val"]]
     digests = [_digest(p) for p in inputs]
-    settings = RecoverySettings(epochs=3, lr=3e-3, batch_size=32, patience=3, qat="on")
-    model, result = recover(pruned_torch_seed, torch_seed_onnx, files["train"], files["val"], settings,
-                            progress=False)
+    settings = RecoverySettings(epochs=2, lr=3e-3, batch_size=32, patience=2, qat="on")
+    model, result = recover(*inputs, settings, progress=False)
     assert result.improved and result.parity < 1e-4  # parity of the float write-back (simulation off)
     assert result.qat["mode"] == "static" and len(result.qat["nodes"]) == 4
     ranges = read_ranges(model)
