@@ -99,3 +99,25 @@ def test_qat_versus_post_training_int8_side_by_side(pruned_torch_seed, torch_see
         rows[qat] = (top1(model, small_splits["test"]), top1(int8, small_splits["test"]))
     assert rows["on"][1] >= rows["off"][1] - 1.0, rows
     assert abs(rows["on"][1] - rows["on"][0]) <= 1.0, rows  # QAT: int8 as good as its float weights
+
+
+@pytest.mark.slow
+def test_a_recipe_with_qat_trains_the_int8_model_its_quantize_step_writes(torch_seed_onnx, digits_files):
+    from onnx_compress.pipeline import PipelineSettings, compress
+
+    files = digits_files["NCHW"]
+    recipe = {"passes": [{"prune_structured": {"ratio": 0.85}},
+                         {"recover": {"epochs": 2, "lr": 0.003, "patience": 2, "qat": "on"}},
+                         {"quantize": {"mode": "static", "guard": "off"}}]}
+    outcome = compress(torch_seed_onnx, recipe, calib=files["calib"], val=files["val"], train=files["train"],
+                       settings=PipelineSettings(bench_runs=3))
+    stages = outcome.report.stages
+    recovery = stages[2].pass_result["recovery"]
+    assert recovery["improved"] and recovery["qat"]["mode"] == "static" and len(recovery["qat"]["ranges"]) == 4
+    quantize = stages[3]
+    assert quantize.name == "3. quantize" and quantize.decision == "applied", quantize.reason
+    assert any(c["setting"] == "activation ranges" and "4 from QAT" in str(c["value"])
+               for c in quantize.pass_result["choices"])
+    scales = _activation_scales(outcome.model)
+    for name, (lo, hi) in recovery["qat"]["ranges"].items():
+        assert scales[name] == pytest.approx((max(hi, 0.0) - min(lo, 0.0)) / 255, rel=1e-5)
