@@ -103,6 +103,11 @@ class Recover(CompressionPass):
         if self.train is None:
             raise PassRefusedError("recover needs training data (compress(train=...) / --train train.npz; "
                                    "inputs only, labels optional)")
+        from onnx_compress.training.distributed import launched
+
+        if launched():  # every process would run the whole pipeline, and only rank 0 gets the model
+            raise PassRefusedError("compress does not train under torchrun; run `onnx-compress recover` under "
+                                   "torchrun, then compress the recovered model")
         fit, stop = split_training(self.train)
         _, result = recover(model, self.teacher, fit, stop, self.settings,  # type: ignore[arg-type]
                             progress=self.progress, qat_target=self.qat_target)
