@@ -10,12 +10,13 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+import torch
 
 from onnx_compress.errors import SettingError
 from onnx_compress.model_io import load_model
 from onnx_compress.passes.quantize import Quantize, QuantizeSettings
 from onnx_compress.passes.quantize.ranges import METADATA_KEY, read_ranges, shared_ranges
-from onnx_compress.training.qat import QatTarget, plan_qat
+from onnx_compress.training.qat import QatGraphModule, QatTarget, plan_qat
 from onnx_compress.training.recover import RecoverySettings, recover
 
 from .conftest import top1
@@ -33,7 +34,7 @@ def _activation_scales(model: ir.Model) -> dict[str, float]:
             if n.op_type == "QuantizeLinear" and n.input[0] not in constants}
 
 
-def test_the_plan_is_the_quantize_pass_choice(pruned_torch_seed):
+def test_the_plan_is_the_quantize_pass_choice(pruned_torch_seed, small_splits):
     model = load_model(pruned_torch_seed)
     plan = plan_qat(model)  # static int8, default settings
     assert plan.mode == "static" and set(plan.nodes) == {n.name for n in model.graph if n.op_type in ("Conv", "Gemm")}
@@ -43,6 +44,15 @@ def test_the_plan_is_the_quantize_pass_choice(pruned_torch_seed):
                                                             min_weight_elements=0)))
     assert dense_only.mode == "dynamic" and all("linear" in n for n in dense_only.nodes)
     assert any("op type not quantized" in s for s in dense_only.skipped)
+    # dynamic int8 (the tiny preset's step): each batch quantized with its own range, no ranges kept
+    module = QatGraphModule(model, dense_only)
+    feeds = {"input": small_splits["val"].take(16).inputs["input"]}
+    with torch.no_grad():
+        simulated = module(**feeds)["output"]
+        module.simulate = False
+        exact = module(**feeds)["output"]
+    assert not torch.equal(simulated, exact) and float((simulated - exact).abs().max()) < 0.05 * float(exact.abs().max())
+    assert module.activation_ranges() == {}
     with pytest.raises(SettingError, match="qat simulates int8"):
         plan_qat(model, QatTarget(QuantizeSettings(mode="fp16")))
 
