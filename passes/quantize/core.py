@@ -49,7 +49,7 @@ from onnx_compress.passes.quantize.backend import (
     preprocess_transformer,
     quantize_file,
 )
-from onnx_compress.passes.quantize.ranges import trained_ranges
+from onnx_compress.passes.quantize.ranges import METADATA_KEY as RANGES_KEY, trained_ranges
 from onnx_compress.passes.quantize.guard import acceptable, benchmark_feeds, drop_slow_op_types, measure_speed
 from onnx_compress.passes.quantize.result import (
     Choice,
@@ -180,6 +180,7 @@ class _Run:
 
         work = self.pass_.copy_model(self.model)
         renamed = _name_nodes(work)
+        work.metadata_props.pop(RANGES_KEY, None)  # QAT's ranges are read from self.model, not carried on
         if renamed:
             self.choices.append(Choice("node names", f"{renamed} named",
                                        "ONNX Runtime's quantizers address nodes by name; unnamed or duplicate "
