@@ -29,7 +29,7 @@ from typing import Any
 
 from onnx_compress.errors import RecipeError, SettingError
 
-__all__ = ["PassStep", "Recipe", "PRESETS", "load_recipe", "preset_names"]
+__all__ = ["PassStep", "Recipe", "PRESETS", "load_recipe", "preset_names", "recipe_schema"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,18 @@ class PassStep:
             raise RecipeError(f"{where}: {exc}") from exc
         except TypeError as exc:  # a value of the wrong type reaching the dataclass
             raise RecipeError(f"{where}: {exc}") from exc
+
+
+def recipe_schema() -> dict[str, Any]:
+    """A JSON Schema of recipe files, generated from every registered pass's setting declarations."""
+    from onnx_compress.passes.registry import pass_class, pass_names
+    from onnx_compress.setting import json_schema
+
+    steps = [{"type": "object", "properties": {name: json_schema(pass_class(name).Settings)},
+              "required": [name], "additionalProperties": False} for name in pass_names()]
+    return {"type": "object", "properties": {"name": {"type": "string"},
+                                             "passes": {"type": "array", "items": {"oneOf": steps}}},
+            "required": ["passes"], "additionalProperties": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +168,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"prune_structured": {"ratio": 0.8, "round_to": "auto", "reconstruct": True}},
             {"lowrank": {"rank_ratio": 0.5}},
             # quantization-aware: trains the int8 model the quantize step below writes
-            {"recover": {"epochs": 20, "lr": 0.001, "patience": 4, "qat": "on"}},
+            {"recover": {"epochs": 20, "lr": 0.001, "patience": 4, "qat": True}},
             # int8 weights of the dense layers, quantized per call (after the cut the convolutions are
             # small: QDQ around them costs more than it saves; seed CNN: 31.5x smaller, 5.0x faster)
             {"quantize": {"mode": "dynamic", "op_types": ["Gemm", "MatMul"], "min_weight_elements": 0}},

@@ -52,6 +52,7 @@ from onnx_compress.model_io import load_model
 from onnx_compress.optional import require
 from onnx_compress.passes.base import CompressionResult, PassSettings
 from onnx_compress.runtime.session import Runner
+from onnx_compress.setting import setting
 
 __all__ = ["RecoverySettings", "RecoveryResult", "recover", "EpochRecord", "DEVICES", "LOSS_KINDS"]
 
@@ -64,72 +65,40 @@ LOSS_KINDS = ("auto", "kl", "cosine", "token", "mse")
 
 @dataclasses.dataclass(frozen=True)
 class RecoverySettings(PassSettings):
-    """How recovery trains.
+    """How recovery trains (each field's help text is its declaration below)."""
 
-    Attributes:
-        epochs: the most passes over the training data (10).
-        lr: AdamW's peak learning rate (1e-4; small CNNs take 1e-3).
-        batch_size: samples per step (32).
-        loss: ``auto`` (per output, from its kind) or one of ``kl``, ``cosine``, ``token``, ``mse``
-            for every output.
-        temperature: the KL temperature for class scores (2.0).
-        label_weight: the weight of the hard-label cross-entropy when the data has labels (0.5;
-            the distillation term gets ``1 - label_weight``); 0 ignores labels.
-        match: names of intermediate values present in both graphs to match as well (the
-            outputs of the layers a pass changed), or ``("auto",)`` for every
-            LayerNormalization output both graphs have.
-        match_weight: the weight of each matched intermediate value's loss (0.5).
-        patience: epochs without a better validation metric before stopping (3).
-        weight_decay: AdamW's decoupled weight decay (0.0).
-        device: ``auto`` (CUDA when torch sees one), ``cpu`` or ``cuda``.
-        seed: the shuffling and initialisation seed (0).
-        cache_mb: teacher outputs on the training data up to this size are computed once (512).
-        max_minutes: stop training when this much time has passed (mid-epoch: the partial epoch is
-            evaluated like a full one); None = no limit.
-        qat: ``on``: quantization-aware training, the weights and activations that the quantize
-            step after this one makes int8 are fake-quantized while training, and the learned
-            activation ranges go with the model to that step (``qat.py``); ``off`` (default).
-    """
-
-    epochs: int = 10
-    lr: float = 1e-4
-    batch_size: int = 32
-    loss: str = "auto"
-    temperature: float = 2.0
-    label_weight: float = 0.5
-    match: tuple[str, ...] = ()
-    match_weight: float = 0.5
-    patience: int = 3
-    weight_decay: float = 0.0
-    device: str = "auto"
-    seed: int = 0
-    cache_mb: float = 512.0
-    max_minutes: float | None = None
-    qat: str = "off"
+    epochs: int = setting(10, range=">= 1", help="the most passes over the training data")
+    lr: float = setting(1e-4, range="> 0", help="AdamW's peak learning rate (default 1e-4; small CNNs take 1e-3)")
+    batch_size: int = setting(32, range=">= 1", help="samples per step")
+    loss: str = setting("auto", choices=LOSS_KINDS, help="""
+        the loss for every output: auto (per output, from its kind), kl, cosine, token or mse""")
+    temperature: float = setting(2.0, range="> 0", help="the KL temperature for class scores")
+    label_weight: float = setting(0.5, range="[0, 1]", help="""
+        the weight of the hard-label cross-entropy when the data has labels (the distillation
+        term gets 1 - label_weight); 0 ignores labels""")
+    match: tuple[str, ...] = setting((), metavar="VALUE", help="""
+        names of intermediate values present in both graphs to match as well (the outputs of the
+        layers a pass changed), or auto: every LayerNormalization output both graphs have""")
+    match_weight: float = setting(0.5, range=">= 0", cli=False,
+                                  help="the weight of each matched intermediate value's loss")
+    patience: int = setting(3, range=">= 1", help="epochs without a better validation metric before stopping")
+    weight_decay: float = setting(0.0, range=">= 0", cli=False, help="AdamW's decoupled weight decay")
+    device: str = setting("auto", choices=DEVICES, help="auto (CUDA when torch sees one), cpu or cuda")
+    seed: int = setting(0, help="the shuffling and initialisation seed")
+    cache_mb: float = setting(512.0, range="> 0", cli=False, help="""
+        teacher outputs on the training data up to this size (MiB) are computed once""")
+    max_minutes: float | None = setting(None, kind="float", range="> 0", help="""
+        stop training after this many minutes (mid-epoch: the partial epoch is evaluated like a
+        full one); default: no limit""")
+    qat: bool = setting(False, help="""
+        quantization-aware training: the weights and activations that the quantize step after this
+        one makes int8 are fake-quantized while training, and the learned activation ranges go
+        with the model to that step (static int8 without one); recipes may write on / off""")
 
     def __post_init__(self) -> None:
-        if isinstance(self.qat, bool):
-            object.__setattr__(self, "qat", "on" if self.qat else "off")
-        if self.qat not in ("on", "off"):
-            raise SettingError(f"qat must be on or off, got {self.qat!r}")
-        for name in ("epochs", "batch_size", "patience"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise SettingError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("lr", "temperature", "cache_mb"):
-            if not getattr(self, name) > 0:
-                raise SettingError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if not 0 <= self.label_weight <= 1:
-            raise SettingError(f"label_weight must be in [0, 1], got {self.label_weight!r}")
-        if self.match_weight < 0 or self.weight_decay < 0:
-            raise SettingError("match_weight and weight_decay must be >= 0")
-        if self.loss not in LOSS_KINDS:
-            raise SettingError(f"loss must be one of {', '.join(LOSS_KINDS)}, got {self.loss!r}")
-        if self.device not in DEVICES:
-            raise SettingError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise SettingError(f"max_minutes must be > 0, got {self.max_minutes!r}")
-        if isinstance(self.match, str):
-            object.__setattr__(self, "match", (self.match,))
+        if self.qat in ("on", "off"):  # a recipe's qat: on / off (YAML keeps them strings here)
+            object.__setattr__(self, "qat", self.qat == "on")
+        super().__post_init__()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,7 +251,7 @@ def recover(
         val: held-out validation inputs for early stopping (not the training data).
         settings: see :class:`RecoverySettings`.
         progress: a tqdm bar per epoch on stderr.
-        qat_target: with ``settings.qat == "on"``, the quantize step to simulate
+        qat_target: with ``settings.qat``, the quantize step to simulate
             (:class:`~onnx_compress.training.qat.QatTarget`; None: static int8, default settings).
 
     Returns:
@@ -332,7 +301,7 @@ def _recover(student_model: ir.Model, teacher_model: ir.Model, train: Dataset, v
     device = group.device if group is not None else _device(settings.device, torch)
     main = group is None or group.main
     torch.manual_seed(settings.seed)
-    if settings.qat == "on":
+    if settings.qat:
         from onnx_compress.training.qat import qat_module
 
         module = qat_module(student_model, qat_target, match, train, settings.batch_size, device)
@@ -367,7 +336,7 @@ def _recover(student_model: ir.Model, teacher_model: ir.Model, train: Dataset, v
         model=student_model, modified=False, metric_name="", losses={l.name: l.kind for l in losses},
         trainable_params=module.parameter_count, trainable_tensors=len(module.trainable_names),
         train_samples=len(train), device=str(device), world_size=1 if group is None else group.world)
-    if settings.qat == "on":
+    if settings.qat:
         result.qat = module.plan.describe()  # type: ignore[attr-defined]
     logger.info("recovery: %d weight tensors (%s values) trainable, losses %s, %d training samples, device %s",
                 len(module.trainable_names), f"{module.parameter_count:,}", result.losses, len(train), device)
@@ -520,7 +489,7 @@ def _recover(student_model: ir.Model, teacher_model: ir.Model, train: Dataset, v
         result.improved = True
         return student_model, result
     written = module.write_back()
-    if settings.qat == "on":
+    if settings.qat:
         from onnx_compress.training.qat import finish_qat
 
         finish_qat(module, written, result)  # the ranges into the model; parity on the float graph
