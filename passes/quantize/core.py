@@ -49,8 +49,8 @@ from onnx_compress.passes.quantize.backend import (
     preprocess_transformer,
     quantize_file,
 )
-from onnx_compress.passes.quantize.ranges import METADATA_KEY as RANGES_KEY, trained_ranges
 from onnx_compress.passes.quantize.guard import acceptable, benchmark_feeds, drop_slow_op_types, measure_speed
+from onnx_compress.passes.quantize.ranges import METADATA_KEY as RANGES_KEY, trained_ranges
 from onnx_compress.passes.quantize.result import (
     Choice,
     ExcludedNode,
