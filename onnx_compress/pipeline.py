@@ -367,6 +367,8 @@ def compress(
         configured = pass_.with_data(calibration=calibration, validation=validation)
         if hasattr(configured, "with_teacher"):  # recovery training: the original is the teacher
             configured = configured.with_teacher(original, training)
+            if index < len(steps) and steps[index].name == "quantize":  # qat: on simulates that step
+                configured = configured.with_quantize(steps[index].settings, calibration is not None)
         configured_steps.append(configured)
         validation_before = pipeline.validation_seconds
         stage = pipeline.run_pass(index, configured, passes_left=len(steps) - index + 1)

@@ -177,9 +177,10 @@ class GraphModule(torch.nn.Module):  # type: ignore[misc]
             if name not in feeds:
                 raise KeyError(f"missing graph input {name!r}")
             value = feeds[name]
-            env[name] = (torch.from_numpy(np.asarray(value)) if not isinstance(value, torch.Tensor) else value).to(device)
+            env[name] = self._value(name, (torch.from_numpy(np.asarray(value)) if not isinstance(value, torch.Tensor)
+                                           else value).to(device))
         for name, key in self._keys.items():
-            env[name] = self.params[key]
+            env[name] = self._weight(name, self.params[key])
         for name, key in self._fixed.items():
             env[name] = getattr(self, key)
         for node, release in zip(self._nodes, self._release):
@@ -193,10 +194,17 @@ class GraphModule(torch.nn.Module):  # type: ignore[misc]
                 if value is not None and tensor is not None:
                     if node.op_type in ("Constant", "ConstantOfShape") and tensor.device != device and tensor.dim() > 0:
                         tensor = tensor.to(device)
-                    env[str(value.name)] = tensor
+                    env[str(value.name)] = self._value(str(value.name), tensor)
             for name in release:
                 env.pop(name, None)
         return {name: env[name] for name in [*self.output_names, *self.extra_outputs]}
+
+    # hooks for quantization-aware training (training/qat.py): how a weight is read, how a value is seen
+    def _weight(self, name: str, tensor: Any) -> Any:
+        return tensor
+
+    def _value(self, name: str, tensor: Any) -> Any:
+        return tensor
 
     def check_runs(self, feeds: Mapping[str, np.ndarray]) -> None:
         """Run once without gradients; an attribute form the bridge does not execute is refused here."""

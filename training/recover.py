@@ -20,10 +20,14 @@ model is the input, unchanged (``improved=False``, both numbers in the result).
 
 Bad input fails before training with one line: an op the bridge cannot train (named), data
 whose arrays do not fit the student's or the teacher's inputs, a teacher without the student's
-outputs. A loss that turns NaN/inf stops with :class:`~onnx_compress.errors.TrainingError`
-naming the epoch and step. Ctrl-C during training keeps the best epoch so far
+outputs. A loss that turns NaN/inf stops training, naming the epoch and step: with
+:class:`~onnx_compress.errors.TrainingError` when no epoch had improved yet, else with the best
+epoch so far (``stop_reason`` says why). Ctrl-C during training keeps the best epoch so far
 (``interrupted=True``). The written model is checked in ONNX Runtime against the trained
 module (parity) before it is returned. Inputs are never modified.
+
+Quantization-aware training (``qat: on``, ``qat.py``) and training on several processes under
+``torchrun`` (``distributed.py``) hook in here; both are described in their modules.
 """
 
 from __future__ import annotations
@@ -86,6 +90,15 @@ class RecoverySettings(PassSettings):
     max_minutes: float | None = setting(None, kind="float", range="> 0", help="""
         stop training after this many minutes (mid-epoch: the partial epoch is evaluated like a
         full one); default: no limit""")
+    qat: bool = setting(False, help="""
+        quantization-aware training: the weights and activations that the quantize step after this
+        one makes int8 are fake-quantized while training, and the learned activation ranges go
+        with the model to that step (static int8 without one); recipes may write on / off""")
+
+    def __post_init__(self) -> None:
+        if self.qat in ("on", "off"):  # a recipe's qat: on / off (YAML keeps them strings here)
+            object.__setattr__(self, "qat", self.qat == "on")
+        super().__post_init__()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +133,11 @@ class RecoveryResult(CompressionResult):
     device: str = "cpu"
     seconds: float = 0.0
     parity: float = 0.0
+    #: with qat on: what was simulated (qat.QatPlan.describe) and the ranges handed on
+    qat: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: why training ended early other than patience: "" | "nan" (the loss turned NaN/inf)
+    stop_reason: str = ""
+    world_size: int = 1
 
     def summary(self) -> str:
         if not self.improved:
@@ -127,10 +145,16 @@ class RecoveryResult(CompressionResult):
                     f"{self.after:.4g} after {self.epochs_run} epochs; loss {self.loss_before:.4g} before): "
                     "model unchanged")
         note = " (interrupted: best epoch so far)" if self.interrupted else ""
+        if self.stop_reason:
+            note += f" (stopped: {self.stop_reason}; best epoch so far)"
         return (f"validation {self.metric_name} {self.before:.4g} -> {self.after:.4g}, loss {self.loss_before:.4g} -> "
                 f"{self.loss_after:.4g} (best epoch "
                 f"{self.best_epoch}/{self.epochs_run}, {self.trainable_params:,} weights trained, "
                 f"{self.seconds:.0f} s){note}")
+
+
+class _Diverged(Exception):
+    """Internal: the loss turned NaN/inf after an epoch that improved (that epoch is handed back)."""
 
 
 def _device(requested: str, torch: Any) -> Any:
@@ -216,6 +240,7 @@ def recover(
     settings: RecoverySettings | None = None,
     *,
     progress: bool = True,
+    qat_target: Any = None,
 ) -> tuple[ir.Model, RecoveryResult]:
     """Train ``student`` (a compressed graph) towards ``teacher`` (its original) on ``data``.
 
@@ -226,6 +251,8 @@ def recover(
         val: held-out validation inputs for early stopping (not the training data).
         settings: see :class:`RecoverySettings`.
         progress: a tqdm bar per epoch on stderr.
+        qat_target: with ``settings.qat``, the quantize step to simulate
+            (:class:`~onnx_compress.training.qat.QatTarget`; None: static int8, default settings).
 
     Returns:
         ``(model, result)``: the same graph with trained weights (the input model when no epoch
@@ -253,9 +280,33 @@ def recover(
         match = _auto_match(student_model, teacher_model)
         logger.info("matching %d intermediate values: %s", len(match), match[:6])
 
-    device = _device(settings.device, torch)
+    from onnx_compress.training.distributed import from_env
+
+    group = from_env(settings.device)  # torchrun: DistributedDataParallel (distributed.py)
+    try:
+        return _recover(student_model, teacher_model, train, valid, settings, progress and (group is None or group.main),
+                        qat_target, group, outputs, match, start_time)
+    finally:
+        if group is not None:
+            group.close()
+
+
+def _recover(student_model: ir.Model, teacher_model: ir.Model, train: Dataset, valid: Dataset,
+             settings: RecoverySettings, progress: bool, qat_target: Any, group: Any, outputs: list[str],
+             match: list[str], start_time: float) -> tuple[ir.Model, RecoveryResult]:
+    torch = require("torch", "recovery training")
+    from onnx_compress.training.bridge import GraphModule, check_parity
+    from onnx_compress.training.losses import OutputLoss, detect_loss, find_mask_input
+
+    device = group.device if group is not None else _device(settings.device, torch)
+    main = group is None or group.main
     torch.manual_seed(settings.seed)
-    module = GraphModule(student_model, extra_outputs=match).to(device)
+    if settings.qat:
+        from onnx_compress.training.qat import qat_module
+
+        module = qat_module(student_model, qat_target, match, train, settings.batch_size, device)
+    else:
+        module = GraphModule(student_model, extra_outputs=match).to(device)
     if module.parameter_count == 0:
         raise TrainingError("the student has no trainable weights (no float Conv/Gemm/MatMul/norm initializers)")
     probe = {n: valid.inputs[n][:2] for n in module.input_names}
@@ -284,7 +335,9 @@ def recover(
     result = RecoveryResult(
         model=student_model, modified=False, metric_name="", losses={l.name: l.kind for l in losses},
         trainable_params=module.parameter_count, trainable_tensors=len(module.trainable_names),
-        train_samples=len(train), device=str(device))
+        train_samples=len(train), device=str(device), world_size=1 if group is None else group.world)
+    if settings.qat:
+        result.qat = module.plan.describe()  # type: ignore[attr-defined]
     logger.info("recovery: %d weight tensors (%s values) trainable, losses %s, %d training samples, device %s",
                 len(module.trainable_names), f"{module.parameter_count:,}", result.losses, len(train), device)
 
@@ -292,6 +345,14 @@ def recover(
     use_labels = train.labels is not None and settings.label_weight > 0
 
     def evaluate() -> tuple[float, float, float | None]:
+        if group is None:
+            return measure()
+        # rank 0 measures, every process gets its numbers (and applies the same stopping rule)
+        val_loss_, value_, worst_ = measure() if main else (0.0, 0.0, None)
+        val_loss_, value_, worst_f = group.broadcast([val_loss_, value_, math.nan if worst_ is None else worst_])
+        return val_loss_, value_, None if math.isnan(worst_f) else worst_f
+
+    def measure() -> tuple[float, float, float | None]:
         module.eval()
         chunks: dict[str, list[np.ndarray]] = {l.name: [] for l in losses}
         total, count = 0.0, 0
@@ -309,9 +370,9 @@ def recover(
                     chunks[l.name].append(out[l.name].cpu().numpy())
         student_out = np.concatenate(chunks[primary.name])
         name, value, worst = primary.metric(student_out, val_reference[primary.name], val_mask, valid.labels)
-        result.metric_name = name
         return total / max(count, 1), value, worst
 
+    result.metric_name = primary.metric_name if valid.labels is None or primary.kind != "kl" else "top1"
     val_loss, before, before_min = evaluate()
     result.before, result.loss_before = before, val_loss
     result.history.append(EpochRecord(0, None, val_loss, before, before_min, 0.0))
@@ -320,8 +381,10 @@ def recover(
     best_value, best_loss, best_state, best_epoch = before, val_loss, None, 0
 
     params = list(module.params.values())
+    trained = group.wrap(module) if group is not None else module  # the forward that trains
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
+    per_process = len(train) if group is None else len(group.shard(np.arange(len(train))))
+    steps_per_epoch = math.ceil(per_process / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
     warmup = max(1, int(0.05 * total_steps))
 
@@ -343,12 +406,14 @@ def recover(
             epoch_start = time.perf_counter()
             module.train()
             order = rng.permutation(len(train))
+            if group is not None:
+                order = group.shard(order)  # the same permutation everywhere, one shard each
             running, seen = 0.0, 0
-            bar = tqdm(total=len(train), desc=f"recover epoch {epoch}/{settings.epochs}", unit="sample",
-                       disable=None if progress else True, leave=False)  # None: off when stderr is no terminal
-            for s in range(0, len(train), settings.batch_size):
+            bar = tqdm(total=len(order), desc=f"recover epoch {epoch}/{settings.epochs}", unit="sample",
+                       disable=None if progress else True)  # None: off when stderr is no terminal
+            for s in range(0, len(order), settings.batch_size):
                 index = np.sort(order[s:s + settings.batch_size])
-                out = module(**{n: train.inputs[n][index] for n in module.input_names})
+                out = trained(**{n: train.inputs[n][index] for n in module.input_names})
                 target = teacher_train(index)
                 mask = None if mask_name is None else torch.from_numpy(train.inputs[mask_name][index]).to(device)
                 labels = labels_train[index].to(device) if use_labels else None  # type: ignore[index]
@@ -356,11 +421,18 @@ def recover(
                                              labels if l is primary else None, settings.label_weight)
                            for l in losses)
                 value = loss.item()
+                late = deadline is not None and time.perf_counter() > deadline
+                if group is not None:  # every process decides on the same numbers
+                    total_, late_ = group.sum([value, float(late)])
+                    value, late = total_ / group.world, late_ > 0
                 if not math.isfinite(value):
-                    raise TrainingError(f"the recovery loss became {value} at epoch {epoch}, step {step + 1}; "
-                                        f"lower the learning rate (now {settings.lr:g}); nothing was written")
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step)
+                    message = (f"the recovery loss became {value} at epoch {epoch}, step {step + 1}; "
+                               f"lower the learning rate (now {settings.lr:g})")
+                    if best_state is None:
+                        raise TrainingError(message + "; nothing was written")
+                    raise _Diverged(message)  # an earlier epoch was better than the input: hand it back
+                for param_group in optimizer.param_groups:
+                    param_group["lr"] = lr_at(step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -370,11 +442,16 @@ def recover(
                 seen += len(index)
                 bar.update(len(index))
                 bar.set_postfix(loss=f"{value:.4g}")
-                if deadline is not None and time.perf_counter() > deadline:
+                if late:
                     out_of_time = True
                     break  # the epoch ends here; it is evaluated like a full one
-            bar.close()
+            if group is not None and hasattr(module, "ranges"):
+                group.average_(module.ranges)  # QAT: one set of activation ranges
             val_loss, value, worst = evaluate()
+            # the bar stays as the epoch's line: mean training loss, validation loss and metric
+            bar.set_postfix({"loss": f"{running / max(seen, 1):.4g}", "val_loss": f"{val_loss:.4g}",
+                             f"val_{result.metric_name}": f"{value:.4g}"})
+            bar.close()
             record = EpochRecord(epoch, running / max(seen, 1), val_loss, value, worst, time.perf_counter() - epoch_start)
             result.history.append(record)
             result.epochs_run = epoch
@@ -382,7 +459,7 @@ def recover(
             better = value > best_value or (value == best_value and val_loss < best_loss)
             if better:
                 best_value, best_loss, best_epoch, stale = value, val_loss, epoch, 0
-                best_state = {k: p.detach().clone() for k, p in module.params.items()}
+                best_state = {k: t.detach().clone() for k, t in module.state_dict().items()}  # weights (+ QAT ranges)
             else:
                 stale += 1
             logger.info("epoch %d/%d: train loss %.5g, val loss %.5g, val %s %.5g%s%s (%.1f s)", epoch, settings.epochs,
@@ -395,6 +472,9 @@ def recover(
             if out_of_time:
                 logger.info("max_minutes (%g) reached in epoch %d: stopping", settings.max_minutes, epoch)
                 break
+    except _Diverged as diverged:
+        result.stop_reason = str(diverged)
+        logger.warning("%s: stopping, keeping the best epoch so far (%d)", diverged, best_epoch)
     except KeyboardInterrupt:
         result.interrupted = True
         logger.warning("interrupted during epoch %d: keeping the best epoch so far (%d)", result.epochs_run + 1, best_epoch)
@@ -404,10 +484,19 @@ def recover(
     if best_state is None:
         result.improved = False
         return student_model, result
-    with torch.no_grad():
-        for key, tensor in best_state.items():
-            module.params[key].copy_(tensor)
+    module.load_state_dict(best_state)
+    if not main:  # only rank 0 writes
+        result.improved = True
+        return student_model, result
     written = module.write_back()
+    if settings.qat:
+        from onnx_compress.training.qat import finish_qat
+
+        finish_qat(module, written, result)  # the ranges into the model; parity on the float graph
+    else:
+        from onnx_compress.passes.quantize.ranges import METADATA_KEY
+
+        written.metadata_props.pop(METADATA_KEY, None)  # ranges of an earlier QAT no longer fit the weights
     result.parity = check_parity(module, written, {n: valid.inputs[n][:8] for n in module.input_names})
     result.improved, result.modified, result.model = True, True, written
     return written, result

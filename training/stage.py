@@ -64,21 +64,32 @@ class Recover(CompressionPass):
 
     def __init__(self, settings: PassSettings | None = None, /, *, calibration: DataSource | None = None,
                  validation: DataSource | None = None, teacher: ir.Model | None = None,
-                 train: DataSource | None = None, progress: bool = True, **overrides: Any) -> None:
+                 train: DataSource | None = None, progress: bool = True, qat_target: Any = None,
+                 **overrides: Any) -> None:
         super().__init__(settings, calibration=calibration, validation=validation, **overrides)
         self.teacher = teacher
         self.train: Dataset | None = None if train is None else load_data(train)
         self.progress = progress
+        #: with ``qat: on``, the quantize step to simulate (training.qat.QatTarget; None: static int8)
+        self.qat_target = qat_target
 
     def with_data(self, *, calibration: DataSource | None = None,
                   validation: DataSource | None = None) -> Recover:
         return Recover(self.settings, calibration=calibration, validation=validation, teacher=self.teacher,
-                       train=self.train, progress=self.progress)
+                       train=self.train, progress=self.progress, qat_target=self.qat_target)
 
     def with_teacher(self, teacher: ir.Model, train: Dataset | None) -> Recover:
         """This stage with the original model as teacher and the training data."""
         return Recover(self.settings, calibration=self.calibration, validation=self.validation, teacher=teacher,
-                       train=train, progress=self.progress)
+                       train=train, progress=self.progress, qat_target=self.qat_target)
+
+    def with_quantize(self, settings: PassSettings, calibration: bool) -> Recover:
+        """This stage simulating (``qat: on``) the quantize step that follows it in the recipe."""
+        from onnx_compress.training.qat import QatTarget
+
+        return Recover(self.settings, calibration=self.calibration, validation=self.validation, teacher=self.teacher,
+                       train=self.train, progress=self.progress,
+                       qat_target=QatTarget(settings, calibration))  # type: ignore[arg-type]
 
     def absorb(self, cuts: Sequence[CompressionPass]) -> CutThenRecover:
         """The cuts and this recovery as one stage, whose strength is searched with recovery."""
@@ -92,9 +103,14 @@ class Recover(CompressionPass):
         if self.train is None:
             raise PassRefusedError("recover needs training data (compress(train=...) / --train train.npz; "
                                    "inputs only, labels optional)")
+        from onnx_compress.training.distributed import launched
+
+        if launched():  # every process would run the whole pipeline, and only rank 0 gets the model
+            raise PassRefusedError("compress does not train under torchrun; run `onnx-compress recover` under "
+                                   "torchrun, then compress the recovered model")
         fit, stop = split_training(self.train)
         _, result = recover(model, self.teacher, fit, stop, self.settings,  # type: ignore[arg-type]
-                            progress=self.progress)
+                            progress=self.progress, qat_target=self.qat_target)
         return result
 
     def call(self, model: ir.Model) -> RecoveryResult:
@@ -141,6 +157,9 @@ class CutThenRecover(CompressionPass):
 
     def with_teacher(self, teacher: ir.Model, train: Dataset | None) -> CutThenRecover:
         return CutThenRecover(self.cuts, self.recovery.with_teacher(teacher, train))
+
+    def with_quantize(self, settings: PassSettings, calibration: bool) -> CutThenRecover:
+        return CutThenRecover(self.cuts, self.recovery.with_quantize(settings, calibration))
 
     def scaled(self, strength: float) -> CutThenRecover | None:
         scaled = [p.scaled(strength) for p in self.cuts]

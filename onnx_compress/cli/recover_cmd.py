@@ -23,11 +23,18 @@ mask). After every epoch the model is scored on --val (held-out): top-1 with lab
 agreement with the original's top-1 for class scores, mean cosine for embeddings; training stops
 after --patience epochs without improvement and the best epoch is kept. If no epoch beats the
 compressed model, nothing is written (exit status 3). Ctrl-C keeps the best epoch so far.
-Needs torch (pip install "onnx-compress[torch]"). Run it before quantization.
+Needs torch (pip install "onnx-compress[torch]"). Run it before quantization; --qat trains the
+int8 model that static quantization will write (its activation ranges travel in the model).
+Started by torchrun (WORLD_SIZE > 1), it trains with DistributedDataParallel (gloo on CPU, NCCL
+on CUDA), each process on a shard of --data with --batch-size samples per step; rank 0 validates,
+writes and reports.
 
 examples:
   onnx-compress prune m.onnx -o pruned.onnx --structured 0.75 --data calib.npz
   onnx-compress recover pruned.onnx --teacher m.onnx --data train.npz --val val.npz -o recovered.onnx --lr 1e-3
+  onnx-compress recover pruned.onnx --teacher m.onnx --data train.npz --val val.npz -o qat.onnx --lr 1e-3 --qat
+  onnx-compress quantize qat.onnx -o int8.onnx --mode static --data calib.npz
+  torchrun --standalone --nproc_per_node 2 $(which onnx-compress) recover pruned.onnx --teacher m.onnx --data train.npz --val val.npz -o recovered.onnx --batch-size 16
 """
 
 
@@ -40,6 +47,8 @@ def _recover(args: argparse.Namespace) -> int:
     check_output_path(args.output, protected)
     settings = RecoverySettings(**given(args, RecoverySettings))
     model, result = recover(args.model, args.teacher, args.data, args.val, settings, progress=not args.no_progress)
+    if result.world_size > 1 and not _main_process():
+        return 0 if result.improved else 3  # under torchrun only rank 0 writes and reports
     rows = [[r.epoch, "-" if r.train_loss is None else f"{r.train_loss:.5g}", f"{r.val_loss:.5g}",
              f"{r.metric:.5g}", "-" if r.metric_min is None else f"{r.metric_min:.4g}", f"{r.seconds:.1f}"]
             for r in result.history]
@@ -58,11 +67,17 @@ def _recover(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def _main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _flags(parser: argparse.ArgumentParser) -> None:
     from onnx_compress.training.recover import RecoverySettings
 
     add_flags(parser, RecoverySettings, "epochs lr batch_size loss temperature label_weight match patience "
-              "max_minutes device seed")
+              "max_minutes device seed qat")
 
 
 def register(subparsers: Any) -> None:

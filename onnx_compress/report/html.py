@@ -15,6 +15,7 @@ import html
 import io
 import math
 
+from onnx_compress.report.recovery import recovery_html
 from onnx_compress.report.stages import Report
 from onnx_compress.report.text import budget_text, drop_text, render_text, test_text
 
@@ -138,6 +139,7 @@ budget: {html.escape(budget_text(report))}</p>
 <table><tr><th>stage</th><th>decision</th><th>result</th><th>reason</th><th>budget search trials
 (strength: drop +- standard error)</th><th>time</th></tr>
 {''.join(stage_rows)}</table>
+{recovery_html(report)}
 <h2>Environment</h2>
 <pre>{html.escape(str(report.environment))}</pre>
 </body></html>

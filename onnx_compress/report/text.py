@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from onnx_compress.report.recovery import recovery_lines
 from onnx_compress.report.stages import Report
 from onnx_compress.table import format_table, human_bytes, human_count
 
@@ -83,5 +84,6 @@ def render_text(report: Report) -> str:
             detail = f"{detail}; {stage.reason}" if detail else stage.reason
         if detail:
             lines.append(f"  {stage.name}: {detail}")
+    lines += recovery_lines(report)
     lines += [f"WARNING: {w}" for w in report.warnings]
     return "\n".join(lines)

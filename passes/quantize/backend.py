@@ -83,6 +83,8 @@ class QuantConfig:
     large: bool = False  # weights over the external-data threshold
     #: every candidate node (to express ``only`` for the tools that lack it)
     all_candidates: tuple[str, ...] = ()
+    #: static mode: ``(tensor, lo, hi)`` ranges that replace calibration's (QAT; see ``ranges.py``)
+    activation_ranges: tuple[tuple[str, float, float], ...] = ()
 
 
 class Workspace:
@@ -315,6 +317,11 @@ def _static(src: Path, dst: Path, config: QuantConfig, reader_factory, workspace
     extra: dict[str, object] = {"MatMulConstBOnly": True}
     if config.fused:
         extra["DefaultTensorType"] = onnx.TensorProto.FLOAT
+    if config.activation_ranges:
+        from onnx_compress.passes.quantize.ranges import tensor_overrides
+
+        graph = onnx.load(str(src), load_external_data=False).graph
+        extra["TensorQuantOverrides"] = tensor_overrides(graph, {n: (lo, hi) for n, lo, hi in config.activation_ranges})
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.calibration_method]
     quantize_static(

@@ -50,6 +50,7 @@ from onnx_compress.passes.quantize.backend import (
     quantize_file,
 )
 from onnx_compress.passes.quantize.guard import acceptable, benchmark_feeds, drop_slow_op_types, measure_speed
+from onnx_compress.passes.quantize.ranges import METADATA_KEY as RANGES_KEY, trained_ranges
 from onnx_compress.passes.quantize.result import (
     Choice,
     ExcludedNode,
@@ -179,6 +180,7 @@ class _Run:
 
         work = self.pass_.copy_model(self.model)
         renamed = _name_nodes(work)
+        work.metadata_props.pop(RANGES_KEY, None)  # QAT's ranges are read from self.model, not carried on
         if renamed:
             self.choices.append(Choice("node names", f"{renamed} named",
                                        "ONNX Runtime's quantizers address nodes by name; unnamed or duplicate "
@@ -239,6 +241,8 @@ class _Run:
         self.reduce_range, choice = auto.choose_reduce_range(s, self.mode, self.cpu)
         self._note(choice)
         self.activation_type, choice = auto.choose_activation_type(s, self.mode, self.cpu)
+        self._note(choice)
+        self.activation_ranges, choice = trained_ranges(self.model, self.mode)  # QAT's ranges (ranges.py)
         self._note(choice)
         self.large = is_large(self.prepared_path)
         if self.large:
@@ -438,6 +442,7 @@ class _Run:
             fused=self.fused,
             large=self.large,
             all_candidates=tuple(self.candidates),
+            activation_ranges=self.activation_ranges,
         )
 
     def _fixed_batch(self) -> int | None:
