@@ -51,9 +51,9 @@ def _trained(framework: str, seed: int, fp32: Path, threads: int) -> Any:
 
 
 def run_one(framework: str, seed: int, margin: float, folder: Path, threads: int = 2,
-            splits: Any = None, reuse: bool = False) -> tuple[dict[str, Any], Any]:
+            splits: Any = None, reuse: bool = False, preset: str = "small") -> tuple[dict[str, Any], Any]:
     """One fresh model (trained unless ``folder/seed_cnn.onnx`` and ``splits`` are given),
-    compressed with ``small`` at ``margin``; its validation and test drops, size and speed."""
+    compressed with ``preset`` (``small``; ``tiny`` recovers on the split's training part) at ``margin``; its validation and test drops, size and speed."""
     import onnx_compress as oc
     from onnx_compress.pipeline import PipelineSettings, compress
     from onnx_compress.runtime import SessionSettings, compare_many
@@ -68,16 +68,17 @@ def run_one(framework: str, seed: int, margin: float, folder: Path, threads: int
     train_seconds = time.perf_counter() - start
     session = SessionSettings(provider="cpu", intra_op_threads=threads)
     start = time.perf_counter()
-    outcome = compress(fp32, "small", calib=splits.calib, val=splits.val, metric="top1", max_drop=MAX_DROP,
-                       settings=PipelineSettings(session=session, budget_margin=margin))
+    outcome = compress(fp32, preset, calib=splits.train,  # calibrate on the training images (never the budget's) val=splits.val, metric="top1", max_drop=MAX_DROP,
+                       settings=PipelineSettings(session=session, budget_margin=margin),
+                       train=splits.train if preset == "tiny" else None)
     compress_seconds = time.perf_counter() - start
-    out = outcome.save(folder / f"small-margin{margin:g}.onnx")
+    out = outcome.save(folder / f"{preset}-margin{margin:g}.onnx")
     test = oc.validate(fp32, out, splits.test, "top1", settings=session)
     fp32_ms, out_ms = (lat.median_ms for lat in compare_many([fp32, out], splits.test.take(8).inputs, runs=200,
                                                              settings=session))
     final = outcome.report.final
     return {
-        "framework": framework, "seed": seed, "margin": margin,
+        "framework": framework, "seed": seed, "margin": margin, "preset": preset,
         "val_drop": final.drop, "val_stderr": final.drop_stderr, "val_samples": len(splits.val),
         "budget_met_on_val": outcome.report.budget_met,
         "test_drop": test.drop, "test_stderr": test.details.get("stderr"), "test_samples": len(splits.test),

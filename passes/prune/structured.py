@@ -249,6 +249,23 @@ class PruneStructured(CompressionPass):
         )
         return type(self)(settings, calibration=self.calibration, validation=self.validation)
 
+    def refinement_keys(self, model: ir.Model) -> list[str]:
+        """The layers whose groups the budget search may cut at full ratio on their own
+        (``onnx_compress.budget.refine``): weight layers in graph order, protected ones left out."""
+        return [str(node.name) for node in model.graph
+                if node.op_type in _LAYER_OPS and len(node.inputs) > 1 and node.inputs[1] is not None
+                and node.inputs[1].const_value is not None and str(node.name) not in self.settings.protect]
+
+    def refined(self, strength: float, full: tuple[str, ...]) -> PruneStructured:
+        """This pass at ``strength``, except that the groups of the layers in ``full`` get their
+        full ratio (a group takes the smallest ratio named for its producers)."""
+        scaled = self if strength == 1.0 else self.scaled(strength)
+        ratios = dict(scaled.settings.layer_ratios)
+        own = dict(self.settings.layer_ratios)
+        ratios.update({name: own.get(name, self.settings.ratio) for name in full})
+        settings = dataclasses.replace(scaled.settings, layer_ratios=tuple(sorted(ratios.items())))
+        return type(self)(settings, calibration=self.calibration, validation=self.validation)
+
     # ---------------------------------------------------------------- analysis
 
     def _analyzed(self, model: ir.Model) -> tuple[ir.Model, CouplingAnalysis]:
