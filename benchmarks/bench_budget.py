@@ -68,7 +68,8 @@ def run_one(framework: str, seed: int, margin: float, folder: Path, threads: int
     train_seconds = time.perf_counter() - start
     session = SessionSettings(provider="cpu", intra_op_threads=threads)
     start = time.perf_counter()
-    outcome = compress(fp32, preset, calib=splits.train,  # calibrate on the training images (never the budget's) val=splits.val, metric="top1", max_drop=MAX_DROP,
+    # calibration on the training images (pruning's re-fit, int8 ranges); the budget never sees them
+    outcome = compress(fp32, preset, calib=splits.train, val=splits.val, metric="top1", max_drop=MAX_DROP,
                        settings=PipelineSettings(session=session, budget_margin=margin),
                        train=splits.train if preset == "tiny" else None)
     compress_seconds = time.perf_counter() - start

@@ -250,11 +250,16 @@ class PruneStructured(CompressionPass):
         return type(self)(settings, calibration=self.calibration, validation=self.validation)
 
     def refinement_keys(self, model: ir.Model) -> list[str]:
-        """The layers whose groups the budget search may cut at full ratio on their own
-        (``onnx_compress.budget.refine``): weight layers in graph order, protected ones left out."""
-        return [str(node.name) for node in model.graph
-                if node.op_type in _LAYER_OPS and len(node.inputs) > 1 and node.inputs[1] is not None
-                and node.inputs[1].const_value is not None and str(node.name) not in self.settings.protect]
+        """One producer per prunable group, in graph order: the budget search may cut each group
+        at full ratio on its own (``onnx_compress.budget.refine``)."""
+        _, analysis = self._analyzed(model)
+        keys: list[str] = []
+        for group in analysis.groups:
+            names = [str(node.name) for node in group.producers if node.name]
+            if names and not group.blocked and len(group.prunable_units):
+                keys.append(names[0])
+        order = {str(node.name): i for i, node in enumerate(model.graph)}
+        return sorted(keys, key=lambda name: order.get(name, len(order)))
 
     def refined(self, strength: float, full: tuple[str, ...]) -> PruneStructured:
         """This pass at ``strength``, except that the groups of the layers in ``full`` get their
