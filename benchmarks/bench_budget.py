@@ -1,6 +1,7 @@
 """Does the budget hold on data the search never saw? Fresh training runs of the seed CNNs.
 
 Run:  python -m benchmarks budget [--seeds 1 2 3 4 5] [--only torch|keras] [--margin 1.0 [0 ...]] [--reuse]
+      [--preset small|tiny]
 
 For each seed: a fresh split of the digits (``load_digits(seed=...)``: train / calibration /
 validation / test drawn anew) and a fresh training run of the seed CNN with that seed; then
@@ -91,7 +92,7 @@ def run_one(framework: str, seed: int, margin: float, folder: Path, threads: int
 
 
 def run(frameworks: list[str], seeds: list[int], margins: list[float], out: Path, threads: int = 2,
-        log: Any = print, reuse: bool = False) -> list[dict[str, Any]]:
+        log: Any = print, reuse: bool = False, preset: str = "small") -> list[dict[str, Any]]:
     """Every (framework, seed, margin) run; the model of a seed is trained once for all margins."""
     rows = []
     for framework in frameworks:
@@ -99,7 +100,7 @@ def run(frameworks: list[str], seeds: list[int], margins: list[float], out: Path
             splits = None
             for margin in margins:
                 row, splits = run_one(framework, seed, margin, out / framework / f"seed{seed}", threads, splits,
-                                      reuse)
+                                      reuse, preset)
                 rows.append(row)
                 log(f"{framework} seed {seed} margin {margin:g}: val drop {row['val_drop']:+.2f} +- "
                     f"{row['val_stderr']:.2f}, TEST drop {row['test_drop']:+.2f} "
@@ -129,6 +130,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--margin", type=float, nargs="+", default=[1.0],
                         help="budget margins in standard errors to compare (default 1.0, the default of the budget)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    parser.add_argument("--preset", choices=["small", "tiny"], default="small",
+                        help="small (default) or tiny (recovery training on the split's training part; slow)")
     parser.add_argument("--reuse", action="store_true",
                         help="compress the models an earlier run trained in --out (the split is redrawn from the "
                              "seed) instead of training again")
@@ -139,7 +142,8 @@ def main(argv: list[str]) -> int:
 
     results: dict[str, Any] = {"environment": environment(), "max_drop": MAX_DROP}
     results["runs"] = run(args.only or ["torch", "keras"], args.seeds, args.margin, args.out.resolve() / "budget",
-                          args.threads, log=lambda line: print(line, flush=True), reuse=args.reuse)
+                          args.threads, log=lambda line: print(line, flush=True), reuse=args.reuse,
+                          preset=args.preset)
     print(f"\nTEST-split drop against a {MAX_DROP}-point budget checked on validation (fresh split and training "
           "per seed)")
     print(format_table(["model", "margin (se)", "test within budget", "test drops", "val drop +- se", "smaller",
