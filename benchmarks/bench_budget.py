@@ -1,6 +1,7 @@
 """Does the budget hold on data the search never saw? Fresh training runs of the seed CNNs.
 
 Run:  python -m benchmarks budget [--seeds 1 2 3 4 5] [--only torch|keras] [--margin 1.0 [0 ...]] [--reuse]
+      [--preset small|tiny]
 
 For each seed: a fresh split of the digits (``load_digits(seed=...)``: train / calibration /
 validation / test drawn anew) and a fresh training run of the seed CNN with that seed; then
@@ -51,9 +52,9 @@ def _trained(framework: str, seed: int, fp32: Path, threads: int) -> Any:
 
 
 def run_one(framework: str, seed: int, margin: float, folder: Path, threads: int = 2,
-            splits: Any = None, reuse: bool = False) -> tuple[dict[str, Any], Any]:
+            splits: Any = None, reuse: bool = False, preset: str = "small") -> tuple[dict[str, Any], Any]:
     """One fresh model (trained unless ``folder/seed_cnn.onnx`` and ``splits`` are given),
-    compressed with ``small`` at ``margin``; its validation and test drops, size and speed."""
+    compressed with ``preset`` (``small``; ``tiny`` recovers on the split's training part) at ``margin``; its validation and test drops, size and speed."""
     import onnx_compress as oc
     from onnx_compress.pipeline import PipelineSettings, compress
     from onnx_compress.runtime import SessionSettings, compare_many
@@ -68,16 +69,18 @@ def run_one(framework: str, seed: int, margin: float, folder: Path, threads: int
     train_seconds = time.perf_counter() - start
     session = SessionSettings(provider="cpu", intra_op_threads=threads)
     start = time.perf_counter()
-    outcome = compress(fp32, "small", calib=splits.calib, val=splits.val, metric="top1", max_drop=MAX_DROP,
-                       settings=PipelineSettings(session=session, budget_margin=margin))
+    # calibration on the training images (pruning's re-fit, int8 ranges); the budget never sees them
+    outcome = compress(fp32, preset, calib=splits.train, val=splits.val, metric="top1", max_drop=MAX_DROP,
+                       settings=PipelineSettings(session=session, budget_margin=margin),
+                       train=splits.train if preset == "tiny" else None)
     compress_seconds = time.perf_counter() - start
-    out = outcome.save(folder / f"small-margin{margin:g}.onnx")
+    out = outcome.save(folder / f"{preset}-margin{margin:g}.onnx")
     test = oc.validate(fp32, out, splits.test, "top1", settings=session)
     fp32_ms, out_ms = (lat.median_ms for lat in compare_many([fp32, out], splits.test.take(8).inputs, runs=200,
                                                              settings=session))
     final = outcome.report.final
     return {
-        "framework": framework, "seed": seed, "margin": margin,
+        "framework": framework, "seed": seed, "margin": margin, "preset": preset,
         "val_drop": final.drop, "val_stderr": final.drop_stderr, "val_samples": len(splits.val),
         "budget_met_on_val": outcome.report.budget_met,
         "test_drop": test.drop, "test_stderr": test.details.get("stderr"), "test_samples": len(splits.test),
@@ -89,7 +92,7 @@ def run_one(framework: str, seed: int, margin: float, folder: Path, threads: int
 
 
 def run(frameworks: list[str], seeds: list[int], margins: list[float], out: Path, threads: int = 2,
-        log: Any = print, reuse: bool = False) -> list[dict[str, Any]]:
+        log: Any = print, reuse: bool = False, preset: str = "small") -> list[dict[str, Any]]:
     """Every (framework, seed, margin) run; the model of a seed is trained once for all margins."""
     rows = []
     for framework in frameworks:
@@ -97,7 +100,7 @@ def run(frameworks: list[str], seeds: list[int], margins: list[float], out: Path
             splits = None
             for margin in margins:
                 row, splits = run_one(framework, seed, margin, out / framework / f"seed{seed}", threads, splits,
-                                      reuse)
+                                      reuse, preset)
                 rows.append(row)
                 log(f"{framework} seed {seed} margin {margin:g}: val drop {row['val_drop']:+.2f} +- "
                     f"{row['val_stderr']:.2f}, TEST drop {row['test_drop']:+.2f} "
@@ -127,6 +130,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--margin", type=float, nargs="+", default=[1.0],
                         help="budget margins in standard errors to compare (default 1.0, the default of the budget)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    parser.add_argument("--preset", choices=["small", "tiny"], default="small",
+                        help="small (default) or tiny (recovery training on the split's training part; slow)")
     parser.add_argument("--reuse", action="store_true",
                         help="compress the models an earlier run trained in --out (the split is redrawn from the "
                              "seed) instead of training again")
@@ -137,7 +142,8 @@ def main(argv: list[str]) -> int:
 
     results: dict[str, Any] = {"environment": environment(), "max_drop": MAX_DROP}
     results["runs"] = run(args.only or ["torch", "keras"], args.seeds, args.margin, args.out.resolve() / "budget",
-                          args.threads, log=lambda line: print(line, flush=True), reuse=args.reuse)
+                          args.threads, log=lambda line: print(line, flush=True), reuse=args.reuse,
+                          preset=args.preset)
     print(f"\nTEST-split drop against a {MAX_DROP}-point budget checked on validation (fresh split and training "
           "per seed)")
     print(format_table(["model", "margin (se)", "test within budget", "test drops", "val drop +- se", "smaller",

@@ -38,7 +38,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnx_compress.budget import DEFAULT_MARGIN, Budget, bisect_strength
+from onnx_compress.budget import DEFAULT_MARGIN, Budget, bisect_strength, refine, resolution_note
 from onnx_compress.data import DataSource, input_specs, load_data, same_data, synthetic_inputs
 from onnx_compress.errors import BudgetError, OnnxCompressError, SettingError, one_line
 from onnx_compress.model_io import load_model, model_files, save_model, weights_nbytes
@@ -174,8 +174,27 @@ class _Pipeline:
                         time.perf_counter() - start)
             return (result, measured), drop, stderr
 
+        def attempt_refined(full: tuple[str, ...]) -> tuple[tuple[ir.Model, Any], float, float] | None:
+            configured = pass_.refined(outcome.strength, full)  # type: ignore[attr-defined]
+            best_model = outcome.best[0].model  # type: ignore[index]
+            preview = getattr(configured, "preview", None)  # a cut before its recovery training
+            if preview is not None and _same_shape(preview(self.current), best_model):
+                return None
+            result = configured(self.current)
+            if _same_shape(result.model, best_model):
+                return None
+            measured = self.measure(result.model)
+            drop = measured.drop if measured is not None else 0.0
+            stderr = float(measured.details.get("stderr", 0.0)) if measured is not None else 0.0
+            logger.info("%s at strength %.3g, %s at full strength: drop %.4g +- %.2g (%.1f s into the stage)", name,
+                        outcome.strength, ", ".join(full), drop, stderr, time.perf_counter() - start)
+            return (result, measured), drop, stderr
+
         try:
             outcome = bisect_strength(attempt, self.budget, steps=self.settings.search_steps, deadline=deadline)
+            if hasattr(pass_, "refined") and outcome.best is not None and 0 < outcome.strength < 1:
+                outcome = refine(attempt_refined, pass_.refinement_keys(self.current), self.budget,  # type: ignore[attr-defined]
+                                 outcome, steps=max(1, self.settings.search_steps - 1), deadline=deadline)
         except OnnxCompressError as exc:
             stage.decision, stage.reason = "rolled back", f"{type(exc).__name__}: {one_line(exc)}"
             stage.seconds = time.perf_counter() - start
@@ -202,6 +221,8 @@ class _Pipeline:
         if outcome.strength < 1.0:
             stage.decision, stage.strength = "reduced", outcome.strength
             stage.reason = f"full strength broke the budget; strength {outcome.strength:.3g} holds"
+            if outcome.full:
+                stage.reason += f" with {', '.join(outcome.full)} at full strength"
         else:
             stage.strength = 1.0
         stage.pass_result = result.as_dict()
@@ -235,6 +256,11 @@ def _note_time(stage: StageReport, validation_seconds: float) -> None:
     inner = stage.pass_result.get("seconds") if isinstance(stage.pass_result, dict) else None
     if isinstance(inner, dict):
         stage.timings.update({f"last trial: {k}": float(v) for k, v in inner.items()})
+
+
+def _same_shape(a: ir.Model, b: ir.Model) -> bool:
+    """Whether two cuts of one model kept the same parameters and MACs (a refinement that cut nothing more)."""
+    return count_params(a) == count_params(b) and count_macs(a)[0] == count_macs(b)[0]
 
 
 def _gain(before: ir.Model, after: ir.Model) -> float:
@@ -425,6 +451,9 @@ def compress(
         warnings.append(f"the compressed model is no faster than the original ({final.speedup:.2f}x, "
                         f"within the {_SPEED_NOISE:.0%} measurement noise) at batch {settings.bench_batch}")
     warnings.extend(_slower_stage_warnings(kept, settings.bench_batch))
+    grain = resolution_note(metric_name, max_drop, len(validation) if validation is not None else 0, budget.margin)
+    if grain:
+        warnings.append(grain)
     if all(s.report.decision in ("rolled back", "no change") for s in stages[2:]) and len(stages) > 2:
         handed = "the normalized input model" if stages[1].model is not None else "the input model unchanged"
         warnings.append(f"no pass of the recipe could be applied within the budget; the output is {handed}")

@@ -8,7 +8,8 @@ For the seed PyTorch CNN and the seed Keras CNN, on scikit-learn's real handwrit
 1. train (seconds on 2 cores) and export to ONNX with a parity check;
 2. compress with a preset recipe (default ``small``: structured pruning, low-rank factoring,
    quantization) under "test-free" budget control: every pass is checked on the VALIDATION split
-   and searched down or rolled back if top-1 drops more than ``--max-drop`` points;
+   and searched down or rolled back if top-1 drops more than ``--max-drop`` points; calibration
+   (pruning's least-squares re-fit, int8 ranges) uses the training images;
 3. validate the result on the held-out TEST split (never seen by any pass or by the budget):
    the verdict the story ends on is whether the TEST drop is within the budget (the budget
    check on validation adds one standard error of the drop, so that it holds beyond the 269
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome = compress(
             original,
             args.preset,
-            calib=folder / "calib.npz",
+            calib=folder / "train.npz",  # calibration on the training images; the budget never sees them
             val=folder / "val.npz",
             metric="top1",
             max_drop=args.max_drop,

@@ -167,6 +167,24 @@ class CutThenRecover(CompressionPass):
             return None
         return CutThenRecover([s if s is not None else p for s, p in zip(scaled, self.cuts)], self.recovery)
 
+    def refinement_keys(self, model: ir.Model) -> list[str]:
+        """The parts of the first cut that can be refined (``onnx_compress.budget.refine``)."""
+        first = next((p for p in self.cuts if hasattr(p, "refined")), None)
+        return first.refinement_keys(model) if first is not None else []  # type: ignore[attr-defined]
+
+    def refined(self, strength: float, full: tuple[str, ...]) -> CutThenRecover:
+        """The cuts at ``strength``, the parts in ``full`` of the first refinable cut at full strength."""
+        first = next((p for p in self.cuts if hasattr(p, "refined")), None)
+        cuts = [p.refined(strength, full) if p is first else (p.scaled(strength) or p)  # type: ignore[attr-defined]
+                for p in self.cuts]
+        return CutThenRecover(cuts, self.recovery)
+
+    def preview(self, model: ir.Model) -> ir.Model:
+        """The model the cuts make, before recovery (the search skips a setting that cuts nothing new)."""
+        for cut in self.cuts:
+            model = cut(model).model
+        return model
+
     def call(self, model: ir.Model) -> CutThenRecoverResult:
         current, steps, summaries, modified = model, [], [], False
         for cut in self.cuts:

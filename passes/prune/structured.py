@@ -219,6 +219,28 @@ class PruneStructured(CompressionPass):
         )
         return type(self)(settings, calibration=self.calibration, validation=self.validation)
 
+    def refinement_keys(self, model: ir.Model) -> list[str]:
+        """One producer per prunable group, in graph order: the budget search may cut each group
+        at full ratio on its own (``onnx_compress.budget.refine``)."""
+        _, analysis = self._analyzed(model)
+        keys: list[str] = []
+        for group in analysis.groups:
+            names = [str(node.name) for node in group.producers if node.name]
+            if names and not group.blocked and len(group.prunable_units):
+                keys.append(names[0])
+        order = {str(node.name): i for i, node in enumerate(model.graph)}
+        return sorted(keys, key=lambda name: order.get(name, len(order)))
+
+    def refined(self, strength: float, full: tuple[str, ...]) -> PruneStructured:
+        """This pass at ``strength``, except that the groups of the layers in ``full`` get their
+        full ratio (a group takes the smallest ratio named for its producers)."""
+        scaled = self if strength == 1.0 else self.scaled(strength)
+        ratios = dict(scaled.settings.layer_ratios)
+        own = dict(self.settings.layer_ratios)
+        ratios.update({name: own.get(name, self.settings.ratio) for name in full})
+        settings = dataclasses.replace(scaled.settings, layer_ratios=tuple(sorted(ratios.items())))
+        return type(self)(settings, calibration=self.calibration, validation=self.validation)
+
     # ---------------------------------------------------------------- analysis
 
     def _analyzed(self, model: ir.Model) -> tuple[ir.Model, CouplingAnalysis]:

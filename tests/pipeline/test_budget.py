@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from onnx_compress.budget import Budget, bisect_strength
+import numpy as np
+
+from onnx_compress.budget import Budget, SearchOutcome, Trial, bisect_strength, refine, resolution_note
 from onnx_compress.errors import BudgetError
 
 
@@ -85,3 +87,83 @@ def test_a_deadline_stops_the_search_after_the_full_strength_trial():
     outcome = bisect_strength(slow, Budget(0.5), steps=5, deadline=time.perf_counter() + 0.01)
     assert calls == [1.0] and outcome.best is None
     assert "time budget" in outcome.trials[-1].note and outcome.trials[0].seconds >= 0.05
+
+
+def _onehot(pred, classes=10):
+    out = np.full((len(pred), classes), -1.0, np.float32)
+    out[np.arange(len(pred)), pred] = 1.0
+    return {"y": out}
+
+
+@pytest.mark.parametrize("lost, gained", [(1, 0), (0, 1), (2, 2), (5, 1), (0, 0)])
+def test_the_top1_standard_error_is_the_paired_one(lost, gained):
+    """Constructed predictions on n = 269 samples: the candidate lost ``lost`` predictions the
+    reference had right and gained ``gained`` it had wrong; both are wrong on 8 more. The paired (McNemar) standard error
+    depends on the discordant pairs only: 100 sqrt(b + c - (b - c)^2 / n) / sqrt(n (n - 1));
+    the unpaired error of two accuracies (which counts every sample, not the pairs) is larger."""
+    from onnx_compress.runtime.metrics import score
+
+    n = 269
+    labels = np.arange(n) % 10
+    reference = labels.copy()
+    candidate = labels.copy()
+    candidate[:lost] = (labels[:lost] + 1) % 10  # the candidate lost these
+    reference[lost:lost + gained] = (labels[lost:lost + gained] + 1) % 10  # the candidate gained these
+    both = slice(lost + gained, lost + gained + 8)  # both wrong (concordant): ~97 % accuracy, as the seed CNNs
+    reference[both] = candidate[both] = (labels[both] + 2) % 10
+    result = score("top1", _onehot(reference), _onehot(candidate), labels)
+    b, c = lost, gained
+    assert result.drop == pytest.approx(100 * (b - c) / n)
+    expected = 100 * np.sqrt(b + c - (b - c) ** 2 / n) / np.sqrt(n * (n - 1))
+    assert result.details["stderr"] == pytest.approx(expected)
+    assert result.details["agreement"] == pytest.approx(100 * (n - b - c) / n)
+    if b + c:
+        p1, p2 = result.reference / 100, result.candidate / 100
+        unpaired = 100 * np.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n)
+        assert result.details["stderr"] < unpaired
+
+
+def _by_parts(drops, base=("base", 0.0, 0.0)):
+    """An attempt for refine(): each part adds its drop; a part of drop None changes nothing."""
+    calls = []
+
+    def attempt(full):
+        calls.append(full)
+        if drops[full[-1]] is None:
+            return None
+        total = sum(drops[k] or 0.0 for k in full)
+        return "+".join(full), total, 0.1
+    return attempt, calls
+
+
+def test_refine_keeps_each_part_that_still_holds_cumulatively():
+    outcome = SearchOutcome(best="base", strength=0.5, trials=[Trial(1.0, 2.0, False), Trial(0.5, 0.0, True)])
+    attempt, calls = _by_parts({"conv1": 0.2, "conv2": 0.3, "fc1": 0.1, "fc2": None})
+    refined = refine(attempt, ["conv1", "conv2", "fc1", "fc2"], Budget(0.5, margin=1.0), outcome)
+    # conv1: 0.2 + 0.1 holds; conv1+conv2: 0.5 + 0.1 does not; conv1+fc1: 0.3 + 0.1 holds; fc2 changes nothing
+    assert calls == [("conv1",), ("conv1", "conv2"), ("conv1", "fc1"), ("conv1", "fc1", "fc2")]
+    assert refined.best == "conv1+fc1" and refined.full == ("conv1", "fc1") and refined.strength == 0.5
+    added = refined.trials[2:]
+    assert [t.holds for t in added] == [True, False, True]  # no trial for the part that changed nothing
+    assert all(t.holds == (t.drop + t.stderr <= 0.5 + 1e-9) for t in added)
+    assert "refine: conv2 at full strength (with conv1)" == added[1].note
+
+
+def test_refine_runs_only_below_full_strength_and_within_its_steps():
+    attempt, calls = _by_parts({"a": 0.0, "b": 0.0, "c": 0.0})
+    full = SearchOutcome(best="m", strength=1.0, trials=[])
+    assert refine(attempt, ["a"], Budget(0.5), full).full == () and calls == []
+    rolled_back = SearchOutcome(best=None, strength=0.0, trials=[])
+    assert refine(attempt, ["a"], Budget(0.5), rolled_back).best is None and calls == []
+    some = refine(attempt, ["a", "b", "c"], Budget(0.5), SearchOutcome(best="m", strength=0.5, trials=[]), steps=2)
+    assert some.full == ("a", "b") and len(calls) == 2
+
+
+def test_the_resolution_note_says_when_the_budget_is_finer_than_the_split():
+    note = resolution_note("top1", 0.5, 269, 1.0)
+    assert note is not None and "269 validation samples" in note and "0.37 +- 0.37" in note
+    assert "400 or more" in note  # (1 + 1) x 100 / 0.5
+    assert resolution_note("top1", 0.5, 400, 1.0) is None
+    assert resolution_note("top1", 1.0, 269, 1.0) is None  # 0.74 <= 1.0: one lost image can hold
+    assert resolution_note("top1", 0.5, 269, 0.0) is None  # the raw comparison: one image is 0.37 <= 0.5
+    assert resolution_note("cosine", 0.001, 10, 1.0) is None and resolution_note("top1", None, 10, 1.0) is None

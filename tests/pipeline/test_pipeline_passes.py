@@ -21,12 +21,17 @@ FAST = PipelineSettings(bench_runs=5, bench_batch=4, search_steps=4)
 
 def test_small_preset_holds_the_budget_on_validation_data(torch_seed_onnx, digits_files, tmp_path):
     files = digits_files["NCHW"]
-    outcome = compress(torch_seed_onnx, "small", calib=files["calib"], val=files["val"], max_drop=0.5,
+    outcome = compress(torch_seed_onnx, "small", calib=files["train"], val=files["val"], max_drop=0.5,
                        report_dir=tmp_path / "report", settings=FAST)
     report = outcome.report
     assert [s.pass_name for s in report.stages] == [None, "normalize", "prune_structured", "lowrank", "quantize",
-                                                    "quantize"]
+                                                    "quantize", "quantize"]
     assert report.budget_met
+    # 269 validation images cannot resolve 0.5 points with the margin: the report says so
+    assert any("finer than 269 validation samples resolve" in w for w in report.warnings)
+    # a refinement trial (one layer at full ratio) is judged by the same bound as the bisection's
+    refined = [t for t in report.stages[2].trials if t["note"].startswith("refine:")]
+    assert all(t["strength"] == report.stages[2].strength for t in refined)
     # pruning is kept (full ratio or searched down: a freshly trained seed has given both)
     assert report.stages[2].decision in ("applied", "reduced")
     # the 4-bit embedding step finds no Gather table in a CNN and leaves the model as it is
