@@ -52,7 +52,7 @@ def _top1(model: Any, data: Any, settings: Any) -> float:
 
 def _cnn_rows(name: str, model: Any, splits: Any, args: argparse.Namespace, settings: Any) -> list[dict[str, Any]]:
     from onnx_compress.passes import Normalize, PruneStructured, PruneUnstructured
-    from onnx_compress.passes.prune.unstructured import compressed_size
+    from onnx_compress.passes.prune.prune_unstructured_pass import compressed_size
     from onnx_compress.runtime import compare
     from onnx_compress.stats import model_stats
 

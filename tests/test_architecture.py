@@ -232,7 +232,7 @@ def test_the_import_graph_sees_function_level_and_package_imports():
     edges = import_graph()
     # a function-level import: a recipe step reaches the pass registry lazily
     assert "onnx_compress.passes.registry" in edges["onnx_compress.recipe"]
-    assert "onnx_compress.passes.quantize.core" in edges["onnx_compress.passes.quantize"]
+    assert "onnx_compress.passes.quantize.quantize_pass" in edges["onnx_compress.passes.quantize"]
 
 
 def test_no_import_cycles():

@@ -101,7 +101,7 @@ def _round_to(text: str) -> int | str:
 
 def _build_pass(args: argparse.Namespace, calibration: Any) -> Any:
     from onnx_compress.passes.prune import PruneStructured, PruneUnstructured
-    from onnx_compress.passes.prune.unstructured import parse_nm
+    from onnx_compress.passes.prune.prune_unstructured_pass import parse_nm
 
     given = [flag for flag, value in (("--structured", args.structured), ("--unstructured", args.unstructured),
                                       ("--nm", args.nm)) if value is not None]
