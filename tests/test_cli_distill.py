@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, {str(SAMPLES)!r})
 import torch
 from seed_torch_cnn import SimpleModel
-from onnx_compress.converters.torch import narrow_student
+from onnx_compress.training.narrow.torch import narrow_student
 
 
 def half_width():

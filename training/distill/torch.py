@@ -1,6 +1,6 @@
 """Knowledge distillation into a PyTorch student, from a PyTorch or an ONNX teacher.
 
-The loss (stated in full in :mod:`onnx_compress.converters.distillation`)::
+The loss (stated in full in :mod:`onnx_compress.training.distill.common`)::
 
     L = (1 - alpha) * T^2 * KL( softmax(z_t / T) || softmax(z_s / T) ) + alpha * CE( softmax(z_s), y )
 
@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from onnx_compress.converters.distillation import (
+from onnx_compress.training.distill.common import (
     DistillHistory,
     DistillSettings,
     OnnxTeacher,
@@ -229,7 +229,7 @@ def distill(
             an iterable of dicts; keyed by the student's input names, plus ``labels`` (needed
             when ``alpha > 0``).
         epochs, temperature, alpha, lr, batch_size, seed: see
-            :class:`~onnx_compress.converters.distillation.DistillSettings`.
+            :class:`~onnx_compress.training.distill.common.DistillSettings`.
         val_data: held-out data evaluated after every epoch (top-1 with labels, agreement with
             the teacher in every case).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
@@ -243,7 +243,7 @@ def distill(
 
     Returns:
         ``(student, history)``: the trained student (eval mode, on the device it came on) and a
-        :class:`~onnx_compress.converters.distillation.DistillHistory`.
+        :class:`~onnx_compress.training.distill.common.DistillHistory`.
 
     Raises:
         DataError: empty data, no labels while ``alpha > 0``, labels outside the classes, data

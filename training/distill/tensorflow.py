@@ -1,8 +1,8 @@
 """Knowledge distillation into a Keras 3 student, from a Keras or an ONNX teacher.
 
 Same arguments, loss, output-kind handling, teacher caching, checks and history as the PyTorch
-trainer (:mod:`onnx_compress.converters.torch.distill`; the loss and its conventions are stated
-in :mod:`onnx_compress.converters.distillation`)::
+trainer (:mod:`onnx_compress.training.distill.torch`; the loss and its conventions are stated
+in :mod:`onnx_compress.training.distill.common`)::
 
     L = (1 - alpha) * T^2 * KL( softmax(z_t / T) || softmax(z_s / T) ) + alpha * CE( softmax(z_s), y )
 
@@ -12,7 +12,7 @@ How
     loss under a ``tf.GradientTape`` with the student in training mode (``training=True``), adds
     the student's own regularization losses (``student.losses``, as ``fit`` would), and applies
     Keras' Adam. Keeping the loop ours gives both frameworks the same per-epoch progress bar,
-    validation and :class:`~onnx_compress.converters.distillation.DistillHistory`; the student
+    validation and :class:`~onnx_compress.training.distill.common.DistillHistory`; the student
     stays an ordinary Keras model, trained in place (nothing is compiled into it).
 
 Softmax students
@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from onnx_compress.converters.distillation import (
+from onnx_compress.training.distill.common import (
     PROB_FLOOR,
     DistillHistory,
     DistillSettings,
@@ -206,7 +206,7 @@ def distill(
             (path, ``onnx_ir.Model`` or ``onnx.ModelProto``) run in ONNX Runtime, e.g. a PyTorch
             model exported to ONNX (then usually ``teacher_inputs="NHWC->NCHW"``).
         student: the ``keras.Model`` to train in place, e.g. from ``narrow_student``.
-        Other arguments: as :func:`onnx_compress.converters.torch.distill`.
+        Other arguments: as :func:`onnx_compress.training.distill.torch`.
 
     Returns:
         ``(student, history)``.

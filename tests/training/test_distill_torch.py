@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from onnx_compress.converters.distillation import DistillHistory
-from onnx_compress.converters.torch import distill, narrow_student
-from onnx_compress.converters.torch.distill import distillation_loss
+from onnx_compress.training.distill.common import DistillHistory
+from onnx_compress.training.distill.torch import distill
+from onnx_compress.training.narrow.torch import narrow_student
+from onnx_compress.training.distill.torch import distillation_loss
 from onnx_compress.data import Dataset
 from onnx_compress.errors import DataError, SettingError
 from onnx_compress.model_io import load_model

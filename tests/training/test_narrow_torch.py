@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from onnx_compress.converters.torch import narrow_student
+from onnx_compress.training.narrow.torch import narrow_student
 from onnx_compress.errors import SettingError, UnsupportedModelError
 
 
