@@ -30,14 +30,11 @@ from onnx_compress.report.text import render_text
 from onnx_compress.runtime import SessionSettings, compare
 from onnx_compress.table import format_table, human_bytes
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
 
 def _torch_model(out: Path) -> Path:
     import torch
 
-    import seed_torch_cnn
+    from onnx_compress.samples import seed_torch_cnn
 
     torch.set_num_threads(2)
     model, splits = seed_torch_cnn.trained_model()
@@ -48,7 +45,7 @@ def _torch_model(out: Path) -> Path:
 
 
 def _keras_model(out: Path) -> Path:
-    import seed_keras_cnn
+    from onnx_compress.samples import seed_keras_cnn
 
     model, splits = seed_keras_cnn.trained_model()
     splits.save(out)

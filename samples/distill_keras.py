@@ -33,7 +33,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import onnx_compress as oc  # noqa: E402
-import seed_keras_cnn  # noqa: E402
+from onnx_compress.samples import seed_keras_cnn  # noqa: E402
 from onnx_compress.training.distill.tensorflow import distill  # noqa: E402
 from onnx_compress.training.narrow.tensorflow import narrow_student  # noqa: E402
 from onnx_compress.runtime import Runner, SessionSettings  # noqa: E402

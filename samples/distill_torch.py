@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 import onnx_compress as oc
-import seed_torch_cnn
+from onnx_compress.samples import seed_torch_cnn
 from onnx_compress.training.distill.torch import distill
 from onnx_compress.training.narrow.torch import narrow_student
 from onnx_compress.runtime import Runner, SessionSettings

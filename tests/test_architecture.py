@@ -124,6 +124,9 @@ def test_passes_and_runtime_never_import_frameworks_or_converters():
 #: the training room's folders whose modules require their framework inside functions only (like
 #: converters/): distillation and narrow students, for torch and tensorflow alike
 LAZY_TRAINING = (ROOT / "training" / "distill", ROOT / "training" / "narrow")
+#: the sample models shared by samples/, tests and benchmarks: they require their framework at
+#: import (a class derives from torch.nn.Module); no library module imports them
+SAMPLES_PACKAGE = ROOT / "onnx_compress" / "samples"
 
 
 def test_frameworks_are_imported_only_through_require_and_only_lazily():
@@ -140,6 +143,8 @@ def test_frameworks_are_imported_only_through_require_and_only_lazily():
             statements = {n for n in _imports(path) if _is_framework(n)} - {
                 _required(n) for n in ast.walk(tree) if _required(n)}
             assert not statements, f"{path.relative_to(ROOT)} imports {statements} without require()"
+        if path.is_relative_to(SAMPLES_PACKAGE):
+            continue
         for node in tree.body:
             module_level = [r for n in ast.walk(node) if (r := _required(n)) and _is_framework(r)
                             and not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
@@ -151,10 +156,19 @@ def test_only_converters_and_the_cli_front_door_require_frameworks():
     it to converters/; every other core module reaches a framework only through converters/."""
     for top in ("onnx_compress",):
         for path in (ROOT / top).rglob("*.py"):
-            if path.is_relative_to(ROOT / "onnx_compress" / "cli"):
+            if path.is_relative_to(ROOT / "onnx_compress" / "cli") or path.is_relative_to(SAMPLES_PACKAGE):
                 continue
             bad = [n for n in _imports(path) if _is_framework(n)]
             assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_no_library_module_imports_the_samples():
+    """``onnx_compress.samples`` is for samples/, tests and benchmarks: the library never imports it."""
+    for path in _source_files():
+        if path.is_relative_to(SAMPLES_PACKAGE):
+            continue
+        bad = [n for n in _imports(path) if n.startswith("onnx_compress.samples")]
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
 def _module_files() -> dict[str, Path]:

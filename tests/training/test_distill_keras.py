@@ -35,7 +35,7 @@ def keras_distilled(keras_seed, torch_seed_onnx, digits_nhwc) -> tuple[object, D
 
 
 def test_onnx_teacher_from_pytorch_teaches_a_keras_student(keras_distilled, torch_seed, digits_nchw, digits_nhwc):
-    import seed_torch_cnn
+    from onnx_compress.samples import seed_torch_cnn
 
     student, history = keras_distilled
     assert history.teacher_outputs == "log_probs" and history.student_outputs == "probs"

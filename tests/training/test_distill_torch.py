@@ -83,7 +83,7 @@ def test_loss_formula():
 
 def test_onnx_teacher_exported_from_keras_teaches_a_torch_student(keras_seed_onnx, keras_seed, digits_nchw, digits_nhwc):
     """Cross-framework: the Keras seed (NHWC input, softmax output) as ONNX, an NCHW PyTorch student."""
-    import seed_keras_cnn
+    from onnx_compress.samples import seed_keras_cnn
 
     torch.manual_seed(0)
     student = narrow_student(_seed_architecture(), 0.5)
@@ -99,7 +99,7 @@ def test_onnx_teacher_exported_from_keras_teaches_a_torch_student(keras_seed_onn
 
 
 def _seed_architecture() -> nn.Module:
-    import seed_torch_cnn
+    from onnx_compress.samples import seed_torch_cnn
 
     return seed_torch_cnn.SimpleModel()
 
