@@ -40,7 +40,7 @@ import onnxruntime as ort
 
 from onnx_compress.budget import DEFAULT_MARGIN, Budget, bisect_strength
 from onnx_compress.data import DataSource, input_specs, load_data, same_data, synthetic_inputs
-from onnx_compress.errors import BudgetError, OnnxCompressError, one_line
+from onnx_compress.errors import BudgetError, OnnxCompressError, SettingError, one_line
 from onnx_compress.model_io import load_model, model_files, save_model, weights_nbytes
 from onnx_compress.passes.base import CompressionPass
 from onnx_compress.passes.normalize import Normalize
@@ -51,6 +51,7 @@ from onnx_compress.runtime.benchmark import compare_many
 from onnx_compress.runtime.metrics import MetricSpec, Score, resolve_metric, score
 from onnx_compress.runtime.session import Runner, SessionSettings
 from onnx_compress.runtime.validate import Evaluator
+from onnx_compress.setting import check_fields, setting
 from onnx_compress.stats import count_macs, count_params, model_stats
 
 __all__ = ["compress", "CompressionOutcome", "PipelineSettings"]
@@ -63,48 +64,36 @@ _SPEED_NOISE = 0.05
 
 @dataclasses.dataclass(frozen=True)
 class PipelineSettings:
-    """How the pipeline measures.
+    """How the pipeline measures (each field's help text is its declaration below)."""
 
-    Attributes:
-        search_steps: the most trials of a pass's budget search, counting full strength (5).
-        bench_batch: samples per call when timing the stages (8).
-        bench_runs: timed calls per stage, round-robin over all stages (50).
-        min_gain: a pass that costs accuracy must cut parameters, weight bytes or MACs by at least
-            this fraction (0.05), or it is rolled back: it would spend budget that later passes
-            can use better.
-        session: ONNX Runtime settings for validation and timing (default: auto provider).
-        budget_margin: standard errors of the measured drop added before it is compared with
-            the budget (1.0: one standard error; 0 = the raw drop; see
-            ``onnx_compress.budget``).
-        objective: ``size``, ``latency`` or ``balanced``: replaces the objective of every
-            quantize step of the recipe (None: each step's own, the presets name theirs).
-        time_budget: seconds for the whole run (None: unbounded). Each pass's budget search
-            gets an even share of what is left; a search that would overrun its share stops
-            after its full-strength trial or the trials made so far (the report says so).
-        real_tokens_only: per-token outputs of a model with an ``attention_mask`` input are
-            compared on real tokens only (default True; ``runtime.metrics``); False: every position.
-    """
-
-    search_steps: int = 5
-    bench_batch: int = 8
-    bench_runs: int = 50
-    min_gain: float = 0.05
+    search_steps: int = setting(5, range=">= 1", help="the most trials of a pass's budget search, full strength included")
+    bench_batch: int = setting(8, range=">= 1", help="samples per call when timing the stages")
+    bench_runs: int = setting(50, range=">= 1", help="timed calls per stage, round-robin over all stages")
+    min_gain: float = setting(0.05, range="[0, 1)", help="""
+        a pass that costs accuracy must save at least this fraction of parameters, weight bytes
+        or MACs, else it is rolled back: it would spend budget that later passes can use better""")
     session: SessionSettings = dataclasses.field(default_factory=SessionSettings)
-    budget_margin: float = DEFAULT_MARGIN
-    objective: str | None = None
-    time_budget: float | None = None
-    real_tokens_only: bool = True
+    budget_margin: float = setting(DEFAULT_MARGIN, range=">= 0", metavar="Z", help="""
+        standard errors of the measured drop added before it is compared with the budget, so that
+        the budget holds on data the search never saw (1.0: one standard error; 0 = the raw drop;
+        see onnx_compress.budget)""")
+    objective: str | None = setting(None, kind="str", choices=("size", "latency", "balanced"), help="""
+        what every quantize step pursues when int8 is smaller but slower on this CPU: replaces the
+        objective of every quantize step of the recipe (default: each step's own; the presets
+        small and cpu-int8: balanced, gpu-fp16: size)""")
+    time_budget: float | None = setting(None, kind="float", range="> 0", metavar="SECONDS", help="""
+        seconds for the whole run: each pass's budget search gets an even share of what is left; a
+        search that would overrun its share keeps the best setting found so far (default:
+        unbounded)""")
+    real_tokens_only: bool = setting(True, cli=False, help="""
+        per-token outputs of a model with an attention_mask input are compared on real tokens only
+        (runtime.metrics); false: every position""")
 
     def __post_init__(self) -> None:
-        for name in ("search_steps", "bench_batch", "bench_runs"):
-            if getattr(self, name) < 1:
-                raise BudgetError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.min_gain < 1:
-            raise BudgetError(f"min_gain must be in [0, 1), got {self.min_gain}")
-        if self.objective not in (None, "size", "latency", "balanced"):
-            raise BudgetError(f"objective must be size, latency or balanced; got {self.objective!r}")
-        if self.time_budget is not None and not self.time_budget > 0:
-            raise BudgetError(f"time_budget must be a number of seconds > 0, got {self.time_budget!r}")
+        try:
+            check_fields(self)
+        except SettingError as exc:
+            raise BudgetError(str(exc)) from None
 
 
 @dataclasses.dataclass

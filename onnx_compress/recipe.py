@@ -29,7 +29,7 @@ from typing import Any
 
 from onnx_compress.errors import RecipeError, SettingError
 
-__all__ = ["PassStep", "Recipe", "PRESETS", "load_recipe", "preset_names"]
+__all__ = ["PassStep", "Recipe", "PRESETS", "load_recipe", "preset_names", "recipe_schema"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,18 @@ class PassStep:
             raise RecipeError(f"{where}: {exc}") from exc
         except TypeError as exc:  # a value of the wrong type reaching the dataclass
             raise RecipeError(f"{where}: {exc}") from exc
+
+
+def recipe_schema() -> dict[str, Any]:
+    """A JSON Schema of recipe files, generated from every registered pass's setting declarations."""
+    from onnx_compress.passes.registry import pass_class, pass_names
+    from onnx_compress.setting import json_schema
+
+    steps = [{"type": "object", "properties": {name: json_schema(pass_class(name).Settings)},
+              "required": [name], "additionalProperties": False} for name in pass_names()]
+    return {"type": "object", "properties": {"name": {"type": "string"},
+                                             "passes": {"type": "array", "items": {"oneOf": steps}}},
+            "required": ["passes"], "additionalProperties": False}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,8 +3,10 @@
 The contract (docs/architecture.md):
 
 - A pass's settings are one frozen dataclass (a :class:`PassSettings` subclass) whose fields
-  are documented in its docstring and validated in ``__post_init__`` (raise ``SettingError``
-  naming the field). ``Pass(**settings)`` builds it, so a bad setting fails at construction.
+  are declared with :func:`onnx_compress.setting.setting` (help text, choices or range, CLI
+  flag, role): :meth:`PassSettings.__post_init__` validates them from that declaration (a
+  ``SettingError`` naming the field and what it accepts); a subclass's own ``__post_init__``
+  calls it first and adds only the rules between fields. ``Pass(**settings)`` builds it, so a bad setting fails at construction.
   Settings serialize with :meth:`PassSettings.as_dict` and load with
   :meth:`PassSettings.from_dict`, which names an unknown key and the valid ones (recipes).
 - ``call(model)`` returns a :class:`CompressionResult` subclass carrying what the pass did, with
@@ -19,8 +21,9 @@ The contract (docs/architecture.md):
   :class:`~onnx_compress.data.Dataset`). :meth:`CompressionPass.with_data` returns a copy with
   other data; the pipeline uses it to hand recipe passes their data.
 - Budget-aware passes: a pass that checks the accuracy budget itself declares it by its
-  settings class deriving from :class:`BudgetAwareSettings` (``max_drop`` and ``metric``
-  fields); the pipeline hands it what is left of the budget (:meth:`CompressionPass.with_budget`).
+  settings class deriving from :class:`BudgetAwareSettings` and declaring the fields of
+  :data:`BUDGET_FIELDS` with ``role=BUDGET``; the pipeline hands it what is left of the budget
+  (:meth:`CompressionPass.with_budget`).
 - Budget search: a pass whose aggressiveness can be dialled down implements
   :meth:`CompressionPass.scaled`; the pipeline bisects ``strength`` in (0, 1] for the most
   aggressive setting that keeps the accuracy budget. A pass that returns ``None`` can only be
@@ -38,8 +41,13 @@ import onnx_ir as ir
 from onnx_compress.data import Dataset, DataSource, load_data
 from onnx_compress.errors import RecipeError, SettingError
 from onnx_compress.jsonable import jsonable
+from onnx_compress.setting import BUDGET, check_fields, declared
 
-__all__ = ["PassSettings", "BudgetAwareSettings", "CompressionResult", "CompressionPass", "jsonable"]
+__all__ = ["PassSettings", "BudgetAwareSettings", "BUDGET_FIELDS", "CompressionResult", "CompressionPass",
+           "jsonable"]
+
+#: the fields a budget-aware pass declares with role BUDGET (see BudgetAwareSettings)
+BUDGET_FIELDS = ("max_drop", "metric", "budget_margin", "objective")
 
 S = TypeVar("S", bound="PassSettings")
 
@@ -47,6 +55,9 @@ S = TypeVar("S", bound="PassSettings")
 @dataclasses.dataclass(frozen=True)
 class PassSettings:
     """Base of every pass's settings dataclass (see the module docstring)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def as_dict(self) -> dict[str, Any]:
         return jsonable(self)
@@ -76,25 +87,29 @@ class BudgetAwareSettings(PassSettings):
 
     Such a pass measures its own candidates on the ``validation=`` data (quantization keeps its
     most sensitive nodes float until the drop holds). Its settings class derives from this one
-    and has the fields ``max_drop`` (``None`` = not set), ``metric`` (``"auto"`` = not set),
-    ``budget_margin`` (standard errors added to a measured drop, as the pipeline's budget does)
-    and ``objective`` (``"auto"`` = the pass decides). The pipeline hands it what is left of the
-    budget, the metric and margin it checks with, and the pipeline's objective when one is set
-    (:meth:`CompressionPass.with_budget`); ``max_drop`` and ``metric`` the user gave are kept.
+    and declares, with ``role=BUDGET``, the fields of :data:`BUDGET_FIELDS`: ``max_drop``
+    (``None`` = not set), ``metric`` (``"auto"`` = not set), ``budget_margin`` (standard errors
+    added to a measured drop, as the pipeline's budget does) and ``objective`` (``"auto"`` = the
+    pass decides); construction fails when one is missing. The pipeline hands it what is left of
+    the budget, the metric and margin it checks with, and the pipeline's objective when one is
+    set (:meth:`CompressionPass.with_budget`); ``max_drop`` and ``metric`` the user gave are kept.
     """
+
+    def __post_init__(self) -> None:
+        roles = {field.name for field, meta in declared(self) if meta.role == BUDGET}
+        if roles != set(BUDGET_FIELDS):
+            raise TypeError(f"{type(self).__name__} must declare exactly {BUDGET_FIELDS} with role=BUDGET, "
+                            f"declares {sorted(roles)}")
+        super().__post_init__()
 
     def with_budget(self, max_drop: float | None, metric: Any, *, margin: float | None = None,
                     objective: str | None = None) -> BudgetAwareSettings:
         """These settings with the pipeline's budget filled in (see the class docstring)."""
-        updates: dict[str, Any] = {}
-        if getattr(self, "max_drop") is None and max_drop is not None:
-            updates["max_drop"] = max_drop
-        if getattr(self, "metric") in (None, "auto") and isinstance(metric, str):
-            updates["metric"] = metric
-        if margin is not None and getattr(self, "budget_margin") != margin:
-            updates["budget_margin"] = margin
-        if objective is not None and getattr(self, "objective") != objective:
-            updates["objective"] = objective
+        mine = {name: getattr(self, name) for name in BUDGET_FIELDS}
+        offered = {"max_drop": max_drop if mine["max_drop"] is None else None,
+                   "metric": metric if mine["metric"] in (None, "auto") and isinstance(metric, str) else None,
+                   "budget_margin": margin, "objective": objective}
+        updates = {name: value for name, value in offered.items() if value is not None and value != mine[name]}
         return dataclasses.replace(self, **updates) if updates else self
 
 

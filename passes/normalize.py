@@ -49,10 +49,11 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from onnx_compress.errors import PassRefusedError, SettingError
+from onnx_compress.errors import PassRefusedError
 from onnx_compress.model_io import EXTERNAL_DATA_THRESHOLD_BYTES, weights_nbytes
 from onnx_compress.passes import normalize_patterns as patterns
 from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
+from onnx_compress.setting import setting
 from onnx_compress.table import human_bytes
 from onnx_compress.stats import op_histogram
 
@@ -63,32 +64,20 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class NormalizeSettings(PassSettings):
-    """Settings of :class:`Normalize`.
+    """Settings of :class:`Normalize` (each field's help text is its declaration below)."""
 
-    Attributes:
-        fold_batchnorm: fold BatchNormalization into the preceding Conv / ConvTranspose / Gemm
-            (default True). Turn off to keep BatchNorm scales, e.g. for BN-based importance.
-        fold_size_limit: the largest input (in elements) constant folding may read (default
-            2**26, enough for weight chains of large layers).
-        iterations: at most this many fold/rewrite rounds (default 3).
-        min_opset: upgrade the default-domain opset to at least this (default None: keep).
-        initializer_inputs: treat initializers that are also graph inputs (IR version 3
-            models) as constants: remove them from the inputs (default True).
-    """
-
-    fold_batchnorm: bool = True
-    fold_size_limit: int = 2**26
-    iterations: int = 3
-    min_opset: int | None = None
-    initializer_inputs: bool = True
-
-    def __post_init__(self) -> None:
-        if self.fold_size_limit < 0:
-            raise SettingError(f"fold_size_limit must be >= 0, got {self.fold_size_limit}")
-        if self.iterations < 1:
-            raise SettingError(f"iterations must be >= 1, got {self.iterations}")
-        if self.min_opset is not None and not 7 <= self.min_opset <= 24:
-            raise SettingError(f"min_opset must be between 7 and 24, got {self.min_opset}")
+    fold_batchnorm: bool = setting(True, help="""
+        fold BatchNormalization into the preceding Conv / ConvTranspose / Gemm; off keeps BatchNorm
+        scales, e.g. for BN-based importance""")
+    fold_size_limit: int = setting(2**26, range=">= 0", help="""
+        the largest input (in elements) constant folding may read (2**26: enough for weight chains
+        of large layers)""")
+    iterations: int = setting(3, range=">= 1", help="at most this many fold/rewrite rounds")
+    min_opset: int | None = setting(None, kind="int", range="[7, 24]", help="""
+        upgrade the default-domain opset to at least this (default None: keep)""")
+    initializer_inputs: bool = setting(True, help="""
+        treat initializers that are also graph inputs (IR version 3 models) as constants: remove
+        them from the inputs""")
 
 
 @dataclasses.dataclass

@@ -25,6 +25,7 @@ import onnxruntime as ort
 from onnx_compress.data import Dataset, InputSpec
 from onnx_compress.errors import RuntimeSessionError, SettingError, one_line
 from onnx_compress.model_io import materialized_path, model_bytes, needs_file
+from onnx_compress.setting import check_fields, setting
 
 __all__ = ["Provider", "SessionSettings", "Runner", "resolve_providers", "cuda_available"]
 
@@ -67,37 +68,24 @@ def resolve_providers(provider: Provider) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class SessionSettings:
-    """How to build an ONNX Runtime session.
+    """How to build an ONNX Runtime session (each field's help text is its declaration below)."""
 
-    Attributes:
-        provider: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``.
-        intra_op_threads: threads inside one operator; ``None`` lets ONNX Runtime decide
-            (one per physical core).
-        inter_op_threads: threads across operators (only used by parallel execution mode).
-        optimization: graph optimization level: ``disable``, ``basic``, ``extended`` or ``all``.
-        spinning: whether ONNX Runtime's worker threads spin-wait for work between operators
-            and calls; ``None`` keeps ONNX Runtime's default (on). Off saves CPU when calls are
-            sporadic or cores are shared (a server: on 2 cores, the seed CNN's CPU time per
-            sporadic call fell from ~2 ms to ~0.5 ms).
-    """
-
-    provider: Provider = "auto"
-    intra_op_threads: int | None = None
-    inter_op_threads: int | None = None
-    optimization: Literal["disable", "basic", "extended", "all"] = "all"
-    spinning: bool | None = None
+    provider: Provider = setting("auto", choices=("auto", "cpu", "cuda"), help="""
+        ONNX Runtime execution provider: auto = CUDA when available, else CPU""")
+    intra_op_threads: int | None = setting(None, kind="int", range=">= 1", flag="--threads", help="""
+        intra-op threads of ONNX Runtime, inside one operator (default: ONNX Runtime's choice, one
+        per physical core)""")
+    inter_op_threads: int | None = setting(None, kind="int", range=">= 1", cli=False,
+                                           help="threads across operators (only used by parallel execution mode)")
+    optimization: Literal["disable", "basic", "extended", "all"] = setting(
+        "all", choices=tuple(_OPT_LEVELS), cli=False, help="graph optimization level")
+    spinning: bool | None = setting(None, kind="bool", cli=False, help="""
+        whether ONNX Runtime's worker threads spin-wait for work between operators and calls; None
+        keeps ONNX Runtime's default (on); off saves CPU when calls are sporadic or cores are shared
+        (a server: on 2 cores, the seed CNN's CPU time per sporadic call fell from ~2 ms to ~0.5 ms)""")
 
     def __post_init__(self) -> None:
-        if self.provider not in ("auto", "cpu", "cuda"):
-            raise SettingError(f"provider must be one of auto, cpu, cuda; got {self.provider!r}")
-        for name in ("intra_op_threads", "inter_op_threads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise SettingError(f"{name} must be >= 1 or None, got {value}")
-        if self.optimization not in _OPT_LEVELS:
-            raise SettingError(
-                f"optimization must be one of {sorted(_OPT_LEVELS)}, got {self.optimization!r}"
-            )
+        check_fields(self)
 
     def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()

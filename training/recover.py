@@ -48,6 +48,7 @@ from onnx_compress.model_io import load_model
 from onnx_compress.optional import require
 from onnx_compress.passes.base import CompressionResult, PassSettings
 from onnx_compress.runtime.session import Runner
+from onnx_compress.setting import setting
 
 __all__ = ["RecoverySettings", "RecoveryResult", "recover", "EpochRecord", "DEVICES", "LOSS_KINDS"]
 
@@ -60,64 +61,31 @@ LOSS_KINDS = ("auto", "kl", "cosine", "token", "mse")
 
 @dataclasses.dataclass(frozen=True)
 class RecoverySettings(PassSettings):
-    """How recovery trains.
+    """How recovery trains (each field's help text is its declaration below)."""
 
-    Attributes:
-        epochs: the most passes over the training data (10).
-        lr: AdamW's peak learning rate (1e-4; small CNNs take 1e-3).
-        batch_size: samples per step (32).
-        loss: ``auto`` (per output, from its kind) or one of ``kl``, ``cosine``, ``token``, ``mse``
-            for every output.
-        temperature: the KL temperature for class scores (2.0).
-        label_weight: the weight of the hard-label cross-entropy when the data has labels (0.5;
-            the distillation term gets ``1 - label_weight``); 0 ignores labels.
-        match: names of intermediate values present in both graphs to match as well (the
-            outputs of the layers a pass changed), or ``("auto",)`` for every
-            LayerNormalization output both graphs have.
-        match_weight: the weight of each matched intermediate value's loss (0.5).
-        patience: epochs without a better validation metric before stopping (3).
-        weight_decay: AdamW's decoupled weight decay (0.0).
-        device: ``auto`` (CUDA when torch sees one), ``cpu`` or ``cuda``.
-        seed: the shuffling and initialisation seed (0).
-        cache_mb: teacher outputs on the training data up to this size are computed once (512).
-        max_minutes: stop training when this much time has passed (mid-epoch: the partial epoch is
-            evaluated like a full one); None = no limit.
-    """
-
-    epochs: int = 10
-    lr: float = 1e-4
-    batch_size: int = 32
-    loss: str = "auto"
-    temperature: float = 2.0
-    label_weight: float = 0.5
-    match: tuple[str, ...] = ()
-    match_weight: float = 0.5
-    patience: int = 3
-    weight_decay: float = 0.0
-    device: str = "auto"
-    seed: int = 0
-    cache_mb: float = 512.0
-    max_minutes: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "patience"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise SettingError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("lr", "temperature", "cache_mb"):
-            if not getattr(self, name) > 0:
-                raise SettingError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if not 0 <= self.label_weight <= 1:
-            raise SettingError(f"label_weight must be in [0, 1], got {self.label_weight!r}")
-        if self.match_weight < 0 or self.weight_decay < 0:
-            raise SettingError("match_weight and weight_decay must be >= 0")
-        if self.loss not in LOSS_KINDS:
-            raise SettingError(f"loss must be one of {', '.join(LOSS_KINDS)}, got {self.loss!r}")
-        if self.device not in DEVICES:
-            raise SettingError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise SettingError(f"max_minutes must be > 0, got {self.max_minutes!r}")
-        if isinstance(self.match, str):
-            object.__setattr__(self, "match", (self.match,))
+    epochs: int = setting(10, range=">= 1", help="the most passes over the training data")
+    lr: float = setting(1e-4, range="> 0", help="AdamW's peak learning rate (default 1e-4; small CNNs take 1e-3)")
+    batch_size: int = setting(32, range=">= 1", help="samples per step")
+    loss: str = setting("auto", choices=LOSS_KINDS, help="""
+        the loss for every output: auto (per output, from its kind), kl, cosine, token or mse""")
+    temperature: float = setting(2.0, range="> 0", help="the KL temperature for class scores")
+    label_weight: float = setting(0.5, range="[0, 1]", help="""
+        the weight of the hard-label cross-entropy when the data has labels (the distillation
+        term gets 1 - label_weight); 0 ignores labels""")
+    match: tuple[str, ...] = setting((), metavar="VALUE", help="""
+        names of intermediate values present in both graphs to match as well (the outputs of the
+        layers a pass changed), or auto: every LayerNormalization output both graphs have""")
+    match_weight: float = setting(0.5, range=">= 0", cli=False,
+                                  help="the weight of each matched intermediate value's loss")
+    patience: int = setting(3, range=">= 1", help="epochs without a better validation metric before stopping")
+    weight_decay: float = setting(0.0, range=">= 0", cli=False, help="AdamW's decoupled weight decay")
+    device: str = setting("auto", choices=DEVICES, help="auto (CUDA when torch sees one), cpu or cuda")
+    seed: int = setting(0, help="the shuffling and initialisation seed")
+    cache_mb: float = setting(512.0, range="> 0", cli=False, help="""
+        teacher outputs on the training data up to this size (MiB) are computed once""")
+    max_minutes: float | None = setting(None, kind="float", range="> 0", help="""
+        stop training after this many minutes (mid-epoch: the partial epoch is evaluated like a
+        full one); default: no limit""")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -90,7 +90,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     parser = add_command(subparsers, "bench", help="latency of a model, optionally side by side with another",
-                         description=_DESCRIPTION, handler=_bench)
+                         description=_DESCRIPTION, handler=_bench, settings=add_session_flags)
     parser.add_argument("model", type=Path, help="the ONNX model to time")
     parser.add_argument("--vs", type=Path, default=None, metavar="OTHER",
                         help="a second model timed in the same interleaved loop; reports the speedup")
@@ -100,5 +100,4 @@ def register(subparsers: Any) -> None:
                         help="size of a symbolic input axis for random inputs, e.g. sequence=64")
     parser.add_argument("--runs", type=int, default=100, help="timed runs per model (default 100)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs per model (default 10)")
-    add_session_flags(parser)
     add_json_flag(parser)

@@ -10,10 +10,12 @@ from typing import Any
 
 from onnx_compress.errors import SettingError
 from onnx_compress.jsonable import jsonable
+from onnx_compress.setting_cli import add_flags, given
 
 __all__ = [
     "Command",
     "add_command",
+    "add_settings_flags",
     "parse_shape",
     "parse_dims",
     "add_json_flag",
@@ -36,19 +38,25 @@ def _global_flags() -> argparse.ArgumentParser:
     return parent
 
 
-def add_command(
-    subparsers: Any, name: str, *, help: str, description: str, handler: Command
-) -> argparse.ArgumentParser:
-    """Add a subcommand with the global flags, a raw-text description and its handler."""
-    parser = subparsers.add_parser(
-        name,
-        help=help,
-        description=description,
-        parents=[_global_flags()],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.set_defaults(handler=handler)
+def add_command(subparsers: Any, name: str, *, help: str, description: str, handler: Command,
+                settings: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.ArgumentParser:
+    """Add a subcommand with the global flags, a raw-text description and its handler.
+
+    ``settings(parser)`` adds the flags generated from settings declarations; it runs only for
+    the command being parsed (:func:`add_settings_flags`).
+    """
+    parser = subparsers.add_parser(name, help=help, description=description, parents=[_global_flags()],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(handler=handler, settings_flags=settings)
     return parser
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """Add the generated flags of a command made by :func:`add_command` (once)."""
+    settings = parser.get_default("settings_flags")
+    if settings is not None:
+        parser.set_defaults(settings_flags=None)
+        settings(parser)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -80,25 +88,16 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def add_session_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--provider",
-        choices=["auto", "cpu", "cuda"],
-        default="auto",
-        help="ONNX Runtime execution provider: auto = CUDA when available, else CPU (default auto)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        metavar="N",
-        help="intra-op threads of ONNX Runtime (default: ONNX Runtime's choice, one per core)",
-    )
+    """--provider and --threads, generated from SessionSettings (pass it as ``add_command(settings=)``)."""
+    from onnx_compress.runtime.session import SessionSettings
+
+    add_flags(parser, SessionSettings, "provider intra_op_threads")
 
 
 def session_settings(args: argparse.Namespace) -> Any:
     from onnx_compress.runtime.session import SessionSettings
 
-    return SessionSettings(provider=args.provider, intra_op_threads=args.threads)
+    return SessionSettings(**given(args, SessionSettings))
 
 
 def emit(args: argparse.Namespace, payload: Mapping[str, Any], human: str) -> None:

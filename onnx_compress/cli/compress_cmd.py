@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from onnx_compress.cli.common import add_command, add_json_flag, add_session_flags, emit, session_settings
+from onnx_compress.setting_cli import add_flags, given
 
 __all__ = ["register"]
 
@@ -28,11 +29,8 @@ Recipes are YAML or JSON:
     - lowrank: {energy: 0.95}
     - quantize: {mode: auto}
 
-Passes a recipe can name: normalize, fuse (transformer fusions for ONNX Runtime), prune_structured,
-prune_transformer (attention heads, FFN neurons, encoder layers), prune_unstructured, lowrank,
-quantize, recover (recovery training from the original on --train,
-needs torch; the cut passes right before it are searched with recovery in the loop); an unknown
-pass or setting is an error naming the valid ones.
+Passes a recipe can name: {passes}. An unknown pass or setting is an error naming the valid
+ones; every pass's settings are in the README's settings reference.
 
 examples:
   onnx-compress compress m.onnx -o small.onnx --preset small --data calib.npz --val val.npz --max-drop 0.5
@@ -49,16 +47,7 @@ def _compress(args: argparse.Namespace) -> int:
     pipeline_log = logging.getLogger("onnx_compress.pipeline")
     if pipeline_log.getEffectiveLevel() > logging.INFO:
         pipeline_log.setLevel(logging.INFO)  # one progress line per stage, with its time, on stderr
-    settings = PipelineSettings(
-        search_steps=args.search_steps,
-        budget_margin=args.budget_margin,
-        objective=args.objective,
-        time_budget=args.time_budget,
-        bench_batch=args.bench_batch,
-        bench_runs=args.bench_runs,
-        min_gain=args.min_gain,
-        session=session_settings(args),
-    )
+    settings = PipelineSettings(**given(args, PipelineSettings), session=session_settings(args))
     outcome = compress(
         args.model,
         args.recipe if args.recipe is not None else args.preset,
@@ -79,11 +68,21 @@ def _compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flags(parser: argparse.ArgumentParser) -> None:
+    from onnx_compress.passes.registry import pass_names
+    from onnx_compress.pipeline import PipelineSettings
+
+    parser.description = _DESCRIPTION.replace("{passes}", ", ".join(pass_names()))
+    add_session_flags(parser)
+    add_flags(parser, PipelineSettings, "search_steps min_gain budget_margin objective time_budget bench_batch "
+              "bench_runs")
+
+
 def register(subparsers: Any) -> None:
     from onnx_compress.recipe import preset_names
 
     parser = add_command(subparsers, "compress", help="a recipe of passes under an accuracy budget, with a report",
-                         description=_DESCRIPTION, handler=_compress)
+                         description=_DESCRIPTION, handler=_compress, settings=_flags)
     parser.add_argument("model", type=Path, help="the ONNX model to compress (never modified)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="the compressed ONNX file to write")
     which = parser.add_mutually_exclusive_group(required=True)
@@ -101,22 +100,4 @@ def register(subparsers: Any) -> None:
                         help="budget: largest allowed drop of the metric (points for top1, 1-cosine for cosine)")
     parser.add_argument("--report", type=Path, default=None, metavar="DIR",
                         help="write report.json and report.html (with a plot) into DIR")
-    parser.add_argument("--search-steps", type=int, default=5,
-                        help="most trials of a pass's budget search, full strength included (default 5)")
-    parser.add_argument("--min-gain", type=float, default=0.05,
-                        help="a pass that costs accuracy must save at least this fraction of parameters, "
-                             "weight bytes or MACs, else it is rolled back (default 0.05)")
-    parser.add_argument("--budget-margin", type=float, default=1.0, metavar="Z",
-                        help="standard errors of the measured drop added before it is compared with --max-drop, "
-                             "so that the budget holds on data the search never saw (default 1.0, one standard "
-                             "error; 0 = raw drop)")
-    parser.add_argument("--objective", choices=["size", "latency", "balanced"], default=None,
-                        help="what every quantize step pursues when int8 is smaller but slower on this CPU "
-                             "(default: the preset's; small and cpu-int8: balanced, gpu-fp16: size)")
-    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                        help="bound the budget searches: each pass gets a share of what is left, and a search "
-                             "that would overrun it keeps the best setting found so far (default: unbounded)")
-    parser.add_argument("--bench-batch", type=int, default=8, help="samples per call when timing stages (default 8)")
-    parser.add_argument("--bench-runs", type=int, default=50, help="timed calls per stage (default 50)")
-    add_session_flags(parser)
     add_json_flag(parser)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from onnx_compress.cli.common import add_command, add_json_flag, emit
+from onnx_compress.setting_cli import add_flags, given
 
 __all__ = ["register"]
 
@@ -50,11 +51,7 @@ def _deploy(args: argparse.Namespace) -> int:
         if args.storage_uri is None:
             raise SettingError("--kserve needs --storage-uri: where the repository will be uploaded (s3://..., pvc://...)")
         name = (args.name or args.model.stem).lower().replace("_", "-").replace(".", "-")
-        extra = {"image": args.image} if args.image else {}
-        kserve = KServeSettings(name=name, storage_uri=args.storage_uri, min_replicas=args.min_replicas,
-                                max_replicas=args.max_replicas, target_concurrency=args.target_concurrency,
-                                cpu=args.cpu, memory=args.memory, gpus=args.gpus, batch_size=args.batch_size,
-                                batch_latency_ms=args.batch_latency_ms, **extra)  # checked before writing anything
+        kserve = KServeSettings(name=name, **given(args, KServeSettings))  # checked before writing anything
     deployment = deploy_triton(
         args.model,
         args.triton,
@@ -78,9 +75,17 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flags(parser: argparse.ArgumentParser) -> None:
+    from onnx_compress.runtime.deploy.kserve import KServeSettings
+
+    add_flags(parser.add_argument_group("KServe manifests (--kserve)"), KServeSettings,
+              "storage_uri image min_replicas max_replicas target_concurrency cpu memory gpus batch_size "
+              "batch_latency_ms")
+
+
 def register(subparsers: Any) -> None:
     parser = add_command(subparsers, "deploy", help="write a model into a Triton model repository",
-                         description=_DESCRIPTION, handler=_deploy)
+                         description=_DESCRIPTION, handler=_deploy, settings=_flags)
     parser.add_argument("model", type=Path, help="the ONNX model to deploy")
     parser.add_argument("--triton", type=Path, required=True, metavar="REPO",
                         help="the Triton model repository folder (created if missing)")
@@ -96,22 +101,6 @@ def register(subparsers: Any) -> None:
                         help="let Triton merge concurrent requests into batches (needs --max-batch > 0)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing NAME/VERSION/model.onnx (never while a server uses it)")
-    kserve = parser.add_argument_group("KServe manifests (--kserve)")
-    kserve.add_argument("--kserve", type=Path, default=None, metavar="DIR",
+    parser.add_argument("--kserve", type=Path, default=None, metavar="DIR",
                         help="also write KServe InferenceService manifests and a Dockerfile into DIR")
-    kserve.add_argument("--storage-uri", default=None, metavar="URI",
-                        help="where REPO is uploaded for the cluster (s3://, gs://, pvc://, https://...)")
-    kserve.add_argument("--image", default=None,
-                        help="container image of the onnx-compress predictor (default onnx-compress-serve:VERSION)")
-    kserve.add_argument("--min-replicas", type=int, default=1, metavar="N", help="minReplicas (default 1; 0: scale to zero)")
-    kserve.add_argument("--max-replicas", type=int, default=1, metavar="N", help="maxReplicas (default 1)")
-    kserve.add_argument("--target-concurrency", type=int, default=None, metavar="N",
-                        help="autoscale on in-flight requests per replica (scaleMetric concurrency, scaleTarget N)")
-    kserve.add_argument("--cpu", default="1", help="CPU per replica, requests = limits (default 1; e.g. 500m)")
-    kserve.add_argument("--memory", default="2Gi", help="memory per replica, requests = limits (default 2Gi)")
-    kserve.add_argument("--gpus", type=int, default=0, metavar="N", help="nvidia.com/gpu per replica (default 0)")
-    kserve.add_argument("--batch-size", type=int, default=None, metavar="N",
-                        help="KServe batcher for the onnx-compress predictor: maxBatchSize (with --batch-latency-ms)")
-    kserve.add_argument("--batch-latency-ms", type=int, default=None, metavar="MS",
-                        help="KServe batcher: maxLatency in ms")
     add_json_flag(parser)

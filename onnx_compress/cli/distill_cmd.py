@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from onnx_compress.cli.common import add_command, add_json_flag, emit
+from onnx_compress.setting_cli import add_flags, given
 from onnx_compress.errors import ModelLoadError, SettingError, one_line
 from onnx_compress.table import format_table, human_bytes, human_count
 
@@ -42,21 +43,6 @@ example:
 """
 
 
-def _build_student(spec: str) -> Any:
-    from onnx_compress.cli.export_cmd import load_factory
-    from onnx_compress.optional import require
-
-    torch = require("torch", "distilling into a PyTorch student")
-    factory = load_factory(spec)
-    try:
-        student = factory()
-    except Exception as exc:
-        raise SettingError(f"{spec}() failed: {type(exc).__name__}: {one_line(exc)}") from exc
-    if not isinstance(student, torch.nn.Module):
-        raise SettingError(f"{spec} returned {type(student).__name__}, not a torch.nn.Module")
-    return student
-
-
 def _input_order(student: Any, names: list[str]) -> list[str]:
     """The data's arrays in the order of ``forward``'s parameters (export passes them positionally)."""
     if len(names) == 1:
@@ -70,6 +56,7 @@ def _input_order(student: Any, names: list[str]) -> list[str]:
 
 
 def _distill(args: argparse.Namespace) -> int:
+    from onnx_compress.cli.export_cmd import torch_module
     from onnx_compress.training.distill.torch import distill
     from onnx_compress.converters.torch.export import export_torch
     from onnx_compress.data import load_data
@@ -84,16 +71,13 @@ def _distill(args: argparse.Namespace) -> int:
     check_output_path(args.output, protected)
     data = load_data(args.data)
     val = None if args.val is None else load_data(args.val)
-    student = _build_student(args.student)
+    student = torch_module(args.student, "distilling into a PyTorch student", SettingError)
     order = _input_order(student, list(data.names))
 
     student, history = distill(
         args.teacher, student, data,
-        epochs=args.epochs, temperature=args.temperature, alpha=args.alpha, lr=args.lr,
-        batch_size=args.batch_size, val_data=val, device=args.device,
-        teacher_inputs=args.teacher_layout, teacher_output=args.teacher_output,
-        teacher_outputs=args.teacher_outputs, student_outputs=args.student_outputs,
-        seed=args.seed, progress=not args.no_progress,
+        **given(args, _settings_class()), val_data=val, device=args.device, teacher_inputs=args.teacher_layout,
+        teacher_output=args.teacher_output, progress=not args.no_progress,
     )
     torch = require("torch", "exporting the student")
     example = tuple(torch.from_numpy(data.inputs[name][:1]) for name in order)
@@ -135,19 +119,19 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
+def _settings_class() -> Any:
+    from onnx_compress.training.distill.common import DistillSettings
+
+    return DistillSettings
+
+
+def _flags(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, _settings_class(), "epochs temperature alpha lr batch_size seed teacher_outputs student_outputs")
 
 
 def register(subparsers: Any) -> None:
     parser = add_command(subparsers, "distill", help="train a PyTorch student from an ONNX teacher, export it",
-                         description=_DESCRIPTION, handler=_distill)
+                         description=_DESCRIPTION, handler=_distill, settings=_flags)
     parser.add_argument("--teacher", type=Path, required=True, help="the teacher ONNX model (not modified)")
     parser.add_argument("--student", required=True, metavar="FILE.py:FACTORY",
                         help="Python file and the function (or nn.Module class) in it that builds the student; "
@@ -157,23 +141,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--val", type=Path, default=None,
                         help="held-out .npz evaluated after every epoch (top-1 with labels, agreement with the teacher)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="the student ONNX file to write")
-    parser.add_argument("--epochs", type=int, default=12, help="passes over the training data (default 12)")
-    parser.add_argument("--temperature", type=float, default=4.0, help="softening temperature T > 0 (default 4)")
-    parser.add_argument("--alpha", type=_unit_interval, default=0.5,
-                        help="weight of the hard-label loss in [0, 1]; the KL term gets 1 - alpha (default 0.5)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
-    parser.add_argument("--batch-size", type=int, default=32, help="samples per optimizer step (default 32)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sample order (default 0)")
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA when torch sees one, else CPU), cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--teacher-layout", default=None, metavar="FROM->TO",
                         help="transpose the data for the teacher, e.g. NCHW->NHWC for a teacher exported from Keras")
     parser.add_argument("--teacher-output", default=None, metavar="NAME",
                         help="the teacher output holding the class scores (default: its first output)")
-    parser.add_argument("--teacher-outputs", choices=["auto", "logits", "log_probs", "probs"], default="auto",
-                        help="what the teacher outputs (default auto: detected from the values)")
-    parser.add_argument("--student-outputs", choices=["auto", "logits", "log_probs", "probs"], default="auto",
-                        help="what the student outputs (default auto: detected from the values)")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset of the exported student (default 18)")
     parser.add_argument("--atol", type=float, default=1e-4, help="export parity: absolute tolerance (default 1e-4)")
     parser.add_argument("--rtol", type=float, default=1e-4,

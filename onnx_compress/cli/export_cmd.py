@@ -12,7 +12,7 @@ from onnx_compress.cli.common import add_command, add_json_flag, emit, parse_sha
 from onnx_compress.errors import ExportError, ModelLoadError, SettingError, one_line
 from onnx_compress.table import format_table
 
-__all__ = ["register", "load_factory"]
+__all__ = ["register", "load_factory", "torch_module"]
 
 _TORCH_DESCRIPTION = """\
 Export a PyTorch model to ONNX, then check that ONNX Runtime reproduces its outputs.
@@ -80,17 +80,26 @@ def load_factory(spec: str) -> Any:
     return factory
 
 
+def torch_module(spec: str, purpose: str, error: type[Exception] = ExportError) -> Any:
+    """The torch.nn.Module that ``FILE.py:NAME`` builds (runs FILE.py); ``error`` if NAME() fails."""
+    from onnx_compress.optional import require
+
+    torch = require("torch", purpose)
+    factory = load_factory(spec)
+    try:
+        module = factory()
+    except Exception as exc:
+        raise error(f"{spec}() failed: {type(exc).__name__}: {one_line(exc)}") from exc
+    if not isinstance(module, torch.nn.Module):
+        raise SettingError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
 def _build_torch_module(args: argparse.Namespace) -> Any:
     from onnx_compress.optional import require
 
     torch = require("torch", "exporting a PyTorch model")
-    factory = load_factory(args.source)
-    try:
-        module = factory()
-    except Exception as exc:
-        raise ExportError(f"{args.source}() failed: {type(exc).__name__}: {one_line(exc)}") from exc
-    if not isinstance(module, torch.nn.Module):
-        raise SettingError(f"{args.source} returned {type(module).__name__}, not a torch.nn.Module")
+    module = torch_module(args.source, "exporting a PyTorch model")
     if args.weights is not None:
         if not args.weights.is_file():
             raise ModelLoadError(f"checkpoint not found: {args.weights}")
@@ -130,17 +139,7 @@ def _export_torch(args: argparse.Namespace) -> int:
             examples.append(torch.randn(shape, generator=generator).to(torch_dtype))
         else:
             examples.append(torch.randint(0, 100, shape, generator=generator).to(torch_dtype))
-    result = export_torch(
-        module,
-        tuple(examples),
-        args.output,
-        input_names=args.input_names,
-        output_names=args.output_names,
-        dynamic_batch=not args.static_batch,
-        opset=args.opset or 18,
-        atol=args.atol,
-        rtol=args.rtol,
-    )
+    result = export_torch(module, tuple(examples), args.output, opset=args.opset or 18, **_common(args))
     _report(args, result)
     return 0
 
@@ -153,19 +152,16 @@ def _export_keras(args: argparse.Namespace) -> int:
         raise SettingError(f"{source} is a directory; use `onnx-compress export saved-model` for SavedModels")
     if args.framework == "saved-model" and not source.is_dir():
         raise ModelLoadError(f"not a SavedModel directory: {source}")
-    result = export_keras(
-        source,
-        args.output,
-        input_names=args.input_names,
-        output_names=args.output_names,
-        dynamic_batch=not args.static_batch,
-        opset=args.opset or 17,
-        atol=args.atol,
-        rtol=args.rtol,
-        unsafe_load=getattr(args, "unsafe_load", False),
-    )
+    result = export_keras(source, args.output, opset=args.opset or 17, unsafe_load=getattr(args, "unsafe_load", False),
+                          **_common(args))
     _report(args, result)
     return 0
+
+
+def _common(args: argparse.Namespace) -> dict[str, Any]:
+    """The export settings every framework takes, from the flags of :func:`_add_common`."""
+    return {"input_names": args.input_names, "output_names": args.output_names,
+            "dynamic_batch": not args.static_batch, "atol": args.atol, "rtol": args.rtol}
 
 
 def _report(args: argparse.Namespace, result: Any) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from onnx_compress.cli.common import add_command, add_json_flag, emit
 from onnx_compress.cli.normalize_note import growth_warning, normalize_lines
+from onnx_compress.setting_cli import add_flags, given
 from onnx_compress.table import format_table, human_bytes
 
 __all__ = ["register"]
@@ -19,11 +20,7 @@ channels and a 1x1 Conv). A layer is factored only when r (K + N) < K N, i.e. wh
 MACs and bytes; every other layer is listed with the reason it was left alone. The model is
 normalized first (constant folding, shape inference); the input file is never modified.
 
-rank per layer (choose one):
-  --energy E       keep the fraction E of W's squared singular values (0.90 .. 0.99 typical)
-  --rank-ratio R   keep ceil(R * min(K, N)) singular values
-  --max-error X    keep the smallest rank whose relative output error ||XW - XAB|| / ||XW|| on
-                   the calibration activations X is at most X (needs --data)
+Choose the rank per layer with one of --energy, --rank-ratio, --max-error.
 
 With --data (calibration samples, .npz keyed by input names), the factorization is data-aware:
 W is factored against the second moment of each layer's input activations (whitened SVD, as in
@@ -54,14 +51,7 @@ def _lowrank(args: argparse.Namespace) -> int:
                            "(or use --energy / --rank-ratio)")
     if args.data is None and args.method in ("whitened", "asvd"):
         raise SettingError(f"--method {args.method} is data-aware: give --data calib.npz (or use --method svd)")
-    settings: dict[str, Any] = {"min_size": args.min_size, "method": args.method,
-                                "exclude": tuple(args.exclude or ())}
-    for name in ("energy", "rank_ratio", "max_error"):
-        if getattr(args, name) is not None:
-            settings[name] = getattr(args, name)
-    if args.batch_size is not None:
-        settings["batch_size"] = args.batch_size
-    lowrank = LowRank(calibration=args.data, **settings)  # settings are checked before any work
+    lowrank = LowRank(calibration=args.data, **given(args, LowRank.Settings))  # settings are checked before any work
 
     protected = model_files(args.model)
     check_output_path(args.output, protected)  # before the work, not after it
@@ -102,28 +92,19 @@ def _lowrank(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flags(parser: argparse.ArgumentParser) -> None:
+    from onnx_compress.passes.lowrank.settings import LowRankSettings
+
+    add_flags(parser, LowRankSettings, "energy rank_ratio max_error", exclusive=True, required=True)
+    add_flags(parser, LowRankSettings, "method min_size exclude batch_size")
+
+
 def register(subparsers: Any) -> None:
     parser = add_command(subparsers, "lowrank", help="factor MatMul/Gemm/Conv weights into two low-rank layers",
-                         description=_DESCRIPTION, handler=_lowrank)
+                         description=_DESCRIPTION, handler=_lowrank, settings=_flags)
     parser.add_argument("model", type=Path, help="the ONNX model to factor (not modified)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="where to write the factored model")
-    criterion = parser.add_mutually_exclusive_group(required=True)
-    criterion.add_argument("--energy", type=float, metavar="E",
-                           help="fraction in (0, 1] of W's squared singular values to keep per layer")
-    criterion.add_argument("--rank-ratio", type=float, metavar="R",
-                           help="fraction in (0, 1] of min(K, N) singular values to keep per layer")
-    criterion.add_argument("--max-error", type=float, metavar="X",
-                           help="largest relative output error per layer on the calibration data, in [0, 1] (needs --data)")
     parser.add_argument("--data", type=Path, default=None,
                         help="calibration .npz keyed by the model's input names: enables data-aware factoring "
                              "and the output-error report")
-    parser.add_argument("--method", choices=["auto", "svd", "whitened", "asvd"], default="auto",
-                        help="auto (default): whitened with --data, else svd; svd: plain SVD of W; whitened: SVD "
-                             "against the input second moment (SVD-LLM); asvd: per-channel activation scaling (ASVD)")
-    parser.add_argument("--min-size", type=int, default=4096, metavar="N",
-                        help="leave weights with fewer than N elements alone (default 4096)")
-    parser.add_argument("--exclude", action="append", metavar="NODE",
-                        help="a node name to leave alone (repeatable)")
-    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
-                        help="calibration samples per ONNX Runtime call (default 32)")
     add_json_flag(parser)

@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Sequence
 
 from onnx_compress import __version__
+from onnx_compress.cli.common import add_settings_flags
 from onnx_compress.errors import OnnxCompressError, one_line
 
 __all__ = ["main", "build_parser"]
@@ -50,7 +51,9 @@ by the model's input names, plus an optional 'labels' array. No command ever mod
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; the settings flags of the command named in ``argv`` are generated (the others
+    would import every pass's settings, seconds for a ``--help``)."""
     parser = argparse.ArgumentParser(
         prog="onnx-compress",
         description=_DESCRIPTION,
@@ -63,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
+    command = next((arg for arg in (sys.argv[1:] if argv is None else argv) if arg in subparsers.choices), None)
+    if command is not None:
+        add_settings_flags(subparsers.choices[command])
     return parser
 
 
@@ -77,7 +83,7 @@ def _configure_logging(debug: bool, verbose: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     _configure_logging(args.debug, args.verbose)
     try:

@@ -9,135 +9,68 @@ from typing import Any
 from onnx_compress.cli.common import add_command, add_json_flag, emit, parse_dims
 from onnx_compress.cli.normalize_note import growth_warning, normalize_lines
 from onnx_compress.errors import SettingError
+from onnx_compress.setting_cli import add_flags, given
 from onnx_compress.table import format_table, human_bytes, human_count
 
 __all__ = ["register"]
 
 _DESCRIPTION = """\
-Prune a model and write the result; the input model is never modified.
+Prune a model and write the result; the input model is never modified. Choose one:
+--structured R (remove channels / neurons and everything that reads them: smaller AND faster;
+groups the analysis does not fully understand are left untouched, and the output says why),
+--unstructured R or --nm N:M (zeros in the weights: dense ONNX Runtime kernels gain NO speed and
+the .onnx keeps its size, what shrinks is the gzip size, which is reported), or, for transformer
+encoders, --heads R / --ffn R / --layers N (every cut is checked against the original with the
+removed heads/neurons zeroed; a layer that does not match is left whole).
 
-  --structured R    remove the fraction R of the channels / neurons of every coupled group
-                    (Conv filters, Gemm/MatMul output features, transformer FFN neurons) and
-                    everything that reads them: the model gets smaller AND faster. Groups the
-                    analysis does not fully understand (attention heads, axes normalized by
-                    LayerNormalization, unknown ops) and anything reaching the model's inputs or
-                    outputs are left untouched, and the output says why.
-  --unstructured R  set the fraction R of the smallest weights of Conv/Gemm/MatMul to zero. Dense
-                    ONNX Runtime kernels gain NO speed from zeros and the .onnx file keeps its
-                    size: what shrinks is the compressed (gzip) file, which is reported.
-  --nm N:M          unstructured with a pattern: keep N of every M weights (2:4).
-  --heads R, --ffn R, --layers N
-                    transformer encoders: remove the fraction R of the attention heads and/or of
-                    the FFN neurons of every layer, and/or N whole encoder layers (the residual
-                    stream passes through). Heads and neurons are ranked by their contribution on
-                    --data (or --head-importance magnitude without data), layers by the output
-                    with the layer skipped (--layer-importance skip) or by how little they change
-                    the hidden state (cosine). Every cut is checked against the original with the
-                    removed heads/neurons zeroed; a layer that does not match is left whole.
-  --reconstruct     structured: after cutting, re-fit every layer that read the cut channels
-                    (least squares on --data, layer by layer) so that its output matches the
-                    original model's; no training needed. Needs --data.
-
-The model is normalized first (constant folding, shape inference; BatchNormalization is kept
-for --importance bn). The pruned model is checked with onnx.checker (full check) and run in
-ONNX Runtime with the original input/output names and shapes before it is written.
-
-Prints parameters, MACs (at --batch, with --dim for other symbolic axes) and size before and
-after, what was cut, and what was left untouched with the reason.
-
-JSON keys: input, output, mode, before, after, result.
+The model is normalized first (BatchNormalization is kept for --importance bn), checked with
+onnx.checker and run in ONNX Runtime before it is written. Prints parameters, MACs (at --batch,
+with --dim for other symbolic axes) and size before and after, what was cut and what was left
+untouched with the reason. JSON keys: input, output, mode, before, after, result.
 
 examples:
-  onnx-compress prune model.onnx -o pruned.onnx --structured 0.5
-  onnx-compress prune model.onnx -o pruned.onnx --structured 0.3 --importance activation --data calib.npz
   onnx-compress prune model.onnx -o pruned.onnx --structured 0.5 --reconstruct --data calib.npz
-  onnx-compress prune model.onnx -o sparse.onnx --unstructured 0.7
   onnx-compress prune model.onnx -o sparse.onnx --nm 2:4
   onnx-compress prune minilm.onnx -o small.onnx --heads 0.25 --ffn 0.25 --layers 2 --data calib.npz
 """
 
-
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a ratio must be a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"a ratio must be in [0, 1), got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a fraction must be a number in [0, 1], got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"a fraction must be in [0, 1], got {text!r}")
-    return value
-
-
-def _layer_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a layer count must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"a layer count must be an integer >= 0, got {text!r}")
-    return value
-
-
-def _round_to(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {text!r}")
-    return value
+_STRUCTURED = "ratio scope importance round_to protect reconstruct"
+_UNSTRUCTURED = "ratio nm protect_first_last"
+_TRANSFORMER = "heads ffn layers importance layer_importance"
 
 
 def _build_pass(args: argparse.Namespace, calibration: Any) -> Any:
     from onnx_compress.passes.prune import PruneStructured, PruneUnstructured
     from onnx_compress.passes.prune.prune_unstructured_pass import parse_nm
+    from onnx_compress.passes.prune.transformer import PruneTransformer
 
-    given = [flag for flag, value in (("--structured", args.structured), ("--unstructured", args.unstructured),
-                                      ("--nm", args.nm)) if value is not None]
-    transformer = [flag for flag, value in (("--heads", args.heads), ("--ffn", args.ffn), ("--layers", args.layers))
-                   if value is not None]
-    if transformer:
-        if given:
-            raise SettingError(f"{' / '.join(transformer)} cannot be combined with {' / '.join(given)}")
-        from onnx_compress.passes.prune.transformer import PruneTransformer
-
-        return PruneTransformer(heads=args.heads or 0.0, ffn=args.ffn or 0.0, layers=args.layers or 0,
-                                importance=args.head_importance, layer_importance=args.layer_importance,
-                                reconstruct=args.reconstruct, calibration=calibration)
-    if not given:
+    chosen = [f"--{name}" for name in ("structured", "unstructured", "nm", "heads", "ffn", "layers")
+              if getattr(args, name) is not None]
+    transformer = [flag for flag in chosen if flag in ("--heads", "--ffn", "--layers")]
+    cuts = [flag for flag in chosen if flag not in transformer]
+    if not chosen:
         raise SettingError("choose what to prune: --structured R, --unstructured R, --nm N:M, "
                            "or --heads R / --ffn R / --layers N")
+    if transformer and cuts or len(cuts) > 1 and "--structured" in cuts:
+        first = transformer if transformer else cuts[:1]
+        raise SettingError(f"{' / '.join(first)} cannot be combined with {' / '.join(c for c in cuts if c not in first)}")
+    if transformer:
+        return PruneTransformer(**given(args, PruneTransformer.Settings), calibration=calibration)
+    needs_data = [flag for flag, asked in (("--importance activation", args.importance == "activation"),
+                                            ("--reconstruct", args.reconstruct)) if asked]
     if args.structured is not None:
-        if len(given) > 1:
-            raise SettingError(f"--structured cannot be combined with {' / '.join(given[1:])}")
-        if args.importance == "activation" and calibration is None:
-            raise SettingError("--importance activation needs calibration data: --data calib.npz")
-        if args.reconstruct and calibration is None:
-            raise SettingError("--reconstruct needs calibration data: --data calib.npz")
-        return PruneStructured(ratio=args.structured, scope=args.scope, importance=args.importance,
-                               round_to=args.round_to, protect=tuple(args.protect or ()),
-                               reconstruct=args.reconstruct, calibration=calibration)
+        if needs_data and calibration is None:
+            raise SettingError(f"{needs_data[0]} needs calibration data: --data calib.npz")
+        return PruneStructured(**given(args, PruneStructured.Settings), calibration=calibration)
     if args.reconstruct:
         raise SettingError("--reconstruct works with --structured or --heads/--ffn only")
     nm = parse_nm(args.nm)
-    ratio = args.unstructured
-    if nm is not None and ratio is not None:
-        if abs(ratio - (1 - nm[0] / nm[1])) > 1e-9:
-            raise SettingError(f"--nm {args.nm} sets the sparsity to {1 - nm[0] / nm[1]:g}; drop --unstructured {ratio:g}")
-        ratio = None
-    return PruneUnstructured(ratio=ratio, nm=nm, scope=args.scope, protect=tuple(args.protect or ()),
-                             protect_first_last=not args.prune_first_last)
+    if nm is not None and args.unstructured is not None:
+        if abs(args.unstructured - (1 - nm[0] / nm[1])) > 1e-9:
+            raise SettingError(f"--nm {args.nm} sets the sparsity to {1 - nm[0] / nm[1]:g}; "
+                               f"drop --unstructured {args.unstructured:g}")
+        args.unstructured = None
+    return PruneUnstructured(**given(args, PruneUnstructured.Settings))
 
 
 def _transformer_table(result: Any) -> str:
@@ -251,45 +184,23 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flags(parser: argparse.ArgumentParser) -> None:
+    from onnx_compress.passes.prune import PruneStructuredSettings, PruneUnstructuredSettings
+    from onnx_compress.passes.prune.transformer import PruneTransformerSettings
+
+    add_flags(parser, PruneStructuredSettings, _STRUCTURED)
+    add_flags(parser, PruneUnstructuredSettings, _UNSTRUCTURED)
+    add_flags(parser, PruneTransformerSettings, _TRANSFORMER)
+
+
 def register(subparsers: Any) -> None:
     parser = add_command(subparsers, "prune", help="structured (channels) or unstructured (zeros) pruning",
-                         description=_DESCRIPTION, handler=_prune)
+                         description=_DESCRIPTION, handler=_prune, settings=_flags)
     parser.add_argument("model", type=Path, help="the ONNX model to prune")
     parser.add_argument("-o", "--output", type=Path, required=True, help="where to write the pruned model")
-    parser.add_argument("--structured", type=_ratio, metavar="R",
-                        help="remove this fraction of the channels/neurons of every prunable group")
-    parser.add_argument("--unstructured", type=_ratio, metavar="R",
-                        help="set this fraction of the Conv/Gemm/MatMul weights to zero")
-    parser.add_argument("--nm", metavar="N:M", help="unstructured N:M pattern: keep N of every M weights (e.g. 2:4)")
-    parser.add_argument("--heads", type=_fraction, metavar="R",
-                        help="transformer: remove this fraction of the attention heads of every layer")
-    parser.add_argument("--ffn", type=_fraction, metavar="R",
-                        help="transformer: remove this fraction of the FFN neurons of every layer")
-    parser.add_argument("--layers", type=_layer_count, metavar="N", help="transformer: remove N whole encoder layers")
-    parser.add_argument("--head-importance", choices=["contribution", "magnitude"], default="contribution",
-                        help="transformer: rank heads and FFN neurons by their contribution on --data (default) "
-                             "or by weight magnitude (no data)")
-    parser.add_argument("--layer-importance", choices=["skip", "cosine"], default="skip",
-                        help="transformer: choose layers by the output with the layer skipped (default) or by "
-                             "1 - cos(layer input, layer output); both on --data")
-    parser.add_argument("--importance", choices=["l1", "l2", "bn", "activation"], default="l2",
-                        help="structured: how channels are ranked: weight L1 / L2 norm (default l2), BatchNorm "
-                             "scale, or activation statistics on --data")
     parser.add_argument("--data", type=Path, metavar="CALIB.npz",
-                        help="calibration data (.npz keyed by input names) for --importance activation and "
-                             "--reconstruct; also used to check the pruned model")
-    parser.add_argument("--reconstruct", action="store_true",
-                        help="structured: re-fit the layers reading cut channels by least squares on --data "
-                             "so that their outputs match the original model's")
-    parser.add_argument("--scope", choices=["layer", "global"], default="layer",
-                        help="layer: every group (layer) loses the ratio (default); global: one ranking across groups")
-    parser.add_argument("--round-to", type=_round_to, default=1, metavar="N|auto",
-                        help="structured: round kept widths up to a multiple of N (default 1); 'auto' "
-                             "= the CPU's convolution channel block (16 with AVX-512, 8 with AVX2)")
-    parser.add_argument("--protect", nargs="+", action="extend", metavar="NODE",
-                        help="names of nodes that must stay unchanged (repeatable)")
-    parser.add_argument("--prune-first-last", action="store_true",
-                        help="unstructured: also prune the first and last layers (kept dense by default)")
+                        help="calibration data (.npz keyed by input names) for --importance activation, "
+                             "--reconstruct and the transformer cuts; also used to check the pruned model")
     parser.add_argument("--batch", type=int, default=1, help="batch size for the MAC count (default 1)")
     parser.add_argument("--dim", action="append", metavar="NAME=SIZE",
                         help="size of a symbolic input dimension for the MAC count, e.g. sequence=128 (repeatable)")

@@ -8,13 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from onnx_compress.cli.common import add_command, add_json_flag, emit
+from onnx_compress.setting_cli import add_flags, given
 
-__all__ = ["register", "DEVICES", "LOSS_KINDS"]
-
-# the choices of onnx_compress.training.recover, kept here so that --help does not import the
-# training room (tests/training/test_cli_recover.py checks that they agree)
-DEVICES = ("auto", "cpu", "cuda")
-LOSS_KINDS = ("auto", "kl", "cosine", "token", "mse")
+__all__ = ["register"]
 
 _DESCRIPTION = """\
 Recovery training: the compressed model (pruned, factored) is trained to reproduce the original
@@ -42,11 +38,7 @@ def _recover(args: argparse.Namespace) -> int:
 
     protected = [*model_files(args.model), *model_files(args.teacher)]
     check_output_path(args.output, protected)
-    settings = RecoverySettings(
-        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, loss=args.loss, temperature=args.temperature,
-        label_weight=args.label_weight, match=tuple(args.match or ()), patience=args.patience,
-        device=args.device, seed=args.seed, max_minutes=args.max_minutes,
-    )
+    settings = RecoverySettings(**given(args, RecoverySettings))
     model, result = recover(args.model, args.teacher, args.data, args.val, settings, progress=not args.no_progress)
     rows = [[r.epoch, "-" if r.train_loss is None else f"{r.train_loss:.5g}", f"{r.val_loss:.5g}",
              f"{r.metric:.5g}", "-" if r.metric_min is None else f"{r.metric_min:.4g}", f"{r.seconds:.1f}"]
@@ -66,27 +58,20 @@ def _recover(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def _flags(parser: argparse.ArgumentParser) -> None:
+    from onnx_compress.training.recover import RecoverySettings
+
+    add_flags(parser, RecoverySettings, "epochs lr batch_size loss temperature label_weight match patience "
+              "max_minutes device seed")
+
+
 def register(subparsers: Any) -> None:
     parser = add_command(subparsers, "recover", help="distill a compressed model back towards its original",
-                         description=_DESCRIPTION, handler=_recover)
+                         description=_DESCRIPTION, handler=_recover, settings=_flags)
     parser.add_argument("model", type=Path, help="the compressed ONNX model (never modified)")
     parser.add_argument("--teacher", type=Path, required=True, help="the original ONNX model it was cut from")
     parser.add_argument("--data", type=Path, required=True, help="training .npz (inputs; 'labels' optional)")
     parser.add_argument("--val", type=Path, required=True, help="held-out validation .npz for early stopping")
     parser.add_argument("-o", "--output", type=Path, required=True, help="the recovered ONNX file to write")
-    parser.add_argument("--epochs", type=int, default=10, help="most passes over the training data (default 10)")
-    parser.add_argument("--lr", type=float, default=1e-4,
-                        help="AdamW peak learning rate (default 1e-4; small CNNs take 1e-3)")
-    parser.add_argument("--batch-size", type=int, default=32, help="samples per step (default 32)")
-    parser.add_argument("--loss", choices=LOSS_KINDS, default="auto", help="loss for every output (default auto)")
-    parser.add_argument("--temperature", type=float, default=2.0, help="KL temperature for class scores (default 2)")
-    parser.add_argument("--label-weight", type=float, default=0.5,
-                        help="weight of the hard-label loss when the data has labels, in [0, 1] (default 0.5)")
-    parser.add_argument("--match", nargs="*", metavar="VALUE",
-                        help="intermediate values both graphs have to match too ('auto': every LayerNorm output)")
-    parser.add_argument("--patience", type=int, default=3, help="epochs without improvement before stopping (3)")
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes (the last, partial epoch is evaluated)")
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     add_json_flag(parser)

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from onnx_compress.cli.common import add_command, add_session_flags
+from onnx_compress.cli.common import add_command, add_session_flags, session_settings
+from onnx_compress.setting_cli import add_flags, given
 
 __all__ = ["register"]
 
@@ -41,44 +42,32 @@ def _serve(args: argparse.Namespace) -> int:
     import dataclasses
     import logging
 
-    from onnx_compress.cli.common import session_settings
     from onnx_compress.errors import SettingError
     from onnx_compress.runtime.serve import ServeSettings, serve
 
     if args.max_request_mb <= 0:
         raise SettingError(f"--max-request-mb must be > 0, got {args.max_request_mb}")
-    settings = ServeSettings(
-        host=args.host,
-        port=args.port,
-        grpc_port=None if args.grpc_port == 0 else args.grpc_port,
-        max_request_bytes=int(args.max_request_mb * 2**20),
-        concurrency=args.concurrency,
-        session=dataclasses.replace(session_settings(args), spinning=False),
-        name=args.name,
-        log_level="debug" if getattr(args, "debug", False) else "info",
-        access_log=not args.no_access_log,
-    )
+    no_grpc, args.grpc_port = args.grpc_port == 0, None if args.grpc_port == 0 else args.grpc_port
+    settings = ServeSettings(**given(args, ServeSettings), **({"grpc_port": None} if no_grpc else {}),
+                             max_request_bytes=int(args.max_request_mb * 2**20),
+                             session=dataclasses.replace(session_settings(args), spinning=False),
+                             log_level="debug" if getattr(args, "debug", False) else "info")
     logging.getLogger("onnx_compress.runtime.serve").setLevel(logging.INFO)  # say what is served, where
     serve(args.source, settings)
     return 0
 
 
+def _flags(parser: argparse.ArgumentParser) -> None:
+    from onnx_compress.runtime.serve import ServeSettings
+
+    add_flags(parser, ServeSettings, "host port grpc_port concurrency name access_log")
+    add_session_flags(parser)
+
+
 def register(subparsers: Any) -> None:
     parser = add_command(subparsers, "serve", help="serve models on KServe's model server (HTTP + gRPC, ONNX Runtime)",
-                         description=_DESCRIPTION, handler=_serve)
+                         description=_DESCRIPTION, handler=_serve, settings=_flags)
     parser.add_argument("source", type=Path, metavar="MODEL_OR_REPO",
                         help="an .onnx file, or a model repository folder (NAME/config.pbtxt, NAME/1/model.onnx)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=8000, help="HTTP port: REST v1/v2 and /metrics (default 8000)")
-    parser.add_argument("--grpc-port", type=int, default=8001, metavar="PORT",
-                        help="gRPC v2 port (default 8001; 0: no gRPC)")
-    parser.add_argument("--concurrency", type=int, default=None, metavar="N",
-                        help="inference calls run at once per process, in worker threads (default: CPU count)")
     parser.add_argument("--max-request-mb", type=float, default=64.0, metavar="MB",
                         help="largest request body / gRPC message accepted, in MiB; larger ones get 413 (default 64)")
-    parser.add_argument("--name", default=None,
-                        help="the model's name when serving one .onnx file (default: the file's stem)")
-    parser.add_argument("--no-access-log", action="store_true",
-                        help="do not log one line per request (uvicorn's access log, KServe's latency line)")
-    add_session_flags(parser)

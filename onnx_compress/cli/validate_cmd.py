@@ -45,7 +45,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     parser = add_command(subparsers, "validate", help="compare a candidate model with a reference on data",
-                         description=_DESCRIPTION, handler=_validate)
+                         description=_DESCRIPTION, handler=_validate, settings=add_session_flags)
     parser.add_argument("reference", type=Path, help="the reference (original) ONNX model")
     parser.add_argument("candidate", type=Path, help="the candidate (compressed) ONNX model")
     parser.add_argument("--data", type=Path, required=True,
@@ -53,5 +53,4 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--metric", choices=["auto", "top1", "cosine", "max_abs"], default="auto",
                         help="how to compare (default auto: top1 with labels, else cosine)")
     parser.add_argument("--batch-size", type=int, default=64, help="samples per ONNX Runtime call (default 64)")
-    add_session_flags(parser)
     add_json_flag(parser)

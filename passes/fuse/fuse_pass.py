@@ -54,11 +54,11 @@ from typing import Literal
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from onnx_compress.errors import SettingError
 from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
 from onnx_compress.passes.fuse.residual_norm import measure, residual_adds, unfuse_residual_adds
 from onnx_compress.passes.fuse.rules import attention_rules, keras_rules, normalization_rules
 from onnx_compress.passes.fuse.shapes import infer_symbolic, resolve_reshapes, symbolic_shapes
+from onnx_compress.setting import setting
 from onnx_compress.stats import op_histogram
 
 __all__ = ["Fuse", "FuseSettings", "FuseResult"]
@@ -70,35 +70,22 @@ AttentionFusion = Literal["mha", "packed", "off"]
 
 @dataclasses.dataclass(frozen=True)
 class FuseSettings(PassSettings):
-    """Settings of :class:`Fuse`.
+    """Settings of :class:`Fuse` (each field's help text is its declaration below)."""
 
-    Attributes:
-        attention: ``mha`` (default): the attention core becomes ``MultiHeadAttention`` and the
-            Q/K/V projections stay MatMuls, so int8 quantization reaches them; ``packed``: the
-            projections are packed into one ``Attention`` node too (float models only: it
-            stays float when quantized); ``off``: attention is left as it is.
-        gelu: fuse GELU (erf or tanh form) and its bias into ``Gelu`` / ``BiasGelu`` (default True).
-        layer_norm: residual ``Add`` + LayerNorm as ``fused`` (``SkipLayerNormalization``, and
-            the RMS-norm forms), ``unfused`` (``Sum`` + ``LayerNormalization``, which ONNX
-            Runtime leaves alone), ``auto`` (default: whichever is faster on this CPU, timed at
-            the model's width on 512 rows) or ``off`` (left as exported; ONNX Runtime fuses it
-            when the session starts).
-        threads: ONNX Runtime intra-op threads for the ``auto`` timing (default None: its choice).
-    """
-
-    attention: AttentionFusion = "mha"
-    gelu: bool = True
-    layer_norm: Literal["auto", "fused", "unfused", "off"] = "auto"
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.attention not in ("mha", "packed", "off"):
-            raise SettingError(f"attention must be one of mha, packed, off; got {self.attention!r}")
-        if self.layer_norm not in ("auto", "fused", "unfused", "off"):
-            raise SettingError(f"layer_norm must be one of auto, fused, unfused, off; got {self.layer_norm!r}")
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
-            raise SettingError(f"threads must be None or an integer >= 1; got {self.threads!r}")
+    attention: AttentionFusion = setting("mha", choices=("mha", "packed", "off"), help="""
+        mha (default): the attention core becomes MultiHeadAttention and the Q/K/V projections stay
+        MatMuls, so int8 quantization reaches them; packed: the projections are packed into one
+        Attention node too (float models only: it stays float when quantized); off: attention is
+        left as it is""")
+    gelu: bool = setting(True, help="fuse GELU (erf or tanh form) and its bias into Gelu / BiasGelu")
+    layer_norm: Literal["auto", "fused", "unfused", "off"] = setting("auto", choices=("auto", "fused", "unfused", "off"),
+                                                                     help="""
+        residual Add + LayerNorm as fused (SkipLayerNormalization, and the RMS-norm forms), unfused
+        (Sum + LayerNormalization, which ONNX Runtime leaves alone), auto (default: whichever is
+        faster on this CPU, timed at the model's width on 512 rows) or off (left as exported; ONNX
+        Runtime fuses it when the session starts)""")
+    threads: int | None = setting(None, kind="int", range=">= 1", help="""
+        ONNX Runtime intra-op threads for the auto timing (default None: its choice)""")
 
 
 @dataclasses.dataclass

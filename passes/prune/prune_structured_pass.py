@@ -54,6 +54,7 @@ from onnx_compress.passes.prune.schedule import GroupBudget, plan_cuts
 from onnx_compress.passes.prune.slicers import apply_cuts
 from onnx_compress.passes.prune.verify import Probe, check_pruned, make_probe
 from onnx_compress.runtime.cpu import detect_cpu
+from onnx_compress.setting import SEARCHED, setting
 from onnx_compress.stats import count_macs, count_params
 from onnx_compress.table import change_text
 
@@ -74,63 +75,44 @@ def _ratio_ok(value: Any) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class PruneStructuredSettings(PassSettings):
-    """Settings of :class:`PruneStructured`.
+    """Settings of :class:`PruneStructured` (each field's help text is its declaration below)."""
 
-    Attributes:
-        ratio: fraction of the prunable units (channels, neurons) to remove, in [0, 1)
-            (default 0.5). In ``layer`` scope every group loses this fraction; in ``global``
-            scope this fraction of all prunable units goes, the least important first.
-        scope: ``layer`` (default) or ``global``.
-        importance: ``l2`` (default; on the seed CNNs at ratio 0.5 it kept 95-96 % test top-1
-            where ``l1`` kept 92-94 %), ``l1``, ``bn`` (BatchNorm scales; keep BatchNorm with
-            ``Normalize(fold_batchnorm=False)``) or ``activation`` (needs calibration data).
-        round_to: kept widths are rounded up to a multiple of this (default 1), or ``"auto"``:
-            the channel block of ONNX Runtime's convolution kernels on this CPU (16 with
-            AVX-512, 8 with AVX2; see :mod:`onnx_compress.runtime.cpu`). Odd widths are padded
-            up to the block at run time, so they save bytes but little time.
-        protect: names of nodes that must not change (their weights stay whole).
-        layer_ratios: per-node ratios, ``{node name: ratio}`` (a group takes the smallest
-            ratio named for its producers); other groups use ``ratio``.
-        max_ratio: in ``global`` scope, the largest fraction one group may lose (default 0.9).
-        calibration_samples: samples of calibration data used for activation statistics and
-            for reconstruction (default 256).
-        reconstruct: after cutting, re-fit the weights (and bias) of every layer whose input
-            channels were cut so that its output matches the original model's on calibration
-            data (ridge least squares, layer by layer in topological order, kept only where it
-            lowers the held-out output error; see :mod:`.reconstruct`). Needs calibration data
-            (default False).
-        reconstruct_rows: rows (samples x output positions) per layer for reconstruction, at
-            most (default 20000; Conv rows are subsampled with a fixed seed).
-        reconstruct_ridge: reconstruction's ridge strength relative to the mean eigenvalue of
-            the layer's input covariance; the fit is shrunk towards the pruned weights
-            (default 0.01).
-    """
-
-    ratio: float = 0.5
-    scope: str = "layer"
-    importance: str = "l2"
-    round_to: int | str = 1
-    protect: tuple[str, ...] = ()
-    layer_ratios: tuple[tuple[str, float], ...] = ()
-    max_ratio: float = 0.9
-    calibration_samples: int = 256
-    reconstruct: bool = False
-    reconstruct_rows: int = 20000
-    reconstruct_ridge: float = 0.01
+    ratio: float = setting(0.5, range="[0, 1)", flag="--structured", metavar="R", role=SEARCHED, help="""
+        fraction of the prunable units (channels, neurons) of every coupled group to remove; in
+        layer scope every group loses this fraction, in global scope this fraction of all
+        prunable units goes, the least important first""")
+    scope: str = setting("layer", choices=SCOPES, help="""
+        layer: every group (layer) loses the ratio (default); global: one ranking across groups""")
+    importance: str = setting("l2", choices=IMPORTANCE_METHODS, help="""
+        how channels are ranked: weight L2 norm (default; on the seed CNNs at ratio 0.5 it kept
+        95-96 % test top-1 where l1 kept 92-94 %), L1 norm, BatchNorm scale (bn) or activation
+        statistics on the calibration data (activation)""")
+    round_to: int | str = setting(1, kind="int", range=">= 1", words=("auto",), metavar="N|auto", help="""
+        round kept widths up to a multiple of N (default 1), or auto: the channel block of ONNX
+        Runtime's convolution kernels on this CPU (16 with AVX-512, 8 with AVX2); odd widths are
+        padded up to the block at run time, so they save bytes but little time""")
+    protect: tuple[str, ...] = setting((), metavar="NODE", help="names of nodes that must stay unchanged")
+    layer_ratios: tuple[tuple[str, float], ...] = setting((), kind="any", cli=False, help="""
+        per-node ratios {node name: ratio}; a group takes the smallest ratio named for its
+        producers, other groups use ratio""")
+    max_ratio: float = setting(0.9, range="(0, 1)", cli=False,
+                               help="in global scope, the largest fraction one group may lose")
+    calibration_samples: int = setting(256, range=">= 1", cli=False, help="""
+        samples of calibration data used for activation statistics and for reconstruction""")
+    reconstruct: bool = setting(False, help="""
+        after cutting, re-fit the weights (and bias) of every layer whose input channels were cut
+        so that its output matches the original model's on the calibration data (ridge least
+        squares, layer by layer, kept only where it lowers the held-out output error); needs
+        calibration data""")
+    reconstruct_rows: int = setting(20000, range=">= 1", cli=False, help="""
+        rows (samples x output positions) per layer for reconstruction, at most (Conv rows are
+        subsampled with a fixed seed)""")
+    reconstruct_ridge: float = setting(0.01, range="> 0", cli=False, help="""
+        reconstruction's ridge strength relative to the mean eigenvalue of the layer's input
+        covariance; the fit is shrunk towards the pruned weights""")
 
     def __post_init__(self) -> None:
-        if not _ratio_ok(self.ratio):
-            raise SettingError(f"ratio must be in [0, 1), got {self.ratio!r}")
-        if self.scope not in SCOPES:
-            raise SettingError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
-        if self.importance not in IMPORTANCE_METHODS:
-            raise SettingError(f"importance must be one of {', '.join(IMPORTANCE_METHODS)}, got {self.importance!r}")
-        if self.round_to != "auto" and (not isinstance(self.round_to, int) or isinstance(self.round_to, bool)
-                                        or self.round_to < 1):
-            raise SettingError(f"round_to must be an integer >= 1 or 'auto', got {self.round_to!r}")
-        if isinstance(self.protect, str) or not all(isinstance(n, str) for n in self.protect):
-            raise SettingError(f"protect must be a list of node names, got {self.protect!r}")
-        object.__setattr__(self, "protect", tuple(self.protect))
+        super().__post_init__()
         pairs = self.layer_ratios.items() if isinstance(self.layer_ratios, Mapping) else self.layer_ratios
         try:
             normalized = tuple(sorted((str(name), ratio) for name, ratio in pairs))
@@ -140,18 +122,6 @@ class PruneStructuredSettings(PassSettings):
             if not _ratio_ok(ratio):
                 raise SettingError(f"layer_ratios[{name!r}] must be in [0, 1), got {ratio!r}")
         object.__setattr__(self, "layer_ratios", normalized)
-        if not isinstance(self.max_ratio, (int, float)) or not 0 < self.max_ratio < 1:
-            raise SettingError(f"max_ratio must be in (0, 1), got {self.max_ratio!r}")
-        if not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
-            raise SettingError(f"calibration_samples must be an integer >= 1, got {self.calibration_samples!r}")
-        if not isinstance(self.reconstruct, bool):
-            raise SettingError(f"reconstruct must be true or false, got {self.reconstruct!r}")
-        if not isinstance(self.reconstruct_rows, int) or isinstance(self.reconstruct_rows, bool) \
-                or self.reconstruct_rows < 1:
-            raise SettingError(f"reconstruct_rows must be an integer >= 1, got {self.reconstruct_rows!r}")
-        if not isinstance(self.reconstruct_ridge, (int, float)) or isinstance(self.reconstruct_ridge, bool) \
-                or not 0 < self.reconstruct_ridge < float("inf"):
-            raise SettingError(f"reconstruct_ridge must be a number > 0, got {self.reconstruct_ridge!r}")
 
 
 @dataclasses.dataclass

@@ -38,6 +38,7 @@ import onnx_ir as ir
 from onnx_compress.errors import SettingError
 from onnx_compress.model_io import EXTERNAL_DATA_THRESHOLD_BYTES, weights_nbytes
 from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
+from onnx_compress.setting import SEARCHED, setting
 
 __all__ = ["PruneUnstructured", "PruneUnstructuredSettings", "PruneUnstructuredResult", "LayerSparsity",
            "compressed_size", "parse_nm"]
@@ -67,45 +68,31 @@ def parse_nm(value: Any) -> tuple[int, int] | None:
 
 @dataclasses.dataclass(frozen=True)
 class PruneUnstructuredSettings(PassSettings):
-    """Settings of :class:`PruneUnstructured`.
+    """Settings of :class:`PruneUnstructured` (each field's help text is its declaration below)."""
 
-    Attributes:
-        ratio: fraction of each eligible weight set to zero, in [0, 1); None (default) means
-            0.5 when ``nm`` is not given. Give ``ratio`` or ``nm``, not both.
-        nm: an ``N:M`` pattern (``"2:4"`` or ``(2, 4)``): keep ``N`` of every ``M`` weights.
-        scope: ``layer`` (default: every layer reaches the ratio) or ``global`` (one ranking).
-        protect: names of nodes whose weights stay dense.
-        protect_first_last: keep the first and last eligible layers dense (default True).
-        op_types: the ops whose weights are pruned (default Conv, Gemm, MatMul).
-    """
-
-    ratio: float | None = None
-    nm: tuple[int, int] | None = None
-    scope: str = "layer"
-    protect: tuple[str, ...] = ()
-    protect_first_last: bool = True
-    op_types: tuple[str, ...] = _OP_TYPES
+    ratio: float | None = setting(None, kind="float", range="[0, 1)", flag="--unstructured", metavar="R",
+                                  role=SEARCHED, help="""
+        fraction of each eligible Conv/Gemm/MatMul weight set to zero; None (default) means 0.5
+        when nm is not given; give ratio or nm, not both""")
+    nm: tuple[int, int] | None = setting(None, kind="any", metavar="N:M", help="""
+        an N:M pattern (2:4): keep N of every M weights""")
+    scope: str = setting("layer", choices=("layer", "global"), help="""
+        layer: every layer reaches the ratio (default); global: one ranking across layers""")
+    protect: tuple[str, ...] = setting((), metavar="NODE", help="names of nodes whose weights stay dense")
+    protect_first_last: bool = setting(True, flag="--prune-first-last", negate=True, help="""
+        keep the first and last eligible layers dense (default on; the flag --prune-first-last
+        prunes them too)""")
+    op_types: tuple[str, ...] = setting(_OP_TYPES, choices=_OP_TYPES, cli=False,
+                                        help="the ops whose weights are pruned")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         nm = parse_nm(self.nm)
         object.__setattr__(self, "nm", nm)
         if nm is not None and self.ratio is not None:
             raise SettingError("give either ratio or nm, not both (nm sets the sparsity to 1 - N/M)")
-        if self.ratio is not None and (isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float))
-                                       or not 0 <= self.ratio < 1):
-            raise SettingError(f"ratio must be in [0, 1), got {self.ratio!r}")
-        if self.scope not in ("layer", "global"):
-            raise SettingError(f"scope must be 'layer' or 'global', got {self.scope!r}")
         if nm is not None and self.scope != "layer":
             raise SettingError("nm applies per weight; use scope='layer' with it")
-        for name in ("protect", "op_types"):
-            value = getattr(self, name)
-            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-                raise SettingError(f"{name} must be a list of names, got {value!r}")
-            object.__setattr__(self, name, tuple(value))
-        unknown = sorted(set(self.op_types) - set(_OP_TYPES))
-        if unknown:
-            raise SettingError(f"op_types: {unknown} not supported; choose from {', '.join(_OP_TYPES)}")
 
     @property
     def effective_ratio(self) -> float:

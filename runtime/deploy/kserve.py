@@ -37,6 +37,7 @@ import yaml
 from onnx_compress import __version__
 from onnx_compress.errors import OutputPathError, SettingError
 from onnx_compress.model_io import PathLike
+from onnx_compress.setting import check_fields, setting
 
 __all__ = ["KServeSettings", "KServeDeployment", "kserve_manifests", "dockerfile", "deploy_kserve"]
 
@@ -53,33 +54,30 @@ WHEEL = f"onnx_compress-{__version__}-py3-none-any.whl"
 
 @dataclasses.dataclass(frozen=True)
 class KServeSettings:
-    """What the manifests ask of the cluster.
+    """What the manifests ask of the cluster (each field's help text is its declaration below)."""
 
-    Attributes:
-        name: base name of the InferenceServices (a DNS-1035 label: lowercase letters, digits, '-').
-        storage_uri: where the Triton repository is uploaded (``s3://bucket/models``, ``pvc://claim/models``).
-        image: the custom predictor's container image (built from the generated Dockerfile).
-        min_replicas, max_replicas: the replica range (``min_replicas=0``: scale to zero).
-        target_concurrency: in-flight requests per replica the autoscaler aims at (None: KServe's default).
-        cpu, memory: requests = limits per replica, as Kubernetes quantities.
-        gpus: ``nvidia.com/gpu`` per replica (0: none).
-        batch_size, batch_latency_ms: KServe's batcher for the custom predictor (None: no batcher).
-    """
-
-    name: str
-    storage_uri: str
-    image: str = f"onnx-compress-serve:{__version__}"
-    min_replicas: int = 1
-    max_replicas: int = 1
-    target_concurrency: int | None = None
-    cpu: str = "1"
-    memory: str = "2Gi"
-    gpus: int = 0
-    batch_size: int | None = None
-    batch_latency_ms: int | None = None
+    name: str = setting(dataclasses.MISSING, kind="str", cli=False, help="""
+        base name of the InferenceServices (a DNS-1035 label: lowercase letters, digits, '-')""")
+    storage_uri: str = setting(dataclasses.MISSING, kind="str", metavar="URI", help="""
+        where the Triton repository is uploaded for the cluster (s3://, gs://, pvc://, https://...)""")
+    image: str = setting(f"onnx-compress-serve:{__version__}", help="""
+        the container image of the onnx-compress predictor (built from the generated Dockerfile)""")
+    min_replicas: int = setting(1, range=">= 0", help="minReplicas (0: scale to zero)")
+    max_replicas: int = setting(1, range=">= 1", help="maxReplicas")
+    target_concurrency: int | None = setting(None, kind="int", range=">= 1", help="""
+        autoscale on in-flight requests per replica (scaleMetric concurrency, scaleTarget N; default:
+        KServe's)""")
+    cpu: str = setting("1", help="CPU per replica, requests = limits, a Kubernetes quantity (e.g. 500m)")
+    memory: str = setting("2Gi", help="memory per replica, requests = limits, a Kubernetes quantity")
+    gpus: int = setting(0, range=">= 0", help="nvidia.com/gpu per replica")
+    batch_size: int | None = setting(None, kind="int", range=">= 1", help="""
+        KServe batcher for the onnx-compress predictor: maxBatchSize (with --batch-latency-ms)""")
+    batch_latency_ms: int | None = setting(None, kind="int", range=">= 1", metavar="MS",
+                                           help="KServe batcher: maxLatency in ms")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _DNS_1035.match(self.name) or len(self.name) > _MAX_NAME:
+        check_fields(self)
+        if not _DNS_1035.match(self.name) or len(self.name) > _MAX_NAME:
             raise SettingError(
                 f"InferenceService name {self.name!r} is not a DNS-1035 label of at most {_MAX_NAME} characters "
                 "(lowercase letters, digits and '-', starting with a letter, not ending with '-')"
@@ -88,19 +86,12 @@ class KServeSettings:
             raise SettingError(f"storage URI {self.storage_uri!r} needs a scheme, e.g. s3://bucket/models or "
                                "pvc://claim/models (KServe downloads it to /mnt/models)")
         for what, value in (("cpu", self.cpu), ("memory", self.memory)):
-            if not isinstance(value, str) or not _QUANTITY.match(value) or float(re.sub(r"[A-Za-z]+$", "", value)) <= 0:
+            if not _QUANTITY.match(value) or float(re.sub(r"[A-Za-z]+$", "", value)) <= 0:
                 raise SettingError(f"{what} {value!r} is not a positive Kubernetes quantity (e.g. 500m, 2, 1.5Gi)")
         if not self.image or any(c.isspace() for c in self.image):
             raise SettingError(f"image {self.image!r} is not a container image reference")
-        _integer("min_replicas", self.min_replicas, 0)
-        _integer("max_replicas", self.max_replicas, 1)
         if self.max_replicas < self.min_replicas:
             raise SettingError(f"max_replicas {self.max_replicas} is below min_replicas {self.min_replicas}")
-        _integer("gpus", self.gpus, 0)
-        for what, value in (("target_concurrency", self.target_concurrency), ("batch_size", self.batch_size),
-                            ("batch_latency_ms", self.batch_latency_ms)):
-            if value is not None:
-                _integer(what, value, 1)
         if (self.batch_size is None) != (self.batch_latency_ms is None):
             raise SettingError("the batcher needs both batch_size and batch_latency_ms (or neither)")
 
@@ -111,11 +102,6 @@ class KServeSettings:
     @property
     def python_name(self) -> str:
         return self.name + _SUFFIXES[1]
-
-
-def _integer(what: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SettingError(f"{what} must be an integer >= {minimum}, got {value!r}")
 
 
 def _resources(settings: KServeSettings) -> dict[str, dict[str, str]]:

@@ -10,14 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import onnx_compress.cli.recover_cmd as cmd
 from onnx_compress.model_io import load_model
-from onnx_compress.training import recover as recover_module
-
-
-def test_cli_choices_agree_with_the_library():
-    assert cmd.DEVICES == recover_module.DEVICES
-    assert cmd.LOSS_KINDS == recover_module.LOSS_KINDS
 
 
 def test_cli_recover_writes_the_recovered_model(cli, pruned_torch_seed, torch_seed_onnx, digits_files, tmp_path):

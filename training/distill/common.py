@@ -89,6 +89,7 @@ import onnx_ir as ir
 
 from onnx_compress.data import LABELS_KEY, Dataset, DataSource, InputSpec, load_data
 from onnx_compress.errors import DataError, SettingError, one_line
+from onnx_compress.setting import check_fields, setting
 
 __all__ = [
     "OutputKind",
@@ -136,17 +137,7 @@ TeacherInputs = Union[str, Callable[[Batch], Mapping[str, np.ndarray]], None]
 
 @dataclasses.dataclass(frozen=True)
 class DistillSettings:
-    """The hyper-parameters of one distillation run, validated on construction.
-
-    Attributes:
-        epochs: passes over the training data (>= 1).
-        temperature: ``T`` > 0; 1 leaves the distributions as they are, larger softens them.
-        alpha: weight of the hard-label cross-entropy in [0, 1]; the KL term gets ``1 - alpha``.
-        lr: Adam's learning rate (> 0).
-        batch_size: samples per optimizer step (>= 1).
-        seed: seeds the order in which samples are visited (the student's initial weights are
-            the caller's).
-        teacher_outputs, student_outputs: ``auto``, ``logits``, ``log_probs`` or ``probs``.
+    """The hyper-parameters of one distillation run, declared and validated with ``setting``.
 
     The defaults (12 epochs, lr 2e-3, batch 32) are what the half-width seed-CNN student needs on
     the 1,168 digits training images: with the earlier 1e-3 and batch 64, six epochs are 110
@@ -155,34 +146,22 @@ class DistillSettings:
     teacher, seed 0; ``python samples/distill_torch.py`` measures more seeds).
     """
 
-    epochs: int = 12
-    temperature: float = 4.0
-    alpha: float = 0.5
-    lr: float = 2e-3
-    batch_size: int = 32
-    seed: int = 0
-    teacher_outputs: str = "auto"
-    student_outputs: str = "auto"
+    epochs: int = setting(12, range=">= 1", help="passes over the training data")
+    temperature: float = setting(4.0, range="> 0", help="""
+        the softening temperature T; 1 leaves the distributions as they are, larger softens them""")
+    alpha: float = setting(0.5, range="[0, 1]", help="""
+        weight of the hard-label cross-entropy; the KL term gets 1 - alpha (0: pure distillation,
+        no labels needed)""")
+    lr: float = setting(2e-3, range="> 0", help="Adam's learning rate")
+    batch_size: int = setting(32, range=">= 1", help="samples per optimizer step")
+    seed: int = setting(0, help="seeds the order in which samples are visited (the student's weights are the caller's)")
+    teacher_outputs: str = setting("auto", choices=("auto", *OUTPUT_KINDS),
+                                   help="what the teacher outputs (default auto: detected from the values)")
+    student_outputs: str = setting("auto", choices=("auto", *OUTPUT_KINDS),
+                                   help="what the student outputs (default auto: detected from the values)")
 
     def __post_init__(self) -> None:
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, np.integer)) or self.epochs < 1:
-            raise SettingError(f"epochs must be an integer >= 1, got {self.epochs!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
-            raise SettingError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        for name in ("temperature", "lr"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float, np.floating)) or not np.isfinite(value) or value <= 0:
-                raise SettingError(f"{name} must be a finite number > 0, got {value!r}")
-        if not isinstance(self.alpha, (int, float, np.floating)) or not 0.0 <= float(self.alpha) <= 1.0:
-            raise SettingError(
-                f"alpha (the weight of the hard-label loss) must be in [0, 1], got {self.alpha!r}"
-            )
-        for name in ("teacher_outputs", "student_outputs"):
-            value = getattr(self, name)
-            if value not in ("auto", *OUTPUT_KINDS):
-                raise SettingError(
-                    f"{name} must be one of auto, {', '.join(OUTPUT_KINDS)}; got {value!r}"
-                )
+        check_fields(self)
 
 
 @dataclasses.dataclass

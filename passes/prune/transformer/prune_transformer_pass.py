@@ -50,6 +50,7 @@ from onnx_compress.passes.prune.transformer.detect import EncoderLayer, Transfor
 from onnx_compress.passes.prune.transformer.importance import IMPORTANCE, unit_scores
 from onnx_compress.passes.prune.transformer.layers import choose_layers, remove_layers
 from onnx_compress.passes.prune.verify import Probe, check_pruned, make_probe
+from onnx_compress.setting import SEARCHED, setting
 from onnx_compress.stats import count_macs, count_params
 from onnx_compress.table import change_text
 
@@ -60,74 +61,38 @@ logger = logging.getLogger(__name__)
 LAYER_IMPORTANCE = ("skip", "cosine")
 
 
-def _fraction(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise SettingError(f"{name} must be a fraction in [0, 1], got {value!r}")
-    return float(value)
-
-
-def _count(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SettingError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 @dataclasses.dataclass(frozen=True)
 class PruneTransformerSettings(PassSettings):
-    """Settings of :class:`PruneTransformer`.
+    """Settings of :class:`PruneTransformer` (each field's help text is its declaration below)."""
 
-    Attributes:
-        heads: fraction of the attention heads each layer loses, in [0, 1] (default 0):
-            ``round(heads * H)`` heads; a fraction that would remove every head of a layer is
-            an error (at least one head stays).
-        ffn: fraction of the FFN neurons each layer loses, in [0, 1] (default 0), likewise.
-        layers: number of whole encoder layers to remove (default 0); at least one layer stays.
-        importance: heads and neurons ranked by ``contribution`` (default: their contribution
-            to the residual stream on calibration data) or ``magnitude`` (weights only, no data).
-        layer_importance: layers chosen by ``skip`` (default: greedily, the layer whose removal
-            keeps the output closest to the original's on calibration data) or ``cosine`` (the
-            layers that change the hidden state least). Both need calibration data.
-        round_to: kept FFN widths are rounded up to a multiple of this (default 1).
-        reconstruct: re-fit the output projection of every cut attention block and the down
-            projection of every cut FFN by ridge least squares on calibration data (default False).
-        calibration_samples: calibration samples used for head/neuron importance and
-            reconstruction (default 128).
-        layer_samples: calibration samples used to choose the layers to remove (default 64;
-            ``skip`` runs the model once per candidate layer and step on them).
-        reconstruct_rows: rows (tokens) per layer for reconstruction, at most (default 20000).
-        reconstruct_ridge: reconstruction's ridge strength (see :mod:`..reconstruct`; default 0.01).
-    """
-
-    heads: float = 0.0
-    ffn: float = 0.0
-    layers: int = 0
-    importance: str = "contribution"
-    layer_importance: str = "skip"
-    round_to: int = 1
-    reconstruct: bool = False
-    calibration_samples: int = 128
-    layer_samples: int = 64
-    reconstruct_rows: int = 20000
-    reconstruct_ridge: float = 0.01
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "heads", _fraction(self.heads, "heads"))
-        object.__setattr__(self, "ffn", _fraction(self.ffn, "ffn"))
-        _count(self.layers, "layers", 0)
-        if self.importance not in IMPORTANCE:
-            raise SettingError(f"importance must be one of {', '.join(IMPORTANCE)}, got {self.importance!r}")
-        if self.layer_importance not in LAYER_IMPORTANCE:
-            raise SettingError(f"layer_importance must be one of {', '.join(LAYER_IMPORTANCE)}, "
-                               f"got {self.layer_importance!r}")
-        _count(self.round_to, "round_to", 1)
-        if not isinstance(self.reconstruct, bool):
-            raise SettingError(f"reconstruct must be true or false, got {self.reconstruct!r}")
-        _count(self.calibration_samples, "calibration_samples", 1)
-        _count(self.layer_samples, "layer_samples", 1)
-        _count(self.reconstruct_rows, "reconstruct_rows", 1)
-        if isinstance(self.reconstruct_ridge, bool) or not isinstance(self.reconstruct_ridge, (int, float)) \
-                or not 0 < self.reconstruct_ridge < float("inf"):
-            raise SettingError(f"reconstruct_ridge must be a number > 0, got {self.reconstruct_ridge!r}")
+    heads: float = setting(0.0, range="[0, 1]", metavar="R", role=SEARCHED, help="""
+        fraction of the attention heads each encoder layer loses: round(heads * H) heads; a
+        fraction that would remove every head of a layer is an error (at least one head stays)""")
+    ffn: float = setting(0.0, range="[0, 1]", metavar="R", role=SEARCHED,
+                         help="fraction of the FFN neurons each encoder layer loses")
+    layers: int = setting(0, range=">= 0", metavar="N", role=SEARCHED, help="""
+        number of whole encoder layers to remove (the residual stream passes through); at least
+        one layer stays""")
+    importance: str = setting("contribution", choices=IMPORTANCE, flag="--head-importance", help="""
+        heads and FFN neurons ranked by their contribution to the residual stream on the
+        calibration data (default) or by weight magnitude (no data)""")
+    layer_importance: str = setting("skip", choices=LAYER_IMPORTANCE, help="""
+        layers chosen by skip (default: greedily, the layer whose removal keeps the output closest
+        to the original's) or cosine (the layers that change the hidden state least, 1 - cos(layer
+        input, layer output)); both on the calibration data""")
+    round_to: int = setting(1, range=">= 1", cli=False, help="kept FFN widths are rounded up to a multiple of this")
+    reconstruct: bool = setting(False, help="""
+        re-fit the output projection of every cut attention block and the down projection of
+        every cut FFN by ridge least squares on the calibration data""")
+    calibration_samples: int = setting(128, range=">= 1", cli=False, help="""
+        calibration samples used for head/neuron importance and reconstruction""")
+    layer_samples: int = setting(64, range=">= 1", cli=False, help="""
+        calibration samples used to choose the layers to remove (skip runs the model once per
+        candidate layer and step on them)""")
+    reconstruct_rows: int = setting(20000, range=">= 1", cli=False,
+                                    help="rows (tokens) per layer for reconstruction, at most")
+    reconstruct_ridge: float = setting(0.01, range="> 0", cli=False,
+                                       help="reconstruction's ridge strength (see passes/prune/reconstruct.py)")
 
 
 @dataclasses.dataclass
