@@ -26,6 +26,7 @@ from pathlib import Path
 
 import onnx_compress as oc
 from onnx_compress.pipeline import PipelineSettings, compress
+from onnx_compress.report.files import save_report
 from onnx_compress.report.text import render_text
 from onnx_compress.runtime import SessionSettings, compare
 from onnx_compress.table import format_table, human_bytes
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome.report.test = {"drop": test.drop, "stderr": test.details.get("stderr", float("nan")),
                                "samples": test.details.get("samples"), "reference": test.reference,
                                "candidate": test.candidate, "within_budget": within}
-        outcome.report.save(folder / "report")
+        save_report(outcome.report, folder / "report")
         speed = compare(original, compressed, oc.load_data(folder / "test.npz").take(8).inputs,
                         runs=200, settings=session)
         print(f"\n=== seed {name} CNN: {args.preset} preset, budget {args.max_drop} top-1 points on val ===")
