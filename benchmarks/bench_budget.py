@@ -27,7 +27,6 @@ from typing import Any
 from benchmarks import environment, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "samples"))
 
 MAX_DROP = 0.5
 
@@ -37,14 +36,14 @@ def _trained(framework: str, seed: int, fp32: Path, threads: int) -> Any:
     import onnx_compress as oc
 
     if framework == "torch":
-        import seed_torch_cnn
+        from onnx_compress.samples import seed_torch_cnn
         import torch
 
         torch.set_num_threads(threads)
         model, splits = seed_torch_cnn.trained_model(seed=seed)
         oc.export_torch(model, torch.from_numpy(splits.test.take(1).inputs["input"]), fp32)
     else:
-        import seed_keras_cnn
+        from onnx_compress.samples import seed_keras_cnn
 
         model, splits = seed_keras_cnn.trained_model(seed=seed)
         oc.export_keras(model, fp32, example_inputs=splits.test.take(2).inputs["input"])

@@ -34,7 +34,6 @@ from typing import Any
 from benchmarks import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "samples"
 ENERGIES = (0.99, 0.95, 0.90)
 
 
@@ -62,7 +61,7 @@ def _factor(model: Any, label: str, **kwargs: Any) -> tuple[Any, dict[str, Any]]
 
 
 def _minilm_rows(args: argparse.Namespace, settings: Any) -> list[dict[str, Any]]:
-    import minilm
+    from onnx_compress.samples import minilm
 
     from onnx_compress.model_io import load_model
     from onnx_compress.passes import Normalize
@@ -98,7 +97,7 @@ def _minilm_rows(args: argparse.Namespace, settings: Any) -> list[dict[str, Any]
 
 
 def _cnn_rows(args: argparse.Namespace, settings: Any) -> list[dict[str, Any]]:
-    import seed_torch_cnn
+    from onnx_compress.samples import seed_torch_cnn
     import torch
 
     import onnx_compress as oc
@@ -167,7 +166,6 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, str(SAMPLES))
 
     from onnx_compress.runtime import SessionSettings
 

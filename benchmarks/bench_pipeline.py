@@ -37,7 +37,6 @@ from benchmarks import environment, write_results
 from benchmarks.bench_quantize import _ort_default, cosines, export_minilm_variant
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "samples"))
 
 
 def _variants(fp32: Path, folder: Path, calib: Any, outcome_path: Path, label: str,
@@ -96,14 +95,14 @@ def bench_cnn(args: argparse.Namespace, framework: str) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     fp32 = folder / "seed_cnn.onnx"
     if framework == "torch":
-        import seed_torch_cnn
+        from onnx_compress.samples import seed_torch_cnn
         import torch
 
         torch.set_num_threads(args.threads)
         model, splits = seed_torch_cnn.trained_model()
         oc.export_torch(model, torch.from_numpy(splits.test.take(1).inputs["input"]), fp32)
     else:
-        import seed_keras_cnn
+        from onnx_compress.samples import seed_keras_cnn
 
         model, splits = seed_keras_cnn.trained_model()
         oc.export_keras(model, fp32, example_inputs=splits.test.take(2).inputs["input"])
@@ -121,7 +120,7 @@ def bench_cnn(args: argparse.Namespace, framework: str) -> dict[str, Any]:
 
 
 def bench_minilm(args: argparse.Namespace, export: str = "dynamo") -> dict[str, Any]:
-    import minilm
+    from onnx_compress.samples import minilm
 
     from onnx_compress.runtime import Runner, SessionSettings
     from onnx_compress.stats import size_on_disk

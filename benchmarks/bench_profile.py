@@ -42,7 +42,6 @@ from benchmarks import environment, write_results
 from benchmarks.bench_quantize import cosines, export_minilm_variant
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "samples"))
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -200,7 +199,7 @@ def cpu_ms_per_call(paths: list[Path], feeds: dict[str, np.ndarray], runs: int) 
 
 
 def bench_export(args: argparse.Namespace, export: str) -> dict[str, Any]:
-    import minilm
+    from onnx_compress.samples import minilm
 
     from onnx_compress.model_io import load_model, save_model
     from onnx_compress.passes import Fuse, Normalize, Quantize

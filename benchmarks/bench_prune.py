@@ -39,7 +39,6 @@ from benchmarks import write_results
 
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "samples"
 RATIOS = (0.25, 0.5, 0.75)
 
 
@@ -52,7 +51,7 @@ def _top1(model: Any, data: Any, settings: Any) -> float:
 
 def _cnn_rows(name: str, model: Any, splits: Any, args: argparse.Namespace, settings: Any) -> list[dict[str, Any]]:
     from onnx_compress.passes import Normalize, PruneStructured, PruneUnstructured
-    from onnx_compress.passes.prune.unstructured import compressed_size
+    from onnx_compress.passes.prune.prune_unstructured_pass import compressed_size
     from onnx_compress.runtime import compare
     from onnx_compress.stats import model_stats
 
@@ -93,8 +92,7 @@ def _cnn_rows(name: str, model: Any, splits: Any, args: argparse.Namespace, sett
 
 
 def _torch_seed() -> tuple[Any, Any]:
-    sys.path.insert(0, str(SAMPLES))
-    import seed_torch_cnn
+    from onnx_compress.samples import seed_torch_cnn
     import torch
 
     import onnx_compress as oc
@@ -110,8 +108,7 @@ def _torch_seed() -> tuple[Any, Any]:
 
 def _keras_seed() -> tuple[Any, Any]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, str(SAMPLES))
-    import seed_keras_cnn
+    from onnx_compress.samples import seed_keras_cnn
 
     import onnx_compress as oc
     from onnx_compress.model_io import load_model
@@ -125,8 +122,7 @@ def _keras_seed() -> tuple[Any, Any]:
 
 
 def _minilm_rows(args: argparse.Namespace, settings: Any) -> list[dict[str, Any]]:
-    sys.path.insert(0, str(SAMPLES))
-    import minilm
+    from onnx_compress.samples import minilm
 
     from onnx_compress.model_io import load_model
     from onnx_compress.passes import Normalize, PruneStructured

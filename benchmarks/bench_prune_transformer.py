@@ -38,7 +38,6 @@ from typing import Any
 from benchmarks import environment, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "samples"
 
 #: (name, PruneTransformer settings)
 CUTS: list[tuple[str, dict[str, Any]]] = [
@@ -76,8 +75,7 @@ def _cosine(reference: Any, candidate: Any, data: Any) -> tuple[float, float]:
 
 def run_export(export: str, args: argparse.Namespace, recover: Recover | None, folder: Path) -> list[dict[str, Any]]:
     """Every cut of one export, timed side by side with its fp32 original."""
-    sys.path.insert(0, str(SAMPLES))
-    import minilm
+    from onnx_compress.samples import minilm
 
     import onnx_compress as oc
     from onnx_compress.passes import Normalize

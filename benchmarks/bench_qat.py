@@ -21,20 +21,17 @@ may be shared: the ratios are indicative). Writes ``<out>/qat.json``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from benchmarks import environment, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "samples"))
 
 
 def _seed_models(folder: Path) -> dict[str, tuple[Path, Any]]:
     import keras
-    import seed_keras_cnn
-    import seed_torch_cnn
+    from onnx_compress.samples import seed_keras_cnn, seed_torch_cnn
     import torch
 
     import onnx_compress as oc

@@ -37,7 +37,6 @@ from typing import Any
 from benchmarks import environment, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "samples"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -92,7 +91,7 @@ def _speed(fp32: Path, candidate: Path, feeds, threads: int, runs: int) -> float
 
 
 def bench_cnn(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    import seed_torch_cnn
+    from onnx_compress.samples import seed_torch_cnn
     import torch
 
     import onnx_compress as oc
@@ -133,7 +132,7 @@ def export_minilm_variant(fp32: Path, export: str) -> str:
     """Export all-MiniLM-L6-v2 to ``fp32``; returns the output to compare. ``dynamo``: the
     sample's sentence embedder (``embedding``, one vector per sentence); ``torchscript``: the
     encoder as most users export it (``dynamo=False``, opset 17, ``last_hidden_state`` per token)."""
-    import minilm
+    from onnx_compress.samples import minilm
 
     if export == "torchscript":
         minilm.export_minilm_torchscript(fp32, sequence=64)
@@ -153,7 +152,7 @@ def cosines(expected: Any, got: Any, data: Any) -> Any:
 
 
 def bench_minilm(args: argparse.Namespace, folder: Path, export: str = "dynamo") -> dict[str, Any]:
-    import minilm
+    from onnx_compress.samples import minilm
 
     from onnx_compress.model_io import load_model, save_model
     from onnx_compress.passes import Fuse, Normalize

@@ -16,7 +16,6 @@ early stopping uses 200 other (validation) sentences. Speed: all models in one r
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from typing import Any
 from benchmarks import environment, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "samples"))
 
 INT8_STEPS = {"name": "int8 steps of small", "passes": [
     {"quantize": {"mode": "weight_only", "op_types": ["Gather"], "block_size": 128, "guard": "warn"}},
@@ -56,13 +54,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks")
     args = parser.parse_args(argv)
 
-    import minilm
-    import minilm_corpus
+    from onnx_compress.samples import minilm
+    from onnx_compress.samples import minilm_corpus
     import torch
 
     from onnx_compress.model_io import load_model, save_model
     from onnx_compress.passes.normalize import Normalize
-    from onnx_compress.passes.prune.structured import PruneStructured
+    from onnx_compress.passes.prune.prune_structured_pass import PruneStructured
     from onnx_compress.pipeline import PipelineSettings, compress
     from onnx_compress.runtime import Runner, SessionSettings, compare_many
     from onnx_compress.stats import size_on_disk

@@ -54,7 +54,6 @@ import numpy as np
 from benchmarks import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "samples"
 
 Feeds = dict[str, np.ndarray]
 
@@ -62,8 +61,7 @@ Feeds = dict[str, np.ndarray]
 def _seed_cnn(path: Path) -> Path:
     if path.exists():
         return path
-    sys.path.insert(0, str(SAMPLES))
-    import seed_torch_cnn
+    from onnx_compress.samples import seed_torch_cnn
     import torch
 
     import onnx_compress as oc
@@ -78,8 +76,7 @@ def _seed_cnn(path: Path) -> Path:
 def _minilm(path: Path) -> Path:
     if path.exists():
         return path
-    sys.path.insert(0, str(SAMPLES))
-    import minilm
+    from onnx_compress.samples import minilm
 
     path.parent.mkdir(parents=True, exist_ok=True)
     minilm.export_minilm(path, sequence=64)
@@ -88,8 +85,7 @@ def _minilm(path: Path) -> Path:
 
 def _minilm_feeds(count: int) -> list[Feeds]:
     """``count`` real tokenized sentences at sequence 64, one per request."""
-    sys.path.insert(0, str(SAMPLES))
-    import minilm
+    from onnx_compress.samples import minilm
 
     data = minilm.text_dataset(minilm.sentences(count), sequence=64)
     return [{k: v[i : i + 1] for k, v in data.inputs.items()} for i in range(len(data))]

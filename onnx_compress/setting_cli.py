@@ -28,14 +28,14 @@ __all__ = ["add_flags", "given", "flag_name", "reference", "REFERENCE_CLASSES"]
 REFERENCE_CLASSES = {
     "normalize": "onnx_compress.passes.normalize:NormalizeSettings",
     "fuse": "onnx_compress.passes.fuse:FuseSettings",
-    "prune_structured": "onnx_compress.passes.prune.structured:PruneStructuredSettings",
-    "prune_unstructured": "onnx_compress.passes.prune.unstructured:PruneUnstructuredSettings",
-    "prune_transformer": "onnx_compress.passes.prune.transformer.pruner:PruneTransformerSettings",
+    "prune_structured": "onnx_compress.passes.prune.prune_structured_pass:PruneStructuredSettings",
+    "prune_unstructured": "onnx_compress.passes.prune.prune_unstructured_pass:PruneUnstructuredSettings",
+    "prune_transformer": "onnx_compress.passes.prune.transformer.prune_transformer_pass:PruneTransformerSettings",
     "lowrank": "onnx_compress.passes.lowrank.settings:LowRankSettings",
     "quantize": "onnx_compress.passes.quantize.settings:QuantizeSettings",
     "recover": "onnx_compress.training.recover:RecoverySettings",
     "compress (the pipeline)": "onnx_compress.pipeline:PipelineSettings",
-    "distill": "onnx_compress.converters.distillation:DistillSettings",
+    "distill": "onnx_compress.training.distill.common:DistillSettings",
 }
 BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
 

@@ -19,8 +19,8 @@ __all__ = ["PASS_PATHS", "pass_class", "pass_names"]
 PASS_PATHS: dict[str, str] = {
     "normalize": "onnx_compress.passes.normalize:Normalize",
     "fuse": "onnx_compress.passes.fuse:Fuse",
-    "prune_structured": "onnx_compress.passes.prune.structured:PruneStructured",
-    "prune_unstructured": "onnx_compress.passes.prune.unstructured:PruneUnstructured",
+    "prune_structured": "onnx_compress.passes.prune.prune_structured_pass:PruneStructured",
+    "prune_unstructured": "onnx_compress.passes.prune.prune_unstructured_pass:PruneUnstructured",
     "prune_transformer": "onnx_compress.passes.prune.transformer:PruneTransformer",
     "lowrank": "onnx_compress.passes.lowrank:LowRank",
     "quantize": "onnx_compress.passes.quantize:Quantize",

@@ -27,18 +27,16 @@ from pathlib import Path
 
 import onnx_compress as oc
 from onnx_compress.pipeline import PipelineSettings, compress
+from onnx_compress.report.files import save_report
 from onnx_compress.report.text import render_text
 from onnx_compress.runtime import SessionSettings, compare
 from onnx_compress.table import format_table, human_bytes
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 
 def _torch_model(out: Path) -> Path:
     import torch
 
-    import seed_torch_cnn
+    from onnx_compress.samples import seed_torch_cnn
 
     torch.set_num_threads(2)
     model, splits = seed_torch_cnn.trained_model()
@@ -49,7 +47,7 @@ def _torch_model(out: Path) -> Path:
 
 
 def _keras_model(out: Path) -> Path:
-    import seed_keras_cnn
+    from onnx_compress.samples import seed_keras_cnn
 
     model, splits = seed_keras_cnn.trained_model()
     splits.save(out)
@@ -92,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome.report.test = {"drop": test.drop, "stderr": test.details.get("stderr", float("nan")),
                                "samples": test.details.get("samples"), "reference": test.reference,
                                "candidate": test.candidate, "within_budget": within}
-        outcome.report.save(folder / "report")
+        save_report(outcome.report, folder / "report")
         speed = compare(original, compressed, oc.load_data(folder / "test.npz").take(8).inputs,
                         runs=200, settings=session)
         print(f"\n=== seed {name} CNN: {args.preset} preset, budget {args.max_drop} top-1 points on val ===")

@@ -6,7 +6,7 @@ The seed Keras CNN (``samples/seed_keras_cnn.py``, trained 10 epochs) is the tea
 seed, one half-width student (``narrow_student(teacher, 0.5)``: Conv2D 16/32, Dense 64, a
 quarter of the parameters, the same softmax output) is built, cloned with the same weights, and
 the two identical copies are trained with the same loop
-(``onnx_compress.converters.tensorflow.distill``), epochs, learning rate, batch size and sample
+(``onnx_compress.training.distill.tensorflow``), epochs, learning rate, batch size and sample
 order:
 
 - "labels alone": ``alpha=1`` (hard-label cross-entropy only; the teacher is not used);
@@ -33,8 +33,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import onnx_compress as oc  # noqa: E402
-import seed_keras_cnn  # noqa: E402
-from onnx_compress.converters.tensorflow import distill, narrow_student  # noqa: E402
+from onnx_compress.samples import seed_keras_cnn  # noqa: E402
+from onnx_compress.training.distill.tensorflow import distill  # noqa: E402
+from onnx_compress.training.narrow.tensorflow import narrow_student  # noqa: E402
 from onnx_compress.runtime import Runner, SessionSettings  # noqa: E402
 from onnx_compress.table import format_table, human_count  # noqa: E402
 

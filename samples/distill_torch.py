@@ -5,7 +5,7 @@ Run:  python samples/distill_torch.py [--epochs 12] [--seeds 0 1 2] [--out artif
 The seed CNN (``samples/seed_torch_cnn.py``, trained 12 epochs) is the teacher. For every seed,
 one half-width student (``narrow_student(teacher, 0.5)``: 16/32 conv channels, 64 hidden units,
 a quarter of the parameters) is built, copied, and the two identical copies are trained with the
-same loop (``onnx_compress.converters.torch.distill``), the same epochs, learning rate, batch
+same loop (``onnx_compress.training.distill.torch``), the same epochs, learning rate, batch
 size and sample order:
 
 - "labels alone": ``alpha=1`` (hard-label cross-entropy only; the teacher is not used);
@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 import onnx_compress as oc
-import seed_torch_cnn
-from onnx_compress.converters.torch import distill, narrow_student
+from onnx_compress.samples import seed_torch_cnn
+from onnx_compress.training.distill.torch import distill
+from onnx_compress.training.narrow.torch import narrow_student
 from onnx_compress.runtime import Runner, SessionSettings
 from onnx_compress.table import format_table, human_count
 

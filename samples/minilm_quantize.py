@@ -22,7 +22,7 @@ import logging
 import time
 from pathlib import Path
 
-import minilm
+from onnx_compress.samples import minilm
 from onnx_compress.model_io import load_model, save_model
 from onnx_compress.passes import Normalize, Quantize
 from onnx_compress.runtime import Runner, SessionSettings, compare

@@ -5,7 +5,7 @@ Run:  python samples/seed_keras_cnn.py [--out artifacts/keras] [--epochs 10]
 It trains the seed ``Sequential`` model on scikit-learn's digits (upscaled to 28x28, NHWC),
 saves it as ``seed_cnn.keras``, exports that file with ``onnx_compress.export_keras`` (loaded
 with safe_mode, parity-checked in ONNX Runtime), verifies that ONNX Runtime's test accuracy
-equals Keras's, benchmarks the model, quantizes it statically and dynamically (``seed_quantize.py``)
+equals Keras's, benchmarks the model, quantizes it statically and dynamically (``onnx_compress.samples.seed_quantize``)
 and prints a table. The data splits are written as
 ``.npz`` files next to the model.
 """
@@ -20,54 +20,13 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import onnx_compress as oc  # noqa: E402
-from onnx_compress.data import Dataset  # noqa: E402
 from onnx_compress.runtime import Runner, SessionSettings, benchmark  # noqa: E402
+from onnx_compress.samples.seed_keras_cnn import predict, trained_model  # noqa: E402
+from onnx_compress.samples.seed_quantize import quantize_rows  # noqa: E402
 from onnx_compress.table import format_table, human_bytes, human_count  # noqa: E402
-from seed_quantize import quantize_rows  # noqa: E402
-
-
-def build_model() -> keras.Sequential:
-    """The seed model: Conv2D 32, MaxPooling, Conv2D 64, MaxPooling, Flatten, Dense 128, Dense 10."""
-    return keras.Sequential(
-        [
-            keras.Input(shape=(28, 28, 1)),
-            keras.layers.Conv2D(32, (3, 3), activation="relu"),
-            keras.layers.MaxPooling2D((2, 2)),
-            keras.layers.Conv2D(64, (3, 3), activation="relu"),
-            keras.layers.MaxPooling2D((2, 2)),
-            keras.layers.Flatten(),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-
-
-def train(model: keras.Model, data: Dataset, *, epochs: int = 10, seed: int = 0, lr: float = 2e-3,
-          batch_size: int = 64) -> list[float]:
-    """Train with Adam on sparse categorical cross-entropy; returns the loss per epoch."""
-    keras.utils.set_random_seed(seed)
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy")
-    history = model.fit(next(iter(data.inputs.values())), data.labels, epochs=epochs,
-                        batch_size=batch_size, verbose=0, shuffle=True)
-    return [float(v) for v in history.history["loss"]]
-
-
-def predict(model: keras.Model, data: Dataset) -> np.ndarray:
-    """Class predictions of the Keras model."""
-    return np.asarray(model.predict(next(iter(data.inputs.values())), verbose=0)).argmax(1)
-
-
-def trained_model(epochs: int = 10, seed: int = 0) -> tuple[keras.Sequential, oc.datasets.DigitsSplits]:
-    """The seed model trained on the digits' train split, and the splits (NHWC)."""
-    keras.utils.set_random_seed(seed)
-    splits = oc.load_digits("NHWC", seed=seed)
-    model = build_model()
-    train(model, splits.train, epochs=epochs, seed=seed)
-    return model, splits
 
 
 def main() -> None:

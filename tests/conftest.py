@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "samples"
-sys.path.insert(0, str(SAMPLES))
 sys.path.insert(0, str(ROOT / "tests" / "hardening"))  # large_model.py, fuzz_harness.py
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -45,7 +43,7 @@ def torch_seed(digits_nchw):
     import torch
 
     torch.set_num_threads(2)
-    import seed_torch_cnn
+    from onnx_compress.samples import seed_torch_cnn
 
     torch.manual_seed(0)
     model = seed_torch_cnn.SimpleModel()
@@ -70,7 +68,7 @@ def keras_seed(digits_nhwc):
     """The seed Keras CNN trained on digits (seeded before its weights are drawn, as the sample
     does: otherwise the initial weights depend on whatever drew random numbers earlier)."""
     import keras
-    import seed_keras_cnn
+    from onnx_compress.samples import seed_keras_cnn
 
     keras.utils.set_random_seed(0)
     model = seed_keras_cnn.build_model()
@@ -124,7 +122,7 @@ def cli():
 @pytest.fixture(scope="session")
 def minilm_onnx(artifacts) -> Path:
     """The pretrained all-MiniLM-L6-v2 sentence embedder exported to ONNX (batch and sequence dynamic)."""
-    import minilm
+    from onnx_compress.samples import minilm
 
     path = artifacts / "minilm.onnx"
     minilm.export_minilm(path, sequence=64)
@@ -135,7 +133,7 @@ def minilm_onnx(artifacts) -> Path:
 def minilm_ts_onnx(artifacts) -> Path:
     """all-MiniLM-L6-v2's BERT encoder as most users export it: TorchScript exporter, opset 17,
     inputs input_ids/attention_mask, per-token output ``last_hidden_state`` (no pooling)."""
-    import minilm
+    from onnx_compress.samples import minilm
 
     return minilm.export_minilm_torchscript(artifacts / "minilm_torchscript.onnx", sequence=64)
 
@@ -144,7 +142,7 @@ def minilm_ts_onnx(artifacts) -> Path:
 def keras_encoder_onnx(artifacts) -> Path:
     """A 2-layer BERT-style encoder built from Keras layers (MultiHeadAttention, LayerNormalization,
     erf-GELU FFN; seeded random weights) exported by tf2onnx: output ``last_hidden_state``."""
-    import keras_encoder
+    from onnx_compress.samples import keras_encoder
 
     return keras_encoder.export_encoder(artifacts / "keras_encoder.onnx").path
 
@@ -152,7 +150,7 @@ def keras_encoder_onnx(artifacts) -> Path:
 @pytest.fixture(scope="session")
 def keras_encoder_data():
     """Padded random token rows for :func:`keras_encoder_onnx`: {'calib': 200 rows, 'val': 200 rows}."""
-    import keras_encoder
+    from onnx_compress.samples import keras_encoder
 
     return {"calib": keras_encoder.token_dataset(200, seed=1), "val": keras_encoder.token_dataset(200, seed=2)}
 
@@ -160,7 +158,7 @@ def keras_encoder_data():
 @pytest.fixture(scope="session")
 def minilm_texts():
     """Tokenized real sentences: {'calib': Dataset(200), 'val': Dataset(200)} at sequence 64."""
-    import minilm
+    from onnx_compress.samples import minilm
 
     data = minilm.text_dataset(minilm.sentences(400), sequence=64)
     return {"calib": data.subset(slice(0, 200)), "val": data.subset(slice(200, 400))}

@@ -90,6 +90,13 @@ def test_every_package_folder_is_listed_in_pyproject():
     assert found == listed
 
 
+def test_the_lazy_training_folders_exist_and_require_frameworks():
+    """The lazy rule above checks real files: distill/ and narrow/ exist and do require frameworks."""
+    required = {_required(n) for folder in LAZY_TRAINING for path in folder.rglob("*.py")
+                for n in ast.walk(ast.parse(path.read_text()))} - {None}
+    assert {"torch", "tensorflow", "keras"} <= required
+
+
 def test_the_layering_test_sees_require():
     tree = ast.parse("def f():\n    torch = require('torch', 'x')\n    tf = optional.require('tensorflow', 'y')\n")
     assert {_required(n) for n in ast.walk(tree)} >= {"torch", "tensorflow"}
@@ -114,19 +121,30 @@ def test_passes_and_runtime_never_import_frameworks_or_converters():
             assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
+#: the training room's folders whose modules require their framework inside functions only (like
+#: converters/): distillation and narrow students, for torch and tensorflow alike
+LAZY_TRAINING = (ROOT / "training" / "distill", ROOT / "training" / "narrow")
+#: the sample models shared by samples/, tests and benchmarks: they require their framework at
+#: import (a class derives from torch.nn.Module); no library module imports them
+SAMPLES_PACKAGE = ROOT / "onnx_compress" / "samples"
+
+
 def test_frameworks_are_imported_only_through_require_and_only_lazily():
-    """Outside the rooms (converters/, training/) no import statement names a framework; outside
-    the training room, ``require`` of a framework runs inside a function, never when a module is
-    imported (the training room's modules require torch at import: the core reaches them only
-    lazily, see the next test)."""
+    """Outside converters/ no import statement names a framework (``require`` it); outside the
+    recovery modules of the training room, ``require`` of a framework runs inside a function, never
+    when a module is imported (recovery's modules require torch at import: the core reaches them
+    only lazily, see the test above). The training room's distill/ and narrow/ are held to the
+    lazy rule."""
     for path in _source_files():
         tree = ast.parse(path.read_text())
-        if path.is_relative_to(ROOT / "training"):
+        if path.is_relative_to(ROOT / "training") and not any(path.is_relative_to(p) for p in LAZY_TRAINING):
             continue
         if not path.is_relative_to(ROOT / "converters"):
             statements = {n for n in _imports(path) if _is_framework(n)} - {
                 _required(n) for n in ast.walk(tree) if _required(n)}
             assert not statements, f"{path.relative_to(ROOT)} imports {statements} without require()"
+        if path.is_relative_to(SAMPLES_PACKAGE):
+            continue
         for node in tree.body:
             module_level = [r for n in ast.walk(node) if (r := _required(n)) and _is_framework(r)
                             and not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
@@ -138,10 +156,19 @@ def test_only_converters_and_the_cli_front_door_require_frameworks():
     it to converters/; every other core module reaches a framework only through converters/."""
     for top in ("onnx_compress",):
         for path in (ROOT / top).rglob("*.py"):
-            if path.is_relative_to(ROOT / "onnx_compress" / "cli"):
+            if path.is_relative_to(ROOT / "onnx_compress" / "cli") or path.is_relative_to(SAMPLES_PACKAGE):
                 continue
             bad = [n for n in _imports(path) if _is_framework(n)]
             assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_no_library_module_imports_the_samples():
+    """``onnx_compress.samples`` is for samples/, tests and benchmarks: the library never imports it."""
+    for path in _source_files():
+        if path.is_relative_to(SAMPLES_PACKAGE):
+            continue
+        bad = [n for n in _imports(path) if n.startswith("onnx_compress.samples")]
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
 def _module_files() -> dict[str, Path]:
@@ -232,7 +259,7 @@ def test_the_import_graph_sees_function_level_and_package_imports():
     edges = import_graph()
     # a function-level import: a recipe step reaches the pass registry lazily
     assert "onnx_compress.passes.registry" in edges["onnx_compress.recipe"]
-    assert "onnx_compress.passes.quantize.core" in edges["onnx_compress.passes.quantize"]
+    assert "onnx_compress.passes.quantize.quantize_pass" in edges["onnx_compress.passes.quantize"]
 
 
 def test_no_import_cycles():

@@ -90,11 +90,13 @@ def test_bad_data_files_name_the_problem(cli, tmp_path, torch_seed_onnx):
                     "not found")
 
 
-def test_bad_export_sources_leave_nothing(cli, tmp_path):
+def test_bad_export_sources_leave_nothing(cli, tmp_path, tmp_path_factory):
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     out = tmp_path / "out.onnx"
-    _one_line_error(cli("export", "torch", f"{root / SAMPLE}:NoSuchFactory", "--input-shape", "1x1x28x28",
-                        "-o", out), "NoSuchFactory", "SimpleModel")
+    source = tmp_path_factory.mktemp("source") / "model.py"  # a user's file that defines its model
+    source.write_text("import torch\n\n\nclass Tiny(torch.nn.Module):\n    def forward(self, x):\n        return x\n")
+    _one_line_error(cli("export", "torch", f"{source}:NoSuchFactory", "--input-shape", "1x1x28x28",
+                        "-o", out), "NoSuchFactory", "Tiny")
     _one_line_error(cli("export", "torch", f"{tmp_path / 'nope.py'}:Model", "--input-shape", "1x1x28x28",
                         "-o", out), "not found")
     _one_line_error(cli("export", "torch", f"{root / SAMPLE}:SimpleModel", "--input-shape", "1x1x20x20",

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from onnx_compress.data import Dataset
 from onnx_compress.runtime import Runner, SessionSettings
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-
-FACTORY = f"""
-import sys
-sys.path.insert(0, {str(SAMPLES)!r})
+FACTORY = """
 import torch
-from seed_torch_cnn import SimpleModel
-from onnx_compress.converters.torch import narrow_student
+from onnx_compress.samples.seed_torch_cnn import SimpleModel
+from onnx_compress.training.narrow.torch import narrow_student
 
 
 def half_width():
@@ -38,7 +33,7 @@ def _one_line_error(proc, *fragments: str) -> None:
 
 
 def test_distill_cli_cross_framework(cli, tmp_path, keras_seed_onnx, digits_files, digits_nchw, keras_seed, digits_nhwc):
-    import seed_keras_cnn
+    from onnx_compress.samples import seed_keras_cnn
 
     factory = tmp_path / "student.py"
     factory.write_text(FACTORY)

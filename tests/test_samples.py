@@ -8,7 +8,7 @@ from onnx_compress.runtime import Runner, SessionSettings
 
 
 def test_torch_seed_onnx_accuracy_equals_pytorch(torch_seed, torch_seed_onnx, digits_nchw):
-    import seed_torch_cnn
+    from onnx_compress.samples import seed_torch_cnn
 
     torch_pred = seed_torch_cnn.predict(torch_seed, digits_nchw.test)
     onnx_pred = Runner(torch_seed_onnx, SessionSettings(provider="cpu")).run_dataset(digits_nchw.test)["output"].argmax(1)
@@ -17,7 +17,7 @@ def test_torch_seed_onnx_accuracy_equals_pytorch(torch_seed, torch_seed_onnx, di
 
 
 def test_keras_seed_onnx_accuracy_equals_keras(keras_seed, keras_seed_onnx, digits_nhwc):
-    import seed_keras_cnn
+    from onnx_compress.samples import seed_keras_cnn
 
     keras_pred = seed_keras_cnn.predict(keras_seed, digits_nhwc.test)
     onnx_pred = Runner(keras_seed_onnx, SessionSettings(provider="cpu")).run_dataset(digits_nhwc.test)["output"].argmax(1)
@@ -26,7 +26,7 @@ def test_keras_seed_onnx_accuracy_equals_keras(keras_seed, keras_seed_onnx, digi
 
 
 def test_minilm_export_matches_pytorch_at_another_sequence_length(minilm_onnx):
-    import minilm
+    from onnx_compress.samples import minilm
     import torch
 
     data = minilm.text_dataset(minilm.sentences(12)[4:], sequence=32)  # exported at 64: dynamic axis

@@ -12,7 +12,7 @@ from onnx_compress.cli.main import build_parser
 from onnx_compress.errors import SettingError
 from onnx_compress.passes.base import BudgetAwareSettings
 from onnx_compress.passes.lowrank.settings import LowRankSettings
-from onnx_compress.passes.prune.structured import PruneStructuredSettings
+from onnx_compress.passes.prune.prune_structured_pass import PruneStructuredSettings
 from onnx_compress.passes.quantize.settings import QuantizeSettings
 from onnx_compress.setting import BUDGET, declared, json_schema, setting
 from onnx_compress.setting_cli import given, reference

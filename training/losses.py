@@ -5,7 +5,7 @@ teacher's outputs (and the graph):
 
 ``kl`` — class scores ``(n, classes)``: ``T^2 * KL(softmax(z_t / T) || softmax(z_s / T))``
     (Hinton et al. 2015) with ``z`` the outputs in log space (logits and log-probabilities as
-    they are, probabilities as ``log(max(p, tiny))``: see ``converters/distillation.py``), plus
+    they are, probabilities as ``log(max(p, tiny))``: see ``training/distill/common.py``), plus
     ``label_weight * CE(z_s, y)`` when the data has ``labels``. Validation metric: top-1 (%)
     against the labels when there are labels, else agreement (%) with the teacher's top-1.
 ``cosine`` — embeddings ``(n, d)`` (detected when the teacher's rows have unit L2 norm):
@@ -30,8 +30,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from onnx_compress.converters.distillation import PROB_FLOOR, detect_output_kind
 from onnx_compress.optional import require
+from onnx_compress.training.distill.common import PROB_FLOOR, detect_output_kind
 
 __all__ = ["LossKind", "OutputLoss", "detect_loss", "find_mask_input"]
 

@@ -57,7 +57,7 @@ def _input_order(student: Any, names: list[str]) -> list[str]:
 
 def _distill(args: argparse.Namespace) -> int:
     from onnx_compress.cli.export_cmd import torch_module
-    from onnx_compress.converters.torch.distill import distill
+    from onnx_compress.training.distill.torch import distill
     from onnx_compress.converters.torch.export import export_torch
     from onnx_compress.data import load_data
     from onnx_compress.model_io import check_output_path, model_files
@@ -120,7 +120,7 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def _settings_class() -> Any:
-    from onnx_compress.converters.distillation import DistillSettings
+    from onnx_compress.training.distill.common import DistillSettings
 
     return DistillSettings
 

@@ -41,8 +41,8 @@ _TRANSFORMER = "heads ffn layers importance layer_importance"
 
 def _build_pass(args: argparse.Namespace, calibration: Any) -> Any:
     from onnx_compress.passes.prune import PruneStructured, PruneUnstructured
+    from onnx_compress.passes.prune.prune_unstructured_pass import parse_nm
     from onnx_compress.passes.prune.transformer import PruneTransformer
-    from onnx_compress.passes.prune.unstructured import parse_nm
 
     chosen = [f"--{name}" for name in ("structured", "unstructured", "nm", "heads", "ffn", "layers")
               if getattr(args, name) is not None]

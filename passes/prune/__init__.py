@@ -7,13 +7,13 @@
   smaller and faster.
 """
 
-from onnx_compress.passes.prune.structured import (
+from onnx_compress.passes.prune.prune_structured_pass import (
     GroupReport,
     PruneStructured,
     PruneStructuredResult,
     PruneStructuredSettings,
 )
-from onnx_compress.passes.prune.unstructured import (
+from onnx_compress.passes.prune.prune_unstructured_pass import (
     LayerSparsity,
     PruneUnstructured,
     PruneUnstructuredResult,

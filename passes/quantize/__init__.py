@@ -48,7 +48,7 @@ Limits
       enforced by the sensitivity-driven exclusions above.
 """
 
-from onnx_compress.passes.quantize.core import Quantize
+from onnx_compress.passes.quantize.quantize_pass import Quantize
 from onnx_compress.passes.quantize.result import (
     Choice,
     ExcludedNode,

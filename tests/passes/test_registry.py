@@ -56,7 +56,7 @@ def test_the_registry_imports_a_pass_only_when_a_recipe_names_it():
         "before = [m for m in sys.modules if m.startswith('onnx_compress.passes.')]\n"
         "pass_class('prune_structured')\n"
         "after = [m for m in sys.modules if m.startswith('onnx_compress.passes.')]\n"
-        "print(sorted(before)); print('onnx_compress.passes.prune.structured' in after, "
+        "print(sorted(before)); print('onnx_compress.passes.prune.prune_structured_pass' in after, "
         "'onnx_compress.passes.quantize' in after, 'onnx_compress.passes.fuse' in after)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -12,7 +12,7 @@ from onnx_compress.runtime.metrics import cosine_per_sample
 
 @pytest.mark.slow
 def test_small_preset_on_the_torchscript_minilm(minilm_ts_onnx, minilm_texts, tmp_path):
-    import minilm
+    from onnx_compress.samples import minilm
 
     import onnx_compress as oc
     from onnx_compress.pipeline import PipelineSettings

@@ -9,7 +9,7 @@ import pytest
 from onnx_compress.data import Dataset
 from onnx_compress.model_io import load_model, save_model
 from onnx_compress.passes.normalize import Normalize
-from onnx_compress.passes.prune.structured import PruneStructured
+from onnx_compress.passes.prune.prune_structured_pass import PruneStructured
 from onnx_compress.runtime.session import Runner
 
 

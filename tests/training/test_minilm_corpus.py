@@ -7,8 +7,8 @@ import pytest
 
 @pytest.mark.slow
 def test_training_sentences_are_many_distinct_and_held_apart():
-    import minilm
-    import minilm_corpus
+    from onnx_compress.samples import minilm
+    from onnx_compress.samples import minilm_corpus
 
     train = minilm_corpus.training_sentences(20000)
     assert len(train) == len(set(train)) == 20000

@@ -11,7 +11,7 @@ import pytest
 
 @pytest.mark.slow
 def test_seed_quantize_rows_report_static_and_dynamic(torch_seed_onnx, digits_nchw, tmp_path):
-    import seed_quantize
+    from onnx_compress.samples import seed_quantize
 
     path = tmp_path / "seed_cnn.onnx"
     shutil.copy(torch_seed_onnx, path)

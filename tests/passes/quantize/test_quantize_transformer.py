@@ -61,7 +61,7 @@ def test_dynamic_int8_on_a_transformer_block(block_onnx):
 def test_minilm_dynamic_with_auto_exclusion_reaches_the_targets(minilm_onnx, minilm_texts):
     """all-MiniLM-L6-v2: mean cosine >= 0.995 and min >= 0.985 on held-out sentences (the issue's
     accuracy targets; ONNX Runtime's default dynamic quantization gives 0.962 / 0.910 here)."""
-    import minilm
+    from onnx_compress.samples import minilm
 
     model = load_model(minilm_onnx)
     result = Quantize(mode="auto", calibration=minilm_texts["calib"], validation=minilm_texts["val"],
@@ -107,7 +107,7 @@ def _real_token_cosine(reference, candidate, data) -> np.ndarray:
 def test_keras_encoder_dynamic_int8_runs_on_the_fused_graph(keras_encoder_onnx, keras_encoder_data):
     """A Keras/tf2onnx encoder (LayerNorm as GlobalAveragePool moments) is recognised as a
     transformer, fused (MultiHeadAttention, Gelu) before dynamic int8, every projection int8."""
-    import keras_encoder
+    from onnx_compress.samples import keras_encoder
 
     from onnx_compress.passes import Normalize
     from onnx_compress.stats import op_histogram
@@ -132,7 +132,7 @@ def test_keras_encoder_dynamic_int8_runs_on_the_fused_graph(keras_encoder_onnx, 
 def test_torchscript_minilm_dynamic_int8_on_the_fused_graph(minilm_ts_onnx, minilm_texts):
     """The TorchScript MiniLM (last_hidden_state) gets the same fused dynamic int8 as the dynamo
     export: six MultiHeadAttention, all 36 projections int8, mean cosine >= 0.99 on real tokens."""
-    import minilm
+    from onnx_compress.samples import minilm
 
     from onnx_compress.passes import Normalize
     from onnx_compress.stats import op_histogram

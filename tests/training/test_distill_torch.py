@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from onnx_compress.converters.distillation import DistillHistory
-from onnx_compress.converters.torch import distill, narrow_student
-from onnx_compress.converters.torch.distill import distillation_loss
+from onnx_compress.training.distill.common import DistillHistory
+from onnx_compress.training.distill.torch import distill
+from onnx_compress.training.narrow.torch import narrow_student
+from onnx_compress.training.distill.torch import distillation_loss
 from onnx_compress.data import Dataset
 from onnx_compress.errors import DataError, SettingError
 from onnx_compress.model_io import load_model
@@ -82,7 +83,7 @@ def test_loss_formula():
 
 def test_onnx_teacher_exported_from_keras_teaches_a_torch_student(keras_seed_onnx, keras_seed, digits_nchw, digits_nhwc):
     """Cross-framework: the Keras seed (NHWC input, softmax output) as ONNX, an NCHW PyTorch student."""
-    import seed_keras_cnn
+    from onnx_compress.samples import seed_keras_cnn
 
     torch.manual_seed(0)
     student = narrow_student(_seed_architecture(), 0.5)
@@ -98,7 +99,7 @@ def test_onnx_teacher_exported_from_keras_teaches_a_torch_student(keras_seed_onn
 
 
 def _seed_architecture() -> nn.Module:
-    import seed_torch_cnn
+    from onnx_compress.samples import seed_torch_cnn
 
     return seed_torch_cnn.SimpleModel()
 

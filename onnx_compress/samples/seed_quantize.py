@@ -1,5 +1,5 @@
-"""Static and dynamic int8 rows for the seed samples' tables (used by seed_torch_cnn.py and
-seed_keras_cnn.py).
+"""Static and dynamic int8 rows for the seed samples' tables (used by ``samples/seed_torch_cnn.py``
+and ``samples/seed_keras_cnn.py``).
 
 :func:`quantize_rows` normalizes the exported model, quantizes it with
 ``onnx_compress.passes.Quantize`` in ``static`` mode (calibrated on the digits' calibration split,

@@ -1,5 +1,8 @@
 """Knowledge distillation: what the PyTorch and the Keras trainers share. Imports no framework.
 
+The epoch loop itself is :mod:`onnx_compress.training.distill.loop`; everything before it (the
+settings and history, output kinds, the teacher run once, the checks) is here.
+
 The loss
     For a batch of ``n`` samples, with the student's outputs ``s`` and the teacher's outputs
     ``t`` brought to *log space* ``z_s``, ``z_t`` (below), labels ``y``, temperature ``T > 0``
@@ -85,7 +88,7 @@ import onnx
 import onnx_ir as ir
 
 from onnx_compress.data import LABELS_KEY, Dataset, DataSource, InputSpec, load_data
-from onnx_compress.errors import DataError, SettingError
+from onnx_compress.errors import DataError, SettingError, one_line
 from onnx_compress.setting import check_fields, setting
 
 __all__ = [
@@ -110,6 +113,10 @@ __all__ = [
     "epoch_order",
     "top1_percent",
     "agreement_percent",
+    "probe_student",
+    "TeacherOutputs",
+    "run_teacher",
+    "start_history",
 ]
 
 logger = logging.getLogger(__name__)
@@ -526,3 +533,70 @@ def collect_outputs(
             raise SettingError(f"the {who} returned {len(out)} rows for a batch of {len(next(iter(batch.values())))}")
         chunks.append(out.astype(np.float32, copy=False))
     return np.concatenate(chunks)
+
+
+# --------------------------------------------------------------------------- before training (both trainers)
+
+
+def probe_student(outputs: Callable[[], Any]) -> np.ndarray:
+    """The student's outputs on a first batch (``outputs()``), checked to be ``(batch, classes)``;
+    a student that fails on the data is named in a SettingError before anything trains."""
+    try:
+        return check_class_outputs(outputs(), "student")
+    except SettingError:
+        raise
+    except Exception as exc:
+        raise SettingError(
+            f"the student failed on the training data ({type(exc).__name__}: {one_line(exc)}); "
+            "check that the data is keyed and shaped for the student"
+        ) from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherOutputs:
+    """The teacher's raw outputs over the training data (and the validation data), and their kind."""
+
+    train: np.ndarray
+    val: np.ndarray | None
+    kind: OutputKind
+
+
+def run_teacher(
+    predict: Callable[[Batch], np.ndarray],
+    train: Dataset,
+    val: Dataset | None,
+    transform: Callable[[Batch], Batch],
+    settings: DistillSettings,
+    *,
+    student_classes: int,
+    progress: bool,
+) -> TeacherOutputs:
+    """Run the teacher once over the training and validation data; refuse a teacher whose number
+    of classes is not the student's, labels outside the classes, and a declared output kind the
+    outputs cannot be."""
+    raw = collect_outputs(predict, train, transform, batch_size=settings.batch_size, who="teacher", progress=progress)
+    raw_val = None if val is None else collect_outputs(
+        predict, val, transform, batch_size=settings.batch_size, who="teacher", progress=progress)
+    classes = raw.shape[1]
+    if student_classes != classes:
+        raise SettingError(
+            f"the teacher has {classes} outputs per sample, the student {student_classes}: "
+            "distillation needs the same classes in the same order"
+        )
+    check_labels(train, classes, "train_data")
+    if val is not None:
+        check_labels(val, classes, "val_data")
+    return TeacherOutputs(raw, raw_val, resolve_output_kind(raw, settings.teacher_outputs, who="teacher"))
+
+
+def start_history(settings: DistillSettings, teacher: TeacherOutputs, *, student_kind: str, device: str,
+                  train: Dataset, val: Dataset | None) -> DistillHistory:
+    """The run's empty history (with the teacher's validation top-1), logged as the run starts."""
+    teacher_val_top1 = None
+    if teacher.val is not None and val is not None and val.labels is not None:
+        teacher_val_top1 = top1_percent(teacher.val, val.labels)
+    history = new_history(settings, teacher_kind=teacher.kind, student_kind=student_kind, device=device,
+                          has_labels=train.labels is not None, val=val, teacher_val_top1=teacher_val_top1)
+    logger.info("distilling: teacher outputs %s, student outputs %s, %d samples, device %s",
+                teacher.kind, student_kind, len(train), device)
+    return history

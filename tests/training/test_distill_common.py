@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnx_compress.converters.distillation import (
+from onnx_compress.training.distill.common import (
     DistillSettings,
     detect_output_kind,
     log_softmax,
@@ -107,7 +107,7 @@ def test_data_checks_before_training():
 
 
 def test_layout_hint_only_when_a_transposition_fits():
-    from onnx_compress.converters.distillation import layout_hint
+    from onnx_compress.training.distill.common import layout_hint
     from onnx_compress.data import InputSpec
 
     nhwc = [InputSpec("input", np.dtype("float32"), ("batch", 28, 28, 1))]

@@ -166,7 +166,7 @@ def narrow_student(teacher: Any, factor: float = 0.5, *, example_input: Any = No
         UnsupportedModelError: the teacher is not plain; the message names the step and why.
     """
     torch = require("torch", "building a narrow PyTorch student")
-    import torch.fx as fx
+    fx = require("torch.fx", "building a narrow PyTorch student")
 
     nn = torch.nn
     functional = torch.nn.functional

@@ -1,8 +1,8 @@
 """Knowledge distillation into a Keras 3 student, from a Keras or an ONNX teacher.
 
 Same arguments, loss, output-kind handling, teacher caching, checks and history as the PyTorch
-trainer (:mod:`onnx_compress.converters.torch.distill`; the loss and its conventions are stated
-in :mod:`onnx_compress.converters.distillation`)::
+trainer (:mod:`onnx_compress.training.distill.torch`; the loss and its conventions are stated
+in :mod:`onnx_compress.training.distill.common`)::
 
     L = (1 - alpha) * T^2 * KL( softmax(z_t / T) || softmax(z_s / T) ) + alpha * CE( softmax(z_s), y )
 
@@ -11,8 +11,9 @@ How
     ``train_step``: one ``tf.function`` step (traced once, the batch axis left open) computes the
     loss under a ``tf.GradientTape`` with the student in training mode (``training=True``), adds
     the student's own regularization losses (``student.losses``, as ``fit`` would), and applies
-    Keras' Adam. Keeping the loop ours gives both frameworks the same per-epoch progress bar,
-    validation and :class:`~onnx_compress.converters.distillation.DistillHistory`; the student
+    Keras' Adam. Keeping the loop ours (:mod:`onnx_compress.training.distill.loop`, shared with
+    the PyTorch trainer) gives both frameworks the same epochs, per-epoch progress bar,
+    validation and :class:`~onnx_compress.training.distill.common.DistillHistory`; the student
     stays an ordinary Keras model, trained in place (nothing is compiled into it).
 
 Softmax students
@@ -34,38 +35,33 @@ Inputs
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnx_compress.converters.distillation import (
+from onnx_compress.data import Dataset, DataSource
+from onnx_compress.errors import SettingError
+from onnx_compress.optional import require
+from onnx_compress.training.distill.common import (
     PROB_FLOOR,
     DistillHistory,
     DistillSettings,
     OnnxTeacher,
     TeacherInputs,
-    agreement_percent,
-    check_class_outputs,
-    check_labels,
-    collect_outputs,
-    epoch_order,
     is_onnx_model,
-    new_history,
     prepare_data,
+    probe_student,
     resolve_output_kind,
+    run_teacher,
     soft_targets,
+    start_history,
     teacher_feeds,
     to_log_space,
-    top1_percent,
 )
-from onnx_compress.data import Dataset, DataSource
-from onnx_compress.errors import SettingError, one_line
-from onnx_compress.optional import require
+from onnx_compress.training.distill.loop import train_epochs
 
 __all__ = ["distill", "distillation_loss", "resolve_device"]
 
@@ -206,7 +202,7 @@ def distill(
             (path, ``onnx_ir.Model`` or ``onnx.ModelProto``) run in ONNX Runtime, e.g. a PyTorch
             model exported to ONNX (then usually ``teacher_inputs="NHWC->NCHW"``).
         student: the ``keras.Model`` to train in place, e.g. from ``narrow_student``.
-        Other arguments: as :func:`onnx_compress.converters.torch.distill`.
+        Other arguments: as :func:`onnx_compress.training.distill.torch.distill`.
 
     Returns:
         ``(student, history)``.
@@ -228,15 +224,7 @@ def distill(
 
     with tf.device(train_device):
         infer = _inference_fn(student, train, tf)
-        try:
-            probe = check_class_outputs(_student_outputs(infer, train.take(min(len(train), 32)), settings.batch_size), "student")
-        except SettingError:
-            raise
-        except Exception as exc:
-            raise SettingError(
-                f"the student failed on the training data ({type(exc).__name__}: {one_line(exc)}); "
-                "check that the data is keyed and shaped for the student"
-            ) from exc
+        probe = probe_student(lambda: _student_outputs(infer, train.take(min(len(train), 32)), settings.batch_size))
         if not student.trainable_variables:
             raise SettingError("the student has no trainable variables")
         student_kind = resolve_output_kind(probe, settings.student_outputs, who="student")
@@ -252,31 +240,12 @@ def distill(
                 f"teacher must be a keras.Model, a .keras file or an ONNX model (path or onnx_ir.Model), "
                 f"got {type(teacher).__name__}"
             )
-        raw_teacher = collect_outputs(predict, train, transform, batch_size=settings.batch_size,
-                                      who="teacher", progress=progress)
-        raw_teacher_val = None if val is None else collect_outputs(
-            predict, val, transform, batch_size=settings.batch_size, who="teacher", progress=progress)
-        classes = raw_teacher.shape[1]
-        if probe.shape[1] != classes:
-            raise SettingError(
-                f"the teacher has {classes} outputs per sample, the student {probe.shape[1]}: "
-                "distillation needs the same classes in the same order"
-            )
-        check_labels(train, classes, "train_data")
-        if val is not None:
-            check_labels(val, classes, "val_data")
-        teacher_kind = resolve_output_kind(raw_teacher, settings.teacher_outputs, who="teacher")
-
-        targets = soft_targets(to_log_space(raw_teacher, teacher_kind), settings.temperature)
-        teacher_val_top1 = None
-        if raw_teacher_val is not None and val is not None and val.labels is not None:
-            teacher_val_top1 = top1_percent(raw_teacher_val, val.labels)
-        history = new_history(settings, teacher_kind=teacher_kind, student_kind=student_kind,
-                              device=train_device, has_labels=train.labels is not None, val=val,
-                              teacher_val_top1=teacher_val_top1)
-        logger.info("distilling: teacher outputs %s, student outputs %s, %d samples, device %s",
-                    teacher_kind, student_kind, len(train), train_device)
-        _train(student, train, val, targets, raw_teacher_val, settings, history, student_kind,
+        teacher_out = run_teacher(predict, train, val, transform, settings, student_classes=probe.shape[1],
+                                  progress=progress)
+        targets = soft_targets(to_log_space(teacher_out.train, teacher_out.kind), settings.temperature)
+        history = start_history(settings, teacher_out, student_kind=student_kind, device=train_device,
+                                train=train, val=val)
+        _train(student, train, val, targets, teacher_out.val, settings, history, student_kind,
                infer, tf, keras, progress)
     return student, history
 
@@ -284,8 +253,7 @@ def distill(
 def _train(student: Any, train: Dataset, val: Dataset | None, targets: np.ndarray, raw_teacher_val: np.ndarray | None,
            settings: DistillSettings, history: DistillHistory, student_kind: str, infer: Any, tf: Any,
            keras: Any, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
+    """Keras' Adam in one ``tf.function`` step; the epochs are :func:`train_epochs`'s."""
     names = list(train.names)
     has_labels = train.labels is not None
     optimizer = keras.optimizers.Adam(learning_rate=settings.lr)
@@ -308,40 +276,12 @@ def _train(student: Any, train: Dataset, val: Dataset | None, targets: np.ndarra
         return total, kd, tf.zeros(()) if ce is None else ce
 
     labels_all = train.labels.astype(np.int64) if has_labels else np.zeros(len(train), np.int64)
-    rng = np.random.default_rng(settings.seed)
-    n = len(train)
-    for epoch in range(settings.epochs):
-        start = time.perf_counter()
-        sums = {"loss": 0.0, "kd": 0.0, "ce": 0.0}
-        bar = tqdm(total=n, desc=f"distill epoch {epoch + 1}/{settings.epochs}", unit="sample",
-                   disable=not progress)
-        for indices in epoch_order(n, settings.batch_size, rng):
-            batch = [arr[indices] for arr in train.inputs.values()]
-            total, kd, ce = step(*batch, targets[indices], labels_all[indices])
-            values = {"loss": float(total), "kd": float(kd), "ce": float(ce)}
-            if not math.isfinite(values["loss"]):
-                raise SettingError(
-                    f"distillation diverged in epoch {epoch + 1} (loss {values['loss']}); lower lr "
-                    f"(now {settings.lr}) or the temperature (now {settings.temperature})"
-                )
-            for key, value in values.items():
-                sums[key] += value * len(indices)
-            bar.update(len(indices))
-            bar.set_postfix(loss=f"{values['loss']:.4f}", kd=f"{values['kd']:.4f}",
-                            ce=f"{values['ce']:.4f}" if has_labels else "-")
-        history.loss.append(sums["loss"] / n)
-        history.distill_loss.append(sums["kd"] / n)
-        if history.label_loss is not None:
-            history.label_loss.append(sums["ce"] / n)
-        postfix = {"loss": f"{history.loss[-1]:.4f}"}
-        if val is not None and raw_teacher_val is not None:
-            outputs = _student_outputs(infer, val, settings.batch_size)
-            history.val_agreement.append(agreement_percent(outputs, raw_teacher_val))  # type: ignore[union-attr]
-            postfix["val_agree"] = f"{history.val_agreement[-1]:.2f}%"  # type: ignore[index]
-            if history.val_top1 is not None and val.labels is not None:
-                history.val_top1.append(top1_percent(outputs, val.labels))
-                postfix["val_top1"] = f"{history.val_top1[-1]:.2f}%"
-        history.epoch_seconds.append(time.perf_counter() - start)
-        bar.set_postfix(postfix)
-        bar.close()
-        logger.info("epoch %d/%d: %s", epoch + 1, settings.epochs, postfix)
+
+    def batch_step(indices: np.ndarray) -> tuple[float, float, float | None]:
+        batch = [arr[indices] for arr in train.inputs.values()]
+        total, kd, ce = step(*batch, targets[indices], labels_all[indices])
+        return float(total), float(kd), float(ce) if has_labels else None
+
+    train_epochs(batch_step, len(train), settings, history, val=val, teacher_val=raw_teacher_val,
+                 predict_val=None if val is None else (lambda: _student_outputs(infer, val, settings.batch_size)),
+                 progress=progress)

@@ -8,9 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from onnx_compress.converters.distillation import DistillHistory
-from onnx_compress.converters.tensorflow import distill, narrow_student
-from onnx_compress.converters.tensorflow.distill import distillation_loss
+from onnx_compress.training.distill.common import DistillHistory
+from onnx_compress.training.distill.tensorflow import distill
+from onnx_compress.training.narrow.tensorflow import narrow_student
+from onnx_compress.training.distill.tensorflow import distillation_loss
 from onnx_compress.data import Dataset
 from onnx_compress.errors import DataError, SettingError, UnsupportedModelError  # noqa: E402
 
@@ -34,7 +35,7 @@ def keras_distilled(keras_seed, torch_seed_onnx, digits_nhwc) -> tuple[object, D
 
 
 def test_onnx_teacher_from_pytorch_teaches_a_keras_student(keras_distilled, torch_seed, digits_nchw, digits_nhwc):
-    import seed_torch_cnn
+    from onnx_compress.samples import seed_torch_cnn
 
     student, history = keras_distilled
     assert history.teacher_outputs == "log_probs" and history.student_outputs == "probs"
@@ -48,7 +49,7 @@ def test_onnx_teacher_from_pytorch_teaches_a_keras_student(keras_distilled, torc
 def test_keras_teacher_object_and_file(keras_seed, keras_seed_file, digits_nhwc, caplog):
     small = digits_nhwc.train.take(192)
     for teacher in (keras_seed, keras_seed_file):
-        with caplog.at_level(logging.DEBUG, logger="onnx_compress.converters.tensorflow.distill"):
+        with caplog.at_level(logging.DEBUG, logger="onnx_compress.training.distill.tensorflow"):
             student, history = distill(teacher, _student(keras_seed), small, epochs=2, progress=False)
         assert history.teacher_outputs == "probs" and history.student_outputs == "probs"
         assert history.label_loss is not None and history.val_metric is None
@@ -60,8 +61,8 @@ def test_keras_teacher_object_and_file(keras_seed, keras_seed_file, digits_nhwc,
 def test_losses_match_the_pytorch_trainer():
     """Both frameworks compute the same loss from the same outputs."""
     import torch
-    from onnx_compress.converters.distillation import soft_targets
-    from onnx_compress.converters.torch.distill import distillation_loss as torch_loss
+    from onnx_compress.training.distill.common import soft_targets
+    from onnx_compress.training.distill.torch import distillation_loss as torch_loss
 
     rng = np.random.default_rng(2)
     z_s = (rng.standard_normal((7, 10)) * 3).astype(np.float32)

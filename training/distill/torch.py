@@ -1,6 +1,6 @@
 """Knowledge distillation into a PyTorch student, from a PyTorch or an ONNX teacher.
 
-The loss (stated in full in :mod:`onnx_compress.converters.distillation`)::
+The loss (stated in full in :mod:`onnx_compress.training.distill.common`)::
 
     L = (1 - alpha) * T^2 * KL( softmax(z_t / T) || softmax(z_s / T) ) + alpha * CE( softmax(z_s), y )
 
@@ -15,6 +15,8 @@ Training
     outputs are computed once before training (see the shared module). After every epoch the
     student is evaluated (eval mode) on ``val_data``: top-1 against the labels and agreement with
     the teacher. A tqdm bar per epoch (stderr) shows the running losses, then the val metrics.
+    The epochs are the shared loop's (:mod:`onnx_compress.training.distill.loop`); this module
+    gives it one batch's step.
 
 Device
     ``device="auto"`` trains on CUDA when ``torch.cuda.is_available()``, else on the CPU; an ONNX
@@ -32,36 +34,32 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from onnx_compress.converters.distillation import (
+from onnx_compress.converters.torch.export import _eval_mode
+from onnx_compress.data import Dataset, DataSource
+from onnx_compress.errors import SettingError
+from onnx_compress.optional import require
+from onnx_compress.training.distill.common import (
     DistillHistory,
     DistillSettings,
     OnnxTeacher,
     TeacherInputs,
-    agreement_percent,
-    check_class_outputs,
-    check_labels,
-    collect_outputs,
-    epoch_order,
+    TeacherOutputs,
     is_onnx_model,
-    new_history,
     prepare_data,
+    probe_student,
     resolve_output_kind,
+    run_teacher,
     soft_targets,
+    start_history,
     teacher_feeds,
     to_log_space,
-    top1_percent,
 )
-from onnx_compress.converters.torch.export import _eval_mode
-from onnx_compress.data import Dataset, DataSource
-from onnx_compress.errors import SettingError, one_line
-from onnx_compress.optional import require
+from onnx_compress.training.distill.loop import train_epochs
 
 __all__ = ["distill", "distillation_loss", "resolve_device"]
 
@@ -152,19 +150,11 @@ def _student_log_space(out: Any, kind: str, torch: Any) -> Any:
 
 def _prepare(teacher: Any, student: Any, train: Dataset, val: Dataset | None, settings: DistillSettings,
              transform: Any, teacher_output: str | None, device: Any, torch: Any,
-             progress: bool) -> tuple[str, np.ndarray, np.ndarray | None, str]:
+             progress: bool) -> tuple[str, TeacherOutputs]:
     """Everything before training: probe the student, run the teacher once, check they fit."""
     # The student first (cheap): does it run on the data, and what does it output?
-    try:
-        probe = check_class_outputs(
-            _student_outputs(student, train.take(min(len(train), 32)), device, settings.batch_size, torch), "student")
-    except SettingError:
-        raise
-    except Exception as exc:
-        raise SettingError(
-            f"the student failed on the training data ({type(exc).__name__}: {one_line(exc)}); "
-            "check that the data is keyed and shaped for the student"
-        ) from exc
+    probe = probe_student(
+        lambda: _student_outputs(student, train.take(min(len(train), 32)), device, settings.batch_size, torch))
     student_kind = resolve_output_kind(probe, settings.student_outputs, who="student")
 
     # The teacher once, over the training and validation data.
@@ -179,21 +169,9 @@ def _prepare(teacher: Any, student: Any, train: Dataset, val: Dataset | None, se
             f"teacher must be a torch.nn.Module or an ONNX model (path or onnx_ir.Model), got {type(teacher).__name__}"
         )
     with _eval_mode(teacher) if isinstance(teacher, torch.nn.Module) else contextlib.nullcontext():
-        raw_teacher = collect_outputs(predict, train, transform, batch_size=settings.batch_size,
-                                      who="teacher", progress=progress)
-        raw_teacher_val = None if val is None else collect_outputs(
-            predict, val, transform, batch_size=settings.batch_size, who="teacher", progress=progress)
-    classes = raw_teacher.shape[1]
-    if probe.shape[1] != classes:
-        raise SettingError(
-            f"the teacher has {classes} outputs per sample, the student {probe.shape[1]}: "
-            "distillation needs the same classes in the same order"
-        )
-    check_labels(train, classes, "train_data")
-    if val is not None:
-        check_labels(val, classes, "val_data")
-    teacher_kind = resolve_output_kind(raw_teacher, settings.teacher_outputs, who="teacher")
-    return student_kind, raw_teacher, raw_teacher_val, teacher_kind
+        outputs = run_teacher(predict, train, val, transform, settings, student_classes=probe.shape[1],
+                              progress=progress)
+    return student_kind, outputs
 
 
 def distill(
@@ -229,7 +207,7 @@ def distill(
             an iterable of dicts; keyed by the student's input names, plus ``labels`` (needed
             when ``alpha > 0``).
         epochs, temperature, alpha, lr, batch_size, seed: see
-            :class:`~onnx_compress.converters.distillation.DistillSettings`.
+            :class:`~onnx_compress.training.distill.common.DistillSettings`.
         val_data: held-out data evaluated after every epoch (top-1 with labels, agreement with
             the teacher in every case).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
@@ -243,7 +221,7 @@ def distill(
 
     Returns:
         ``(student, history)``: the trained student (eval mode, on the device it came on) and a
-        :class:`~onnx_compress.converters.distillation.DistillHistory`.
+        :class:`~onnx_compress.training.distill.common.DistillHistory`.
 
     Raises:
         DataError: empty data, no labels while ``alpha > 0``, labels outside the classes, data
@@ -266,23 +244,17 @@ def distill(
 
     student.to(train_device)
     try:
-        student_kind, raw_teacher, raw_teacher_val, teacher_kind = _prepare(
+        student_kind, teacher_out = _prepare(
             teacher, student, train, val, settings, transform, teacher_output, train_device, torch, progress)
     except BaseException:
         student.to(home_device)
         raise
 
-    targets = torch.from_numpy(soft_targets(to_log_space(raw_teacher, teacher_kind), settings.temperature))
-    teacher_val_top1 = None
-    if raw_teacher_val is not None and val is not None and val.labels is not None:
-        teacher_val_top1 = top1_percent(raw_teacher_val, val.labels)
-    history = new_history(settings, teacher_kind=teacher_kind, student_kind=student_kind,
-                          device=str(train_device), has_labels=train.labels is not None, val=val,
-                          teacher_val_top1=teacher_val_top1)
-    logger.info("distilling: teacher outputs %s, student outputs %s, %d samples, device %s",
-                teacher_kind, student_kind, len(train), train_device)
+    targets = torch.from_numpy(soft_targets(to_log_space(teacher_out.train, teacher_out.kind), settings.temperature))
+    history = start_history(settings, teacher_out, student_kind=student_kind, device=str(train_device),
+                            train=train, val=val)
     try:
-        _train(student, train, val, targets, raw_teacher_val, settings, history, student_kind,
+        _train(student, train, val, targets, teacher_out.val, settings, history, student_kind,
                train_device, torch, progress)
     finally:
         student.eval()
@@ -293,57 +265,28 @@ def distill(
 def _train(student: Any, train: Dataset, val: Dataset | None, targets: Any, raw_teacher_val: np.ndarray | None,
            settings: DistillSettings, history: DistillHistory, student_kind: str, device: Any, torch: Any,
            progress: bool) -> None:
-    from tqdm.auto import tqdm
-
+    """Adam over the trainable parameters; the epochs are :func:`train_epochs`'s."""
     inputs = {name: torch.from_numpy(arr) for name, arr in train.inputs.items()}
     labels = None if train.labels is None else torch.from_numpy(train.labels.astype(np.int64))
     optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=settings.lr)
-    rng = np.random.default_rng(settings.seed)
-    n = len(train)
-    for epoch in range(settings.epochs):
-        start = time.perf_counter()
-        student.train()
-        sums = {"loss": 0.0, "kd": 0.0, "ce": 0.0}
-        bar = tqdm(total=n, desc=f"distill epoch {epoch + 1}/{settings.epochs}", unit="sample",
-                   disable=not progress)
-        for indices in epoch_order(n, settings.batch_size, rng):
-            index = torch.from_numpy(indices)
-            batch = {name: arr[index].to(device) for name, arr in inputs.items()}
-            out = _forward(student, batch)
-            total, kd, ce = distillation_loss(
-                _student_log_space(out, student_kind, torch),
-                targets[index].to(device),
-                None if labels is None else labels[index].to(device),
-                temperature=settings.temperature,
-                alpha=settings.alpha,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            values = {"loss": total.item(), "kd": kd.item(), "ce": 0.0 if ce is None else ce.item()}
-            if not math.isfinite(values["loss"]):
-                raise SettingError(
-                    f"distillation diverged in epoch {epoch + 1} (loss {values['loss']}); lower lr "
-                    f"(now {settings.lr}) or the temperature (now {settings.temperature})"
-                )
-            for key, value in values.items():
-                sums[key] += value * len(indices)
-            bar.update(len(indices))
-            bar.set_postfix(loss=f"{values['loss']:.4f}", kd=f"{values['kd']:.4f}",
-                            ce=f"{values['ce']:.4f}" if ce is not None else "-")
-        history.loss.append(sums["loss"] / n)
-        history.distill_loss.append(sums["kd"] / n)
-        if history.label_loss is not None:
-            history.label_loss.append(sums["ce"] / n)
-        postfix = {"loss": f"{history.loss[-1]:.4f}"}
-        if val is not None and raw_teacher_val is not None:
-            outputs = _student_outputs(student, val, device, settings.batch_size, torch)
-            history.val_agreement.append(agreement_percent(outputs, raw_teacher_val))  # type: ignore[union-attr]
-            postfix["val_agree"] = f"{history.val_agreement[-1]:.2f}%"  # type: ignore[index]
-            if history.val_top1 is not None and val.labels is not None:
-                history.val_top1.append(top1_percent(outputs, val.labels))
-                postfix["val_top1"] = f"{history.val_top1[-1]:.2f}%"
-        history.epoch_seconds.append(time.perf_counter() - start)
-        bar.set_postfix(postfix)
-        bar.close()
-        logger.info("epoch %d/%d: %s", epoch + 1, settings.epochs, postfix)
+
+    def step(indices: np.ndarray) -> tuple[float, float, float | None]:
+        index = torch.from_numpy(indices)
+        batch = {name: arr[index].to(device) for name, arr in inputs.items()}
+        out = _forward(student, batch)
+        total, kd, ce = distillation_loss(
+            _student_log_space(out, student_kind, torch),
+            targets[index].to(device),
+            None if labels is None else labels[index].to(device),
+            temperature=settings.temperature,
+            alpha=settings.alpha,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        return total.item(), kd.item(), None if ce is None else ce.item()
+
+    train_epochs(step, len(train), settings, history, val=val, teacher_val=raw_teacher_val,
+                 predict_val=None if val is None else (
+                     lambda: _student_outputs(student, val, device, settings.batch_size, torch)),
+                 start_epoch=student.train, progress=progress)

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from onnx_compress.converters.torch import narrow_student
+from onnx_compress.training.narrow.torch import narrow_student
 from onnx_compress.errors import SettingError, UnsupportedModelError
 
 
@@ -22,7 +22,7 @@ def _widths(module: nn.Module) -> list[tuple[str, int, int]]:
 
 
 def test_seed_cnn_written_with_functional_calls_is_plain():
-    import seed_torch_cnn
+    from onnx_compress.samples import seed_torch_cnn
 
     teacher = seed_torch_cnn.SimpleModel()
     student = narrow_student(teacher, 0.5, example_input=torch.zeros(2, 1, 28, 28))
