@@ -81,7 +81,17 @@ class RecoverySettings(PassSettings):
         seed: the shuffling and initialisation seed (0).
         cache_mb: teacher outputs on the training data up to this size are computed once (512).
         max_minutes: stop training when this much time has passed (mid-epoch: the partial epoch is
-            evaluated like a full one); None = no limit.
+            evaluated like a full one); None = no limit. The learning-rate decay follows whichever
+            of the step count and the elapsed time is further along, so a time-limited run ends
+            at a learning rate near 0 instead of stopping at its peak.
+        trim: pad each batch only to its longest real sequence (True; data with an attention-mask
+            input whose sequence axis is dynamic in both graphs; ignored otherwise). Real-token
+            outputs do not depend on the padding, so this changes cost, not the result.
+        bucket: batches of similar lengths (True; with ``trim``): the shuffled data is cut into
+            windows of 50 batches, sorted by length inside a window, batched, and the batches
+            shuffled, so little of a step is padding.
+        steps_per_epoch: evaluate (and early-stop) every this many steps instead of once per
+            pass over the data (None: one pass); the data streams on, reshuffled every pass.
     """
 
     epochs: int = 10
@@ -98,6 +108,9 @@ class RecoverySettings(PassSettings):
     seed: int = 0
     cache_mb: float = 512.0
     max_minutes: float | None = None
+    trim: bool = True
+    bucket: bool = True
+    steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
@@ -116,6 +129,8 @@ class RecoverySettings(PassSettings):
             raise SettingError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise SettingError(f"max_minutes must be > 0, got {self.max_minutes!r}")
+        if self.steps_per_epoch is not None and (not isinstance(self.steps_per_epoch, int) or self.steps_per_epoch < 1):
+            raise SettingError(f"steps_per_epoch must be an integer >= 1 or None, got {self.steps_per_epoch!r}")
         if isinstance(self.match, str):
             object.__setattr__(self, "match", (self.match,))
 
@@ -206,38 +221,106 @@ def _teacher_with_outputs(teacher: ir.Model, extra: Sequence[str]) -> ir.Model:
     return copy_
 
 
+class _Sequences:
+    """Dynamic sequence length: which inputs carry the (batch, sequence) axes of the attention mask,
+    each sample's real length, and the batches of an epoch (length-bucketed when asked).
+
+    Active only when there is a mask input and every graph declares that axis dynamic; otherwise
+    every batch keeps the data's full length (``names`` empty)."""
+
+    def __init__(self, models: Sequence[ir.Model], data: Dataset, mask_name: str | None, enabled: bool) -> None:
+        self.names: list[str] = []
+        self.full = 0
+        if not enabled or mask_name is None:
+            return
+        rows, full = data.inputs[mask_name].shape
+        names = [n for n, a in data.inputs.items() if a.ndim >= 2 and a.shape[:2] == (rows, full)]
+        for model in models:
+            for spec in input_specs(model):
+                if spec.name in names and (spec.shape is None or len(spec.shape) < 2 or isinstance(spec.shape[1], int)):
+                    logger.info("trim off: input %r has a fixed sequence length in the graph", spec.name)
+                    return
+        self.names, self.full, self.mask_name = names, full, mask_name
+
+    def lengths(self, data: Dataset) -> np.ndarray | None:
+        """The real length of every sample (last unmasked position + 1); None when trimming is off."""
+        if not self.names:
+            return None
+        real = data.inputs[self.mask_name] != 0
+        return np.where(real.any(1), real.shape[1] - np.argmax(real[:, ::-1], axis=1), 1)
+
+    def feeds(self, data: Dataset, index: np.ndarray, names: Sequence[str], lengths: np.ndarray | None) -> dict[str, np.ndarray]:
+        length = None if lengths is None else int(lengths[index].max())
+        return {n: data.inputs[n][index][:, :length] if length is not None and n in self.names else data.inputs[n][index]
+                for n in names}
+
+    @staticmethod
+    def epoch(count: int, batch: int, rng: np.random.Generator, lengths: np.ndarray | None, bucket: bool) -> list[np.ndarray]:
+        """One shuffled pass over ``count`` samples in batches (see ``RecoverySettings.bucket``)."""
+        order = rng.permutation(count)
+        if lengths is None or not bucket:
+            return [np.sort(order[s:s + batch]) for s in range(0, count, batch)]
+        batches: list[np.ndarray] = []
+        window = batch * 50
+        for w in range(0, count, window):
+            part = order[w:w + window]
+            part = part[np.argsort(lengths[part], kind="stable")]
+            batches.extend(np.sort(part[s:s + batch]) for s in range(0, len(part), batch))
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+
 class _Teacher:
     """The teacher's outputs per batch: kept for the whole set when they fit in ``cache_mb``
-    (each sample is run once, when a batch first needs it), else run for every batch."""
+    (each sample is run once, when a batch first needs it), else run for every batch (on the
+    batch's trimmed inputs). Per-token values (axis 1 follows the input's length) are cut to the
+    batch's length when served from the cache."""
 
-    def __init__(self, runner: Runner, names: Sequence[str], data: Dataset, batch: int, cache_mb: float) -> None:
+    def __init__(self, runner: Runner, names: Sequence[str], data: Dataset, batch: int, cache_mb: float,
+                 sequences: _Sequences | None = None) -> None:
         self.runner, self.names, self.data = runner, list(names), data
         self.inputs = [spec.name for spec in runner.input_specs]
+        self.sequences = sequences if sequences is not None and sequences.names else None
+        self.lengths = self.sequences.lengths(data) if self.sequences else None
         probe = self._run(np.arange(min(len(data), 2)))
+        self.per_token: set[str] = set()
+        if self.sequences is not None and self.sequences.full > 1:
+            short = {n: data.inputs[n][:2][:, :self.sequences.full - 1] if n in self.sequences.names else data.inputs[n][:2]
+                     for n in self.inputs}
+            for name, value in zip(self.names, self.runner.run(short, self.names)):
+                if value.ndim >= 2 and probe[name].shape[1] != value.shape[1]:
+                    self.per_token.add(name)
         per_sample = sum(a.nbytes for a in probe.values()) / max(len(probe[self.names[0]]), 1)
         self.cache: dict[str, np.ndarray] | None = None
         self.done = np.zeros(len(data), dtype=bool)
         if per_sample * len(data) <= cache_mb * 2**20:
             self.cache = {n: np.empty((len(data), *a.shape[1:]), a.dtype) for n, a in probe.items()}
 
-    def _run(self, index: np.ndarray) -> dict[str, np.ndarray]:
-        feeds = {n: self.data.inputs[n][index] for n in self.inputs}
+    def _run(self, index: np.ndarray, trim: bool = False) -> dict[str, np.ndarray]:
+        if trim and self.sequences is not None:
+            feeds = self.sequences.feeds(self.data, index, self.inputs, self.lengths)
+        else:
+            feeds = {n: self.data.inputs[n][index] for n in self.inputs}
         return dict(zip(self.names, self.runner.run(feeds, self.names)))
 
     def __call__(self, index: np.ndarray) -> dict[str, np.ndarray]:
         if self.cache is None:
-            return self._run(index)
+            return self._run(index, trim=True)
         missing = index[~self.done[index]]
         for start in range(0, len(missing), 256):
             part = missing[start:start + 256]
             for name, values in self._run(part).items():
                 self.cache[name][part] = values
             self.done[part] = True
-        return {n: a[index] for n, a in self.cache.items()}
+        length = None if self.lengths is None else int(self.lengths[index].max())
+        return {n: a[index][:, :length] if n in self.per_token else a[index] for n, a in self.cache.items()}
 
     def all(self) -> dict[str, np.ndarray]:
-        """The outputs on every sample (computed now where missing)."""
-        return self(np.arange(len(self.data)))
+        """The outputs on every sample at the data's full length (computed now where missing)."""
+        lengths, self.lengths = self.lengths, None
+        try:
+            return self(np.arange(len(self.data)))
+        finally:
+            self.lengths = lengths
 
 
 def recover(
@@ -295,9 +378,11 @@ def recover(
 
     runner = Runner(_teacher_with_outputs(teacher_model, match))
     wanted = [*outputs, *[m for m in match if m not in outputs]]
-    teacher_train = _Teacher(runner, wanted, train, settings.batch_size, settings.cache_mb)
-    teacher_val = _Teacher(runner, wanted, valid, settings.batch_size, float("inf"))
     mask_name = find_mask_input(train.inputs)
+    sequences = _Sequences((student_model, teacher_model), train, mask_name, settings.trim)
+    train_lengths, val_lengths = sequences.lengths(train), sequences.lengths(valid)
+    teacher_train = _Teacher(runner, wanted, train, settings.batch_size, settings.cache_mb, sequences)
+    teacher_val = _Teacher(runner, wanted, valid, settings.batch_size, float("inf"), sequences)
     val_mask = valid.inputs[mask_name] if mask_name else None
     losses: list[OutputLoss] = []
     val_reference = teacher_val.all()
@@ -330,15 +415,19 @@ def recover(
         with torch.no_grad():
             for s in range(0, len(valid), settings.batch_size):
                 index = np.arange(s, min(s + settings.batch_size, len(valid)))
-                out = module(**{n: valid.inputs[n][index] for n in module.input_names})
+                out = module(**sequences.feeds(valid, index, module.input_names, val_lengths))
                 target = teacher_val(index)
-                mask = None if mask_name is None else torch.from_numpy(valid.inputs[mask_name][index]).to(device)
+                mask = None if mask_name is None else torch.from_numpy(
+                    sequences.feeds(valid, index, [mask_name], val_lengths)[mask_name]).to(device)
                 batch_loss = sum(l.weight * l.loss(out[l.name], torch.from_numpy(target[l.name]).to(device), mask,
                                                    None, 0.0) for l in losses)
                 total += batch_loss.item() * len(index)
                 count += len(index)
                 for l in losses:
-                    chunks[l.name].append(out[l.name].cpu().numpy())
+                    value = out[l.name].cpu().numpy()
+                    if l.name in teacher_val.per_token and value.shape[1] < sequences.full:  # trimmed: pad back
+                        value = np.pad(value, [(0, 0), (0, sequences.full - value.shape[1])] + [(0, 0)] * (value.ndim - 2))
+                    chunks[l.name].append(value)
         student_out = np.concatenate(chunks[primary.name])
         name, value, worst = primary.metric(student_out, val_reference[primary.name], val_mask, valid.labels)
         result.metric_name = name
@@ -353,17 +442,27 @@ def recover(
 
     params = list(module.params.values())
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
+    steps_per_epoch = settings.steps_per_epoch or math.ceil(len(train) / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
     warmup = max(1, int(0.05 * total_steps))
+    if settings.max_minutes is not None:
+        warmup = min(warmup, 100)  # a time-limited run may end long before 5 % of the nominal steps
 
     def lr_at(step: int) -> float:
         if step < warmup:
             return settings.lr * (step + 1) / warmup
         progress_ = (step - warmup) / max(1, total_steps - warmup)
-        return settings.lr * 0.5 * (1 + math.cos(math.pi * progress_))
+        if deadline is not None:  # the decay follows whichever of steps and time is further along
+            progress_ = max(progress_, (time.perf_counter() - train_start) / (deadline - train_start))
+        return settings.lr * 0.5 * (1 + math.cos(math.pi * min(progress_, 1.0)))
 
     rng = np.random.default_rng(settings.seed)
+
+    def batch_stream() -> Any:
+        while True:
+            yield from _Sequences.epoch(len(train), settings.batch_size, rng, train_lengths, settings.bucket)
+
+    stream = batch_stream()
     from tqdm.auto import tqdm
 
     step, stale = 0, 0
@@ -374,15 +473,15 @@ def recover(
         for epoch in range(1, settings.epochs + 1):
             epoch_start = time.perf_counter()
             module.train()
-            order = rng.permutation(len(train))
             running, seen = 0.0, 0
-            bar = tqdm(total=len(train), desc=f"recover epoch {epoch}/{settings.epochs}", unit="sample",
+            bar = tqdm(total=steps_per_epoch * settings.batch_size, desc=f"recover epoch {epoch}/{settings.epochs}", unit="sample",
                        disable=None if progress else True, leave=False)  # None: off when stderr is no terminal
-            for s in range(0, len(train), settings.batch_size):
-                index = np.sort(order[s:s + settings.batch_size])
-                out = module(**{n: train.inputs[n][index] for n in module.input_names})
+            for _ in range(steps_per_epoch):
+                index = next(stream)
+                out = module(**sequences.feeds(train, index, module.input_names, train_lengths))
                 target = teacher_train(index)
-                mask = None if mask_name is None else torch.from_numpy(train.inputs[mask_name][index]).to(device)
+                mask = None if mask_name is None else torch.from_numpy(
+                    sequences.feeds(train, index, [mask_name], train_lengths)[mask_name]).to(device)
                 labels = labels_train[index].to(device) if use_labels else None  # type: ignore[index]
                 loss = sum(l.weight * l.loss(out[l.name], torch.from_numpy(target[l.name]).to(device), mask,
                                              labels if l is primary else None, settings.label_weight)

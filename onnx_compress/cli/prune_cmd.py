@@ -114,7 +114,7 @@ def _build_pass(args: argparse.Namespace, calibration: Any) -> Any:
 
         return PruneTransformer(heads=args.heads or 0.0, ffn=args.ffn or 0.0, layers=args.layers or 0,
                                 importance=args.head_importance, layer_importance=args.layer_importance,
-                                reconstruct=args.reconstruct, calibration=calibration)
+                                head_scope=args.head_scope, reconstruct=args.reconstruct, calibration=calibration)
     if not given:
         raise SettingError("choose what to prune: --structured R, --unstructured R, --nm N:M, "
                            "or --heads R / --ffn R / --layers N")
@@ -269,6 +269,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--head-importance", choices=["contribution", "magnitude"], default="contribution",
                         help="transformer: rank heads and FFN neurons by their contribution on --data (default) "
                              "or by weight magnitude (no data)")
+    parser.add_argument("--head-scope", choices=["layer", "global"], default="layer",
+                        help="transformer: --heads R of every layer's heads (default) or of all heads ranked "
+                             "together (each layer keeps at least one)")
     parser.add_argument("--layer-importance", choices=["skip", "cosine"], default="skip",
                         help="transformer: choose layers by the output with the layer skipped (default) or by "
                              "1 - cos(layer input, layer output); both on --data")

@@ -58,6 +58,7 @@ __all__ = ["LayerReport", "PruneTransformer", "PruneTransformerResult", "PruneTr
 logger = logging.getLogger(__name__)
 
 LAYER_IMPORTANCE = ("skip", "cosine")
+HEAD_SCOPES = ("layer", "global")
 
 
 def _fraction(value: Any, name: str) -> float:
@@ -84,6 +85,10 @@ class PruneTransformerSettings(PassSettings):
         layers: number of whole encoder layers to remove (default 0); at least one layer stays.
         importance: heads and neurons ranked by ``contribution`` (default: their contribution
             to the residual stream on calibration data) or ``magnitude`` (weights only, no data).
+        head_scope: ``layer`` (default: every layer loses ``round(heads * H)`` of its own heads) or
+            ``global`` (``round(heads * total heads)`` go, the lowest scores over all layers: the
+            contribution scores are in the residual stream's units, so layers that matter less
+            lose more heads; every layer keeps at least its best head).
         layer_importance: layers chosen by ``skip`` (default: greedily, the layer whose removal
             keeps the output closest to the original's on calibration data) or ``cosine`` (the
             layers that change the hidden state least). Both need calibration data.
@@ -103,6 +108,7 @@ class PruneTransformerSettings(PassSettings):
     layers: int = 0
     importance: str = "contribution"
     layer_importance: str = "skip"
+    head_scope: str = "layer"
     round_to: int = 1
     reconstruct: bool = False
     calibration_samples: int = 128
@@ -119,6 +125,8 @@ class PruneTransformerSettings(PassSettings):
         if self.layer_importance not in LAYER_IMPORTANCE:
             raise SettingError(f"layer_importance must be one of {', '.join(LAYER_IMPORTANCE)}, "
                                f"got {self.layer_importance!r}")
+        if self.head_scope not in HEAD_SCOPES:
+            raise SettingError(f"head_scope must be one of {', '.join(HEAD_SCOPES)}, got {self.head_scope!r}")
         _count(self.round_to, "round_to", 1)
         if not isinstance(self.reconstruct, bool):
             raise SettingError(f"reconstruct must be true or false, got {self.reconstruct!r}")
@@ -295,7 +303,7 @@ class PruneTransformer(CompressionPass):
                                 if layer.depth_reason)
             raise PassRefusedError(f"layers={settings.layers} but only {len(removable)} layers can be removed ({reasons})")
         for layer in structure.layers:
-            if settings.heads and layer.attention is not None \
+            if settings.heads and layer.attention is not None and settings.head_scope == "layer" \
                     and round(settings.heads * layer.attention.heads) >= layer.attention.heads:
                 raise PassRefusedError(f"heads={settings.heads:g} would remove all {layer.attention.heads} heads of "
                                        f"layer {layer.index}; at least one head must stay (use a smaller fraction)")
@@ -310,6 +318,8 @@ class PruneTransformer(CompressionPass):
         if not settings.heads and not settings.ffn:
             return {}
         head_scores, ffn_scores = unit_scores(model, layers, settings.importance, data)
+        global_keep = _global_head_counts(layers, head_scores, settings.heads) \
+            if settings.heads and settings.head_scope == "global" else {}
         plan: dict[int, tuple[list[int] | None, list[int] | None]] = {}
         for layer in layers:
             report = reports[layer.index]
@@ -320,7 +330,7 @@ class PruneTransformer(CompressionPass):
                 if layer.attention is None:
                     reasons.append(f"heads: {layer.attention_reason or 'no attention block'}")
                 else:
-                    n = layer.attention.heads - round(settings.heads * layer.attention.heads)
+                    n = global_keep.get(layer.index, layer.attention.heads - round(settings.heads * layer.attention.heads))
                     keep_heads = _top(head_scores[layer.index], n)
             if settings.ffn:
                 if layer.ffn is None:
@@ -426,6 +436,25 @@ class PruneTransformer(CompressionPass):
             if keep_ffn is not None and layer.ffn is not None:
                 weights[str(layer.ffn.down.weight.name)] = {0: np.asarray(sorted(keep_ffn), dtype=np.int64)}
         return weights
+
+
+def _global_head_counts(layers: list[EncoderLayer], scores: dict[int, np.ndarray], fraction: float) -> dict[int, int]:
+    """Heads each layer keeps when ``round(fraction * total)`` heads go by one ranking over all
+    layers (lowest score first), every layer keeping at least its best head."""
+    ranked = sorted((float(value), layer.index, head) for layer in layers if layer.attention is not None
+                    for head, value in enumerate(scores[layer.index]))
+    keep = {layer.index: layer.attention.heads for layer in layers if layer.attention is not None}
+    cut = round(fraction * len(ranked))
+    if cut > len(ranked) - len(keep):
+        raise PassRefusedError(f"heads={fraction:g} with head_scope 'global' would remove {cut} of {len(ranked)} heads; "
+                               f"at most {len(ranked) - len(keep)} can go (one head stays in each of {len(keep)} layers)")
+    for _, index, _head in ranked:
+        if cut == 0:
+            break
+        if keep[index] > 1:
+            keep[index] -= 1
+            cut -= 1
+    return keep
 
 
 def _top(scores: np.ndarray, count: int) -> list[int]:
