@@ -72,8 +72,12 @@ class RecoverySettings(PassSettings):
         label_weight: the weight of the hard-label cross-entropy when the data has labels (0.5;
             the distillation term gets ``1 - label_weight``); 0 ignores labels.
         match: names of intermediate values present in both graphs to match as well (the
-            outputs of the layers a pass changed), or ``("auto",)`` for every
-            LayerNormalization output both graphs have.
+            outputs of the layers a pass changed), ``("auto",)`` for every
+            LayerNormalization output both graphs have, or ``("layers",)`` for the output of every
+            encoder layer of a transformer (found by ``prune_transformer``'s detection, any
+            export form) that the teacher has under the same name: after layers were removed,
+            each kept layer is matched to the teacher's same layer (TinyBERT / Minitron-style
+            depth distillation), per real token.
         match_weight: the weight of each matched intermediate value's loss (0.5).
         patience: epochs without a better validation metric before stopping (3).
         weight_decay: AdamW's decoupled weight decay (0.0).
@@ -167,6 +171,10 @@ class RecoveryResult(CompressionResult):
     device: str = "cpu"
     seconds: float = 0.0
     parity: float = 0.0
+    #: optimizer steps taken, and the CPU time of this process (all threads) while training: on a
+    #: shared machine, step time x the CPU share is what a quiet machine would take
+    steps: int = 0
+    train_cpu_seconds: float = 0.0
 
     def summary(self) -> str:
         if not self.improved:
@@ -204,6 +212,17 @@ def _auto_match(student: ir.Model, teacher: ir.Model) -> list[str]:
                 if node.op_type in ("LayerNormalization", "SkipLayerNormalization")]
     theirs = set(norm_outputs(teacher))
     return [name for name in norm_outputs(student) if name in theirs]
+
+
+def _layer_outputs(student: ir.Model, teacher: ir.Model) -> list[str]:
+    """The residual-stream output of every encoder layer of ``student`` that ``teacher`` has by name."""
+    from onnx_compress.passes.prune.transformer.detect import find_structure, prepare
+
+    work = student.clone()
+    prepare(work)
+    names = [str(layer.output.name) for layer in find_structure(work).layers if layer.output is not None]
+    theirs = {str(v.name) for node in teacher.graph for v in node.outputs if v is not None}
+    return [name for name in names if name in theirs]
 
 
 def _teacher_with_outputs(teacher: ir.Model, extra: Sequence[str]) -> ir.Model:
@@ -367,6 +386,12 @@ def recover(
     if match == ["auto"]:
         match = _auto_match(student_model, teacher_model)
         logger.info("matching %d intermediate values: %s", len(match), match[:6])
+    elif match == ["layers"]:
+        match = _layer_outputs(student_model, teacher_model)
+        if not match:
+            raise DataError("match 'layers': no encoder layer outputs found that both graphs have (not a "
+                            "transformer the detection reads, or the value names differ)")
+        logger.info("matching the outputs of %d encoder layers: %s", len(match), match)
 
     device = _device(settings.device, torch)
     torch.manual_seed(settings.seed)
@@ -467,6 +492,7 @@ def recover(
 
     step, stale = 0, 0
     train_start = time.perf_counter()
+    cpu_start = time.process_time()
     deadline = None if settings.max_minutes is None else train_start + settings.max_minutes * 60
     out_of_time = False
     try:
@@ -531,6 +557,7 @@ def recover(
         logger.warning("interrupted during epoch %d: keeping the best epoch so far (%d)", result.epochs_run + 1, best_epoch)
 
     result.after, result.loss_after, result.best_epoch = best_value, best_loss, best_epoch
+    result.steps, result.train_cpu_seconds = step, time.process_time() - cpu_start
     result.seconds = time.perf_counter() - start_time
     if best_state is None:
         result.improved = False

@@ -46,6 +46,7 @@ def _recover(args: argparse.Namespace) -> int:
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, loss=args.loss, temperature=args.temperature,
         label_weight=args.label_weight, match=tuple(args.match or ()), patience=args.patience,
         device=args.device, seed=args.seed, max_minutes=args.max_minutes,
+        steps_per_epoch=args.steps_per_epoch, trim=not args.no_trim,
     )
     model, result = recover(args.model, args.teacher, args.data, args.val, settings, progress=not args.no_progress)
     rows = [[r.epoch, "-" if r.train_loss is None else f"{r.train_loss:.5g}", f"{r.val_loss:.5g}",
@@ -83,9 +84,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--label-weight", type=float, default=0.5,
                         help="weight of the hard-label loss when the data has labels, in [0, 1] (default 0.5)")
     parser.add_argument("--match", nargs="*", metavar="VALUE",
-                        help="intermediate values both graphs have to match too ('auto': every LayerNorm output)")
+                        help="intermediate values both graphs have to match too ('auto': every LayerNorm output; "
+                             "'layers': every transformer encoder layer's output)")
     parser.add_argument("--patience", type=int, default=3, help="epochs without improvement before stopping (3)")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes (the last, partial epoch is evaluated)")
+    parser.add_argument("--steps-per-epoch", type=int, default=None,
+                        help="validate (and early-stop) every N steps instead of once per pass over the data")
+    parser.add_argument("--no-trim", action="store_true",
+                        help="keep every batch at the data's full sequence length (default: pad to the batch's "
+                             "longest real sequence when the graph allows)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
