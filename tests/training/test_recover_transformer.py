@@ -34,7 +34,6 @@ def test_layer_matching_recovers_a_keras_encoder_cut_on_held_out_data(keras_enco
     student = PruneTransformer(heads=0.5, ffn=0.5, calibration=calib)(teacher).model
     settings = RecoverySettings(epochs=3, lr=3e-3, batch_size=32, match=("layers",), patience=3, device="cpu")
     model, result = recover(student, teacher, train, val, settings, progress=False)
-    print(result.summary(), result.steps, result.train_cpu_seconds)
     matched = [name for name, kind in result.losses.items() if name != "last_hidden_state"]
     # both encoder layers' outputs are matched against the teacher's values of those names, per real
     # token (the mask input is found); the second layer's output is the graph output itself
