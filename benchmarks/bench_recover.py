@@ -66,7 +66,7 @@ def _cosine(expected: Any, got: Any, mask: Any) -> tuple[float, float]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cuts", nargs="+", default=["FFN 50 %", "layers 6 -> 4"], choices=sorted(CUTS),
-                        metavar="CUT", help=f"prune_transformer cuts: {', '.join(CUTS)}")
+                        metavar="CUT", help="prune_transformer cuts: " + ", ".join(CUTS).replace("%", "%%"))
     parser.add_argument("--ratios", type=float, nargs="+", default=[], help="prune_structured FFN ratios too")
     parser.add_argument("--minutes", type=float, default=20.0, help="training time per cut (default 20)")
     parser.add_argument("--train-count", type=int, default=20000)
