@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
 
     from onnx_compress.model_io import load_model, save_model
     from onnx_compress.passes.normalize import Normalize
-    from onnx_compress.passes.prune.structured import PruneStructured
+    from onnx_compress.passes.prune.prune_structured_pass import PruneStructured
     from onnx_compress.passes.quantize import Quantize
     from onnx_compress.runtime import Runner, SessionSettings, compare_many
     from onnx_compress.stats import size_on_disk

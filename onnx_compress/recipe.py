@@ -181,6 +181,21 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"quantize": {"mode": "dynamic", "op_types": ["Gemm", "MatMul"], "min_weight_elements": 0}},
         ],
     },
+    # transformer encoders, for users with training data (compress --train): attention heads, FFN neurons and
+    # whole layers cut (prune_transformer), recovered by distillation from the original (the pooled/per-token
+    # output plus every kept encoder layer's output against the teacher's same layer, per real token; batches
+    # padded to their longest sentence; AdamW 3e-4 over a fixed time, validated every 50 steps), then small's
+    # int8 steps. The budget search bisects the cut with recovery in the loop: each trial trains max_minutes.
+    "prune-recover": {
+        "name": "prune-recover",
+        "passes": [
+            {"prune_transformer": {"ffn": 0.5, "layers": 0}},
+            {"recover": {"epochs": 10000, "steps_per_epoch": 50, "patience": 10000, "lr": 0.0003, "batch_size": 16,
+                         "match": ["layers"], "max_minutes": 18}},
+            {"quantize": {"mode": "weight_only", "op_types": ["Gather"], "block_size": 128, "guard": "warn"}},
+            {"quantize": {"mode": "auto", "objective": "balanced"}},
+        ],
+    },
     # half precision for GPUs (float inputs and outputs kept)
     # (objective size: the CPU timing of the guard says nothing about a GPU)
     "gpu-fp16": {"name": "gpu-fp16", "passes": [{"quantize": {"mode": "fp16", "objective": "size"}}]},

@@ -455,8 +455,22 @@ def _reduce(fn: str) -> OpFn:
             return torch.sqrt((data * data).sum(axes, keepdim=keep))
         if fn == "sumsquare":
             return (data * data).sum(axes, keepdim=keep)
+        if fn == "prod":  # torch.prod reduces one axis at a time
+            for axis in sorted((a % data.dim() for a in axes), reverse=True):
+                data = data.prod(axis, keepdim=keep)
+            return data
         raise AssertionError(fn)
     return run
+
+
+def _cumsum(node: ir.Node, x: Sequence[Tensor]) -> Tensor:
+    """ONNX CumSum: ``exclusive`` leaves the element itself out, ``reverse`` sums from the end."""
+    axis = int(x[1].reshape(-1)[0].item())
+    data = x[0].flip(axis) if _attr(node, "reverse", 0) else x[0]
+    total = data.cumsum(axis)
+    if _attr(node, "exclusive", 0):
+        total = total - data
+    return total.flip(axis) if _attr(node, "reverse", 0) else total
 
 
 def _where(node: ir.Node, x: Sequence[Tensor]) -> Tensor:
@@ -513,6 +527,7 @@ OPS: dict[str, OpFn] = {
     "Range": _range, "Identity": _identity, "Dropout": _dropout,
     "ReduceMean": _reduce("mean"), "ReduceSum": _reduce("sum"), "ReduceMax": _reduce("max"),
     "ReduceMin": _reduce("min"), "ReduceL2": _reduce("l2"), "ReduceSumSquare": _reduce("sumsquare"),
+    "ReduceProd": _reduce("prod"), "CumSum": _cumsum,
     # contrib ops the fuse pass writes (element-wise maths only)
     "com.microsoft::Gelu": _gelu, "com.microsoft::FastGelu": _fast_gelu, "com.microsoft::BiasGelu": _bias_gelu,
     "com.microsoft::SkipLayerNormalization": _skip_layer_norm,

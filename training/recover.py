@@ -78,7 +78,10 @@ class RecoverySettings(PassSettings):
         term gets 1 - label_weight); 0 ignores labels""")
     match: tuple[str, ...] = setting((), metavar="VALUE", help="""
         names of intermediate values present in both graphs to match as well (the outputs of the
-        layers a pass changed), or auto: every LayerNormalization output both graphs have""")
+        layers a pass changed), auto: every LayerNormalization output both graphs have, or layers:
+        the output of every encoder layer of a transformer (prune_transformer's detection, any
+        export form) that the teacher has under the same name, so after layers were removed each
+        kept layer is matched to the teacher's same layer (TinyBERT / Minitron-style), per real token""")
     match_weight: float = setting(0.5, range=">= 0", cli=False,
                                   help="the weight of each matched intermediate value's loss")
     patience: int = setting(3, range=">= 1", help="epochs without a better validation metric before stopping")
@@ -94,6 +97,17 @@ class RecoverySettings(PassSettings):
         quantization-aware training: the weights and activations that the quantize step after this
         one makes int8 are fake-quantized while training, and the learned activation ranges go
         with the model to that step (static int8 without one); recipes may write on / off""")
+
+    trim: bool = setting(True, help="""
+        pad each batch only to its longest real sequence (data with an attention-mask input whose
+        sequence axis is dynamic in both graphs; ignored otherwise); real-token outputs do not
+        depend on the padding, so this changes cost, not the result""")
+    bucket: bool = setting(True, cli=False, help="""
+        with trim: batches of similar lengths (the shuffled data cut into windows of 50 batches,
+        sorted by length inside a window, batched, the batches shuffled)""")
+    steps_per_epoch: int | None = setting(None, kind="int", range=">= 1", help="""
+        evaluate (and early-stop) every this many steps instead of once per pass over the data;
+        the data streams on, reshuffled every pass (default: one pass)""")
 
     def __post_init__(self) -> None:
         if self.qat in ("on", "off"):  # a recipe's qat: on / off (YAML keeps them strings here)
@@ -138,6 +152,10 @@ class RecoveryResult(CompressionResult):
     #: why training ended early other than patience: "" | "nan" (the loss turned NaN/inf)
     stop_reason: str = ""
     world_size: int = 1
+    #: optimizer steps taken, and the CPU time of this process (all threads) while training: on a
+    #: shared machine, step time x the CPU share is what a quiet machine would take
+    steps: int = 0
+    train_cpu_seconds: float = 0.0
 
     def summary(self) -> str:
         if not self.improved:
@@ -183,6 +201,17 @@ def _auto_match(student: ir.Model, teacher: ir.Model) -> list[str]:
     return [name for name in norm_outputs(student) if name in theirs]
 
 
+def _layer_outputs(student: ir.Model, teacher: ir.Model) -> list[str]:
+    """The residual-stream output of every encoder layer of ``student`` that ``teacher`` has by name."""
+    from onnx_compress.passes.prune.transformer.detect import find_structure, prepare
+
+    work = student.clone()
+    prepare(work)
+    names = [str(layer.output.name) for layer in find_structure(work).layers if layer.output is not None]
+    theirs = {str(v.name) for node in teacher.graph for v in node.outputs if v is not None}
+    return [name for name in names if name in theirs]
+
+
 def _teacher_with_outputs(teacher: ir.Model, extra: Sequence[str]) -> ir.Model:
     if not extra:
         return teacher
@@ -198,38 +227,106 @@ def _teacher_with_outputs(teacher: ir.Model, extra: Sequence[str]) -> ir.Model:
     return copy_
 
 
+class _Sequences:
+    """Dynamic sequence length: which inputs carry the (batch, sequence) axes of the attention mask,
+    each sample's real length, and the batches of an epoch (length-bucketed when asked).
+
+    Active only when there is a mask input and every graph declares that axis dynamic; otherwise
+    every batch keeps the data's full length (``names`` empty)."""
+
+    def __init__(self, models: Sequence[ir.Model], data: Dataset, mask_name: str | None, enabled: bool) -> None:
+        self.names: list[str] = []
+        self.full = 0
+        if not enabled or mask_name is None:
+            return
+        rows, full = data.inputs[mask_name].shape
+        names = [n for n, a in data.inputs.items() if a.ndim >= 2 and a.shape[:2] == (rows, full)]
+        for model in models:
+            for spec in input_specs(model):
+                if spec.name in names and (spec.shape is None or len(spec.shape) < 2 or isinstance(spec.shape[1], int)):
+                    logger.info("trim off: input %r has a fixed sequence length in the graph", spec.name)
+                    return
+        self.names, self.full, self.mask_name = names, full, mask_name
+
+    def lengths(self, data: Dataset) -> np.ndarray | None:
+        """The real length of every sample (last unmasked position + 1); None when trimming is off."""
+        if not self.names:
+            return None
+        real = data.inputs[self.mask_name] != 0
+        return np.where(real.any(1), real.shape[1] - np.argmax(real[:, ::-1], axis=1), 1)
+
+    def feeds(self, data: Dataset, index: np.ndarray, names: Sequence[str], lengths: np.ndarray | None) -> dict[str, np.ndarray]:
+        length = None if lengths is None else int(lengths[index].max())
+        return {n: data.inputs[n][index][:, :length] if length is not None and n in self.names else data.inputs[n][index]
+                for n in names}
+
+    @staticmethod
+    def epoch(count: int, batch: int, rng: np.random.Generator, lengths: np.ndarray | None, bucket: bool) -> list[np.ndarray]:
+        """One shuffled pass over ``count`` samples in batches (see ``RecoverySettings.bucket``)."""
+        order = rng.permutation(count)
+        if lengths is None or not bucket:
+            return [np.sort(order[s:s + batch]) for s in range(0, count, batch)]
+        batches: list[np.ndarray] = []
+        window = batch * 50
+        for w in range(0, count, window):
+            part = order[w:w + window]
+            part = part[np.argsort(lengths[part], kind="stable")]
+            batches.extend(np.sort(part[s:s + batch]) for s in range(0, len(part), batch))
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+
 class _Teacher:
     """The teacher's outputs per batch: kept for the whole set when they fit in ``cache_mb``
-    (each sample is run once, when a batch first needs it), else run for every batch."""
+    (each sample is run once, when a batch first needs it), else run for every batch (on the
+    batch's trimmed inputs). Per-token values (axis 1 follows the input's length) are cut to the
+    batch's length when served from the cache."""
 
-    def __init__(self, runner: Runner, names: Sequence[str], data: Dataset, batch: int, cache_mb: float) -> None:
+    def __init__(self, runner: Runner, names: Sequence[str], data: Dataset, batch: int, cache_mb: float,
+                 sequences: _Sequences | None = None) -> None:
         self.runner, self.names, self.data = runner, list(names), data
         self.inputs = [spec.name for spec in runner.input_specs]
+        self.sequences = sequences if sequences is not None and sequences.names else None
+        self.lengths = self.sequences.lengths(data) if self.sequences else None
         probe = self._run(np.arange(min(len(data), 2)))
+        self.per_token: set[str] = set()
+        if self.sequences is not None and self.sequences.full > 1:
+            short = {n: data.inputs[n][:2][:, :self.sequences.full - 1] if n in self.sequences.names else data.inputs[n][:2]
+                     for n in self.inputs}
+            for name, value in zip(self.names, self.runner.run(short, self.names)):
+                if value.ndim >= 2 and probe[name].shape[1] != value.shape[1]:
+                    self.per_token.add(name)
         per_sample = sum(a.nbytes for a in probe.values()) / max(len(probe[self.names[0]]), 1)
         self.cache: dict[str, np.ndarray] | None = None
         self.done = np.zeros(len(data), dtype=bool)
         if per_sample * len(data) <= cache_mb * 2**20:
             self.cache = {n: np.empty((len(data), *a.shape[1:]), a.dtype) for n, a in probe.items()}
 
-    def _run(self, index: np.ndarray) -> dict[str, np.ndarray]:
-        feeds = {n: self.data.inputs[n][index] for n in self.inputs}
+    def _run(self, index: np.ndarray, trim: bool = False) -> dict[str, np.ndarray]:
+        if trim and self.sequences is not None:
+            feeds = self.sequences.feeds(self.data, index, self.inputs, self.lengths)
+        else:
+            feeds = {n: self.data.inputs[n][index] for n in self.inputs}
         return dict(zip(self.names, self.runner.run(feeds, self.names)))
 
     def __call__(self, index: np.ndarray) -> dict[str, np.ndarray]:
         if self.cache is None:
-            return self._run(index)
+            return self._run(index, trim=True)
         missing = index[~self.done[index]]
         for start in range(0, len(missing), 256):
             part = missing[start:start + 256]
             for name, values in self._run(part).items():
                 self.cache[name][part] = values
             self.done[part] = True
-        return {n: a[index] for n, a in self.cache.items()}
+        length = None if self.lengths is None else int(self.lengths[index].max())
+        return {n: a[index][:, :length] if n in self.per_token else a[index] for n, a in self.cache.items()}
 
     def all(self) -> dict[str, np.ndarray]:
-        """The outputs on every sample (computed now where missing)."""
-        return self(np.arange(len(self.data)))
+        """The outputs on every sample at the data's full length (computed now where missing)."""
+        lengths, self.lengths = self.lengths, None
+        try:
+            return self(np.arange(len(self.data)))
+        finally:
+            self.lengths = lengths
 
 
 def recover(
@@ -279,6 +376,12 @@ def recover(
     if match == ["auto"]:
         match = _auto_match(student_model, teacher_model)
         logger.info("matching %d intermediate values: %s", len(match), match[:6])
+    elif match == ["layers"]:
+        match = _layer_outputs(student_model, teacher_model)
+        if not match:
+            raise DataError("match 'layers': no encoder layer outputs found that both graphs have (not a "
+                            "transformer the detection reads, or the value names differ)")
+        logger.info("matching the outputs of %d encoder layers: %s", len(match), match)
 
     from onnx_compress.training.distributed import from_env
 
@@ -314,9 +417,11 @@ def _recover(student_model: ir.Model, teacher_model: ir.Model, train: Dataset, v
 
     runner = Runner(_teacher_with_outputs(teacher_model, match))
     wanted = [*outputs, *[m for m in match if m not in outputs]]
-    teacher_train = _Teacher(runner, wanted, train, settings.batch_size, settings.cache_mb)
-    teacher_val = _Teacher(runner, wanted, valid, settings.batch_size, float("inf"))
     mask_name = find_mask_input(train.inputs)
+    sequences = _Sequences((student_model, teacher_model), train, mask_name, settings.trim)
+    train_lengths, val_lengths = sequences.lengths(train), sequences.lengths(valid)
+    teacher_train = _Teacher(runner, wanted, train, settings.batch_size, settings.cache_mb, sequences)
+    teacher_val = _Teacher(runner, wanted, valid, settings.batch_size, float("inf"), sequences)
     val_mask = valid.inputs[mask_name] if mask_name else None
     losses: list[OutputLoss] = []
     val_reference = teacher_val.all()
@@ -359,15 +464,19 @@ def _recover(student_model: ir.Model, teacher_model: ir.Model, train: Dataset, v
         with torch.no_grad():
             for s in range(0, len(valid), settings.batch_size):
                 index = np.arange(s, min(s + settings.batch_size, len(valid)))
-                out = module(**{n: valid.inputs[n][index] for n in module.input_names})
+                out = module(**sequences.feeds(valid, index, module.input_names, val_lengths))
                 target = teacher_val(index)
-                mask = None if mask_name is None else torch.from_numpy(valid.inputs[mask_name][index]).to(device)
+                mask = None if mask_name is None else torch.from_numpy(
+                    sequences.feeds(valid, index, [mask_name], val_lengths)[mask_name]).to(device)
                 batch_loss = sum(l.weight * l.loss(out[l.name], torch.from_numpy(target[l.name]).to(device), mask,
                                                    None, 0.0) for l in losses)
                 total += batch_loss.item() * len(index)
                 count += len(index)
                 for l in losses:
-                    chunks[l.name].append(out[l.name].cpu().numpy())
+                    value = out[l.name].cpu().numpy()
+                    if l.name in teacher_val.per_token and value.shape[1] < sequences.full:  # trimmed: pad back
+                        value = np.pad(value, [(0, 0), (0, sequences.full - value.shape[1])] + [(0, 0)] * (value.ndim - 2))
+                    chunks[l.name].append(value)
         student_out = np.concatenate(chunks[primary.name])
         name, value, worst = primary.metric(student_out, val_reference[primary.name], val_mask, valid.labels)
         return total / max(count, 1), value, worst
@@ -384,38 +493,51 @@ def _recover(student_model: ir.Model, teacher_model: ir.Model, train: Dataset, v
     trained = group.wrap(module) if group is not None else module  # the forward that trains
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     per_process = len(train) if group is None else len(group.shard(np.arange(len(train))))
-    steps_per_epoch = math.ceil(per_process / settings.batch_size)
+    steps_per_epoch = settings.steps_per_epoch or math.ceil(per_process / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
     warmup = max(1, int(0.05 * total_steps))
+    if settings.max_minutes is not None:
+        warmup = min(warmup, 100)  # a time-limited run may end long before 5 % of the nominal steps
 
     def lr_at(step: int) -> float:
         if step < warmup:
             return settings.lr * (step + 1) / warmup
         progress_ = (step - warmup) / max(1, total_steps - warmup)
-        return settings.lr * 0.5 * (1 + math.cos(math.pi * progress_))
+        if deadline is not None:  # the decay follows whichever of steps and time is further along
+            progress_ = max(progress_, (time.perf_counter() - train_start) / (deadline - train_start))
+        return settings.lr * 0.5 * (1 + math.cos(math.pi * min(progress_, 1.0)))
 
     rng = np.random.default_rng(settings.seed)
+
+    def batch_stream() -> Any:
+        while True:
+            if group is None:
+                yield from _Sequences.epoch(len(train), settings.batch_size, rng, train_lengths, settings.bucket)
+            else:  # the same permutation everywhere, one shard each (no length buckets across processes)
+                order = group.shard(rng.permutation(len(train)))
+                yield from (np.sort(order[s:s + settings.batch_size]) for s in range(0, len(order), settings.batch_size))
+
+    stream = batch_stream()
     from tqdm.auto import tqdm
 
     step, stale = 0, 0
     train_start = time.perf_counter()
+    cpu_start = time.process_time()
     deadline = None if settings.max_minutes is None else train_start + settings.max_minutes * 60
     out_of_time = False
     try:
         for epoch in range(1, settings.epochs + 1):
             epoch_start = time.perf_counter()
             module.train()
-            order = rng.permutation(len(train))
-            if group is not None:
-                order = group.shard(order)  # the same permutation everywhere, one shard each
             running, seen = 0.0, 0
-            bar = tqdm(total=len(order), desc=f"recover epoch {epoch}/{settings.epochs}", unit="sample",
-                       disable=None if progress else True)  # None: off when stderr is no terminal
-            for s in range(0, len(order), settings.batch_size):
-                index = np.sort(order[s:s + settings.batch_size])
-                out = trained(**{n: train.inputs[n][index] for n in module.input_names})
+            bar = tqdm(total=steps_per_epoch * settings.batch_size, desc=f"recover epoch {epoch}/{settings.epochs}",
+                       unit="sample", disable=None if progress else True)  # None: off when stderr is no terminal
+            for _ in range(steps_per_epoch):
+                index = next(stream)
+                out = trained(**sequences.feeds(train, index, module.input_names, train_lengths))
                 target = teacher_train(index)
-                mask = None if mask_name is None else torch.from_numpy(train.inputs[mask_name][index]).to(device)
+                mask = None if mask_name is None else torch.from_numpy(
+                    sequences.feeds(train, index, [mask_name], train_lengths)[mask_name]).to(device)
                 labels = labels_train[index].to(device) if use_labels else None  # type: ignore[index]
                 loss = sum(l.weight * l.loss(out[l.name], torch.from_numpy(target[l.name]).to(device), mask,
                                              labels if l is primary else None, settings.label_weight)
@@ -480,6 +602,7 @@ def _recover(student_model: ir.Model, teacher_model: ir.Model, train: Dataset, v
         logger.warning("interrupted during epoch %d: keeping the best epoch so far (%d)", result.epochs_run + 1, best_epoch)
 
     result.after, result.loss_after, result.best_epoch = best_value, best_loss, best_epoch
+    result.steps, result.train_cpu_seconds = step, time.process_time() - cpu_start
     result.seconds = time.perf_counter() - start_time
     if best_state is None:
         result.improved = False

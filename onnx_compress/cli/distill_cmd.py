@@ -22,7 +22,7 @@ exports ONNX), then export the student to ONNX with a parity check.
 --student is FILE.py:FACTORY, where FACTORY is a function returning the student torch.nn.Module
 (freshly initialised, or with weights the function loads itself) or an nn.Module class
 constructible without arguments. WARNING: FILE.py is imported and run as Python code: only use
-files you trust. onnx_compress.converters.torch.narrow_student(teacher_module, 0.5) builds a
+files you trust. onnx_compress.training.narrow.torch.narrow_student(teacher_module, 0.5) builds a
 half-width copy of a plain CNN/MLP, e.g. as the body of FACTORY.
 
 loss (per batch; z = outputs as logits or log-probabilities, y = labels):

@@ -36,7 +36,7 @@ examples:
 
 _STRUCTURED = "ratio scope importance round_to protect reconstruct"
 _UNSTRUCTURED = "ratio nm protect_first_last"
-_TRANSFORMER = "heads ffn layers importance layer_importance"
+_TRANSFORMER = "heads ffn layers importance head_scope layer_importance"
 
 
 def _build_pass(args: argparse.Namespace, calibration: Any) -> Any:

@@ -77,7 +77,7 @@ def _flags(parser: argparse.ArgumentParser) -> None:
     from onnx_compress.training.recover import RecoverySettings
 
     add_flags(parser, RecoverySettings, "epochs lr batch_size loss temperature label_weight match patience "
-              "max_minutes device seed qat")
+              "max_minutes steps_per_epoch trim device seed qat")
 
 
 def register(subparsers: Any) -> None:

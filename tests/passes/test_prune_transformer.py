@@ -220,3 +220,17 @@ def test_minilm_after_fuse(minilm_onnx, minilm_texts):
     before_fuse = Fuse(layer_norm="unfused")(PruneTransformer(heads=0.5, importance="magnitude")(model).model).model
     np.testing.assert_allclose(_outputs(after_fuse.model, val), _outputs(before_fuse, val), atol=2e-4)
     del calib
+
+
+def test_keras_global_head_ranking_keeps_a_head_per_layer(keras_model, keras_encoder_data):
+    calib, val = keras_encoder_data["calib"], keras_encoder_data["val"]
+    total = sum(layer.heads_before for layer in PruneTransformer(calibration=calib)(keras_model).layers)
+    result = PruneTransformer(heads=0.75, head_scope="global", calibration=calib)(keras_model)
+    kept = [layer.heads_after for layer in result.layers]
+    assert sum(kept) == total - round(0.75 * total) and min(kept) >= 1, kept
+    assert _cosine(keras_model, result.model, val).mean() > 0.3
+    check_model(result.model, full_check=True)
+    with pytest.raises(PassRefusedError, match="one head stays in each"):
+        PruneTransformer(heads=1.0, head_scope="global", calibration=calib)(keras_model)
+    with pytest.raises(SettingError, match="head_scope"):
+        PruneTransformer(heads=0.5, head_scope="model")

@@ -8,7 +8,7 @@ import pytest
 from onnx_compress.model_io import load_model
 from onnx_compress.passes.normalize import Normalize
 from onnx_compress.passes.prune import PruneStructured
-from onnx_compress.passes.prune.structured import PruneStructuredSettings
+from onnx_compress.passes.prune.prune_structured_pass import PruneStructuredSettings
 
 
 @pytest.mark.parametrize("fixture", ["torch_seed_onnx", "keras_seed_onnx"])

@@ -59,6 +59,7 @@ __all__ = ["LayerReport", "PruneTransformer", "PruneTransformerResult", "PruneTr
 logger = logging.getLogger(__name__)
 
 LAYER_IMPORTANCE = ("skip", "cosine")
+HEAD_SCOPES = ("layer", "global")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,11 @@ class PruneTransformerSettings(PassSettings):
     importance: str = setting("contribution", choices=IMPORTANCE, flag="--head-importance", help="""
         heads and FFN neurons ranked by their contribution to the residual stream on the
         calibration data (default) or by weight magnitude (no data)""")
+    head_scope: str = setting("layer", choices=HEAD_SCOPES, help="""
+        layer (default: every layer loses round(heads * H) of its own heads) or global
+        (round(heads * total heads) go, the lowest contribution scores over all layers: the scores
+        are in the residual stream's units, so layers that matter less lose more heads; every
+        layer keeps at least its best head)""")
     layer_importance: str = setting("skip", choices=LAYER_IMPORTANCE, help="""
         layers chosen by skip (default: greedily, the layer whose removal keeps the output closest
         to the original's) or cosine (the layers that change the hidden state least, 1 - cos(layer
@@ -260,7 +266,7 @@ class PruneTransformer(CompressionPass):
                                 if layer.depth_reason)
             raise PassRefusedError(f"layers={settings.layers} but only {len(removable)} layers can be removed ({reasons})")
         for layer in structure.layers:
-            if settings.heads and layer.attention is not None \
+            if settings.heads and layer.attention is not None and settings.head_scope == "layer" \
                     and round(settings.heads * layer.attention.heads) >= layer.attention.heads:
                 raise PassRefusedError(f"heads={settings.heads:g} would remove all {layer.attention.heads} heads of "
                                        f"layer {layer.index}; at least one head must stay (use a smaller fraction)")
@@ -275,6 +281,8 @@ class PruneTransformer(CompressionPass):
         if not settings.heads and not settings.ffn:
             return {}
         head_scores, ffn_scores = unit_scores(model, layers, settings.importance, data)
+        global_keep = _global_head_counts(layers, head_scores, settings.heads) \
+            if settings.heads and settings.head_scope == "global" else {}
         plan: dict[int, tuple[list[int] | None, list[int] | None]] = {}
         for layer in layers:
             report = reports[layer.index]
@@ -285,7 +293,7 @@ class PruneTransformer(CompressionPass):
                 if layer.attention is None:
                     reasons.append(f"heads: {layer.attention_reason or 'no attention block'}")
                 else:
-                    n = layer.attention.heads - round(settings.heads * layer.attention.heads)
+                    n = global_keep.get(layer.index, layer.attention.heads - round(settings.heads * layer.attention.heads))
                     keep_heads = _top(head_scores[layer.index], n)
             if settings.ffn:
                 if layer.ffn is None:
@@ -391,6 +399,25 @@ class PruneTransformer(CompressionPass):
             if keep_ffn is not None and layer.ffn is not None:
                 weights[str(layer.ffn.down.weight.name)] = {0: np.asarray(sorted(keep_ffn), dtype=np.int64)}
         return weights
+
+
+def _global_head_counts(layers: list[EncoderLayer], scores: dict[int, np.ndarray], fraction: float) -> dict[int, int]:
+    """Heads each layer keeps when ``round(fraction * total)`` heads go by one ranking over all
+    layers (lowest score first), every layer keeping at least its best head."""
+    ranked = sorted((float(value), layer.index, head) for layer in layers if layer.attention is not None
+                    for head, value in enumerate(scores[layer.index]))
+    keep = {layer.index: layer.attention.heads for layer in layers if layer.attention is not None}
+    cut = round(fraction * len(ranked))
+    if cut > len(ranked) - len(keep):
+        raise PassRefusedError(f"heads={fraction:g} with head_scope 'global' would remove {cut} of {len(ranked)} heads; "
+                               f"at most {len(ranked) - len(keep)} can go (one head stays in each of {len(keep)} layers)")
+    for _, index, _head in ranked:
+        if cut == 0:
+            break
+        if keep[index] > 1:
+            keep[index] -= 1
+            cut -= 1
+    return keep
 
 
 def _top(scores: np.ndarray, count: int) -> list[int]:
