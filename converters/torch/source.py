@@ -15,7 +15,7 @@ from typing import Any
 from onnx_compress.errors import ExportError, ModelLoadError, SettingError, one_line
 from onnx_compress.optional import require
 
-__all__ = ["load_factory", "torch_module", "load_weights"]
+__all__ = ["load_factory", "torch_module", "load_weights", "example_inputs"]
 
 
 def load_factory(spec: str) -> Any:
@@ -82,3 +82,20 @@ def load_weights(module: Any, weights: Path, source: str) -> None:
         module.load_state_dict(state)
     except Exception as exc:
         raise ModelLoadError(f"{weights} does not fit {source}: {one_line(exc)}") from exc
+
+
+def example_inputs(shapes: list[tuple[int, ...]], dtypes: list[str]) -> tuple[Any, ...]:
+    """Example tensors for an export, one per input, seeded: ``randn`` for float dtypes, integers in
+    [0, 100) for the others (token ids, indices). ``dtypes`` are torch names (``float32``, ``int64``)."""
+    torch = require("torch", "exporting a PyTorch model")
+    generator = torch.Generator().manual_seed(0)
+    examples = []
+    for shape, dtype in zip(shapes, dtypes):
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise SettingError(f"unknown --input-dtype {dtype!r} (e.g. float32, int64)")
+        if torch_dtype.is_floating_point:
+            examples.append(torch.randn(shape, generator=generator).to(torch_dtype))
+        else:
+            examples.append(torch.randint(0, 100, shape, generator=generator).to(torch_dtype))
+    return tuple(examples)

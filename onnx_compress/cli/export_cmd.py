@@ -8,7 +8,6 @@ from typing import Any
 
 from onnx_compress.cli.common import add_command, add_json_flag, emit, parse_shape
 from onnx_compress.errors import ModelLoadError, SettingError
-from onnx_compress.table import format_table
 
 __all__ = ["register"]
 
@@ -47,10 +46,8 @@ example:
 
 def _export_torch(args: argparse.Namespace) -> int:
     from onnx_compress.converters.torch.export import export_torch
-    from onnx_compress.converters.torch.source import load_weights, torch_module
-    from onnx_compress.optional import require
+    from onnx_compress.converters.torch.source import example_inputs, load_weights, torch_module
 
-    torch = require("torch", "exporting a PyTorch model")
     if not args.input_shape:
         raise SettingError("--input-shape is required (e.g. --input-shape 1x1x28x28), once per input")
     dtypes = args.input_dtype or ["float32"] * len(args.input_shape)
@@ -59,18 +56,9 @@ def _export_torch(args: argparse.Namespace) -> int:
     module = torch_module(args.source, "exporting a PyTorch model")
     if args.weights is not None:
         load_weights(module, args.weights, args.source)
-    generator = torch.Generator().manual_seed(0)
-    examples = []
-    for shape, dtype in zip(args.input_shape, dtypes):
-        torch_dtype = getattr(torch, dtype, None)
-        if not isinstance(torch_dtype, torch.dtype):
-            raise SettingError(f"unknown --input-dtype {dtype!r} (e.g. float32, int64)")
-        if torch_dtype.is_floating_point:
-            examples.append(torch.randn(shape, generator=generator).to(torch_dtype))
-        else:
-            examples.append(torch.randint(0, 100, shape, generator=generator).to(torch_dtype))
-    result = export_torch(module, tuple(examples), args.output, opset=args.opset or 18, **_common(args))
-    _report(args, result)
+    examples = example_inputs(args.input_shape, dtypes)
+    result = export_torch(module, examples, args.output, opset=args.opset or 18, **_common(args))
+    emit(args, result.as_dict(), result.table())
     return 0
 
 
@@ -84,7 +72,7 @@ def _export_keras(args: argparse.Namespace) -> int:
         raise ModelLoadError(f"not a SavedModel directory: {source}")
     result = export_keras(source, args.output, opset=args.opset or 17, unsafe_load=getattr(args, "unsafe_load", False),
                           **_common(args))
-    _report(args, result)
+    emit(args, result.as_dict(), result.table())
     return 0
 
 
@@ -92,17 +80,6 @@ def _common(args: argparse.Namespace) -> dict[str, Any]:
     """The export settings every framework takes, from the flags of :func:`_add_common`."""
     return {"input_names": args.input_names, "output_names": args.output_names,
             "dynamic_batch": not args.static_batch, "atol": args.atol, "rtol": args.rtol}
-
-
-def _report(args: argparse.Namespace, result: Any) -> None:
-    rows = [
-        ["output", str(result.path)],
-        ["inputs", ", ".join(result.input_names)],
-        ["outputs", ", ".join(result.output_names)],
-        ["opset", result.opset],
-        ["external data", "yes" if result.external_data else "no"],
-    ] + [[f"parity at batch {c.batch} (max abs error)", f"{c.worst:.3g}"] for c in result.parity]
-    emit(args, result.as_dict(), format_table(["export", ""], rows, numeric=False))
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
