@@ -20,6 +20,7 @@ import numpy as np
 
 from onnx_compress.errors import ParityError
 from onnx_compress.runtime.session import Runner, SessionSettings
+from onnx_compress.table import format_table
 
 __all__ = ["ParityCheck", "ExportResult", "check_parity"]
 
@@ -50,6 +51,18 @@ class ExportResult:
     @property
     def max_abs_error(self) -> float:
         return max((check.worst for check in self.parity), default=0.0)
+
+    def table(self) -> str:
+        """What was written (file, input and output names, opset, external data) and the parity at
+        each batch size checked."""
+        rows: list[list[object]] = [
+            ["output", str(self.path)],
+            ["inputs", ", ".join(self.input_names)],
+            ["outputs", ", ".join(self.output_names)],
+            ["opset", self.opset],
+            ["external data", "yes" if self.external_data else "no"],
+        ] + [[f"parity at batch {c.batch} (max abs error)", f"{c.worst:.3g}"] for c in self.parity]
+        return format_table(["export", ""], rows, numeric=False)
 
     def as_dict(self) -> dict[str, object]:
         return {

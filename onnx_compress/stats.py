@@ -38,6 +38,7 @@ import onnx_ir as ir
 
 from onnx_compress.data import input_specs
 from onnx_compress.model_io import load_model, needs_file, model_files, weights_nbytes
+from onnx_compress.table import format_table, human_bytes, human_count
 from onnx_compress.shapes import Shape, infer_value_shapes, measured_shapes
 
 __all__ = ["ModelStats", "model_stats", "count_params", "count_macs", "op_histogram", "op_key", "size_on_disk"]
@@ -60,6 +61,23 @@ class ModelStats:
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
+
+    def table(self, title: str, batch: int) -> str:
+        """What ``onnx-compress inspect`` prints: inputs, outputs, params, MACs (at ``batch``), size,
+        opsets, the nodes whose MACs are unknown, then the op histogram."""
+        rows: list[list[object]] = [
+            ["inputs", "; ".join(self.inputs)],
+            ["outputs", "; ".join(self.outputs)],
+            ["params", f"{self.params:,} ({human_count(self.params)})"],
+            [f"MACs (batch {batch})", f"{self.macs:,} ({human_count(self.macs)})"],
+            ["size", f"{self.size_bytes:,} bytes ({human_bytes(self.size_bytes)})"],
+            ["opsets", ", ".join(f"{d or 'ai.onnx'}:{v}" for d, v in self.opsets.items())],
+        ]
+        if self.macs_unknown_nodes:
+            rows.append(["MACs unknown for", ", ".join(self.macs_unknown_nodes[:10])
+                         + (" ..." if len(self.macs_unknown_nodes) > 10 else "")])
+        return (format_table([title, ""], rows, numeric=False) + "\n\n"
+                + format_table(["op", "count"], [[op, n] for op, n in self.ops.items()]))
 
 
 def op_key(node: ir.Node | onnx.NodeProto) -> str:

@@ -121,6 +121,20 @@ class NormalizeResult(CompressionResult):
                      f"{human_bytes(self.constant_bytes_after)}: {'; '.join(self.growth)}")
         return text
 
+    def lines(self, size_before: int, size_after: int, what: str) -> list[str]:
+        """What a command that normalized first says about it: one line when normalization did more
+        than fold and infer shapes (third-party patterns), and a warning when the written file
+        (``what``) is larger than the input file, with the reasons known."""
+        notable = (self.sorted_graph or self.initializer_inputs or self.constant_of_shape_folded
+                   or self.subgraph_constants_hoisted or self.conv_bias_folded or self.growth)
+        out = [f"normalized: {self.summary()}"] if notable else []
+        if size_after > size_before:
+            reasons = list(self.growth) or ["normalization wrote shape annotations (value_info) and constant "
+                                            "folding results"]
+            out.append(f"WARNING: {what} is larger than the input ({human_bytes(size_before)} -> "
+                       f"{human_bytes(size_after)}, {size_after / size_before:.2f}x): {'; '.join(reasons)}")
+        return out
+
 
 def _rewrite_rules(fold_batchnorm: bool) -> list[object]:
     from onnxscript import rewriter

@@ -51,6 +51,7 @@ from typing import Literal
 import numpy as np
 
 from onnx_compress.errors import DataError, SettingError
+from onnx_compress.table import format_table
 
 __all__ = ["MetricName", "MetricSpec", "Score", "score", "resolve_metric", "METRIC_NAMES", "MASK_INPUT",
            "token_mask_for"]
@@ -97,6 +98,13 @@ class Score:
         data = dataclasses.asdict(self)
         data["scope"] = self.scope
         return data
+
+    def table(self) -> str:
+        """The metric, reference and candidate values, the drop and the details, one per row."""
+        rows = [["metric", self.metric], ["reference", f"{self.reference:.6g}"],
+                ["candidate", f"{self.candidate:.6g}"], ["drop", f"{self.drop:.6g}"],
+                *[[key, f"{value:.6g}"] for key, value in self.details.items()]]
+        return format_table(["validate", ""], rows)
 
 
 def resolve_metric(metric: MetricSpec, has_labels: bool) -> MetricName | UserMetric:

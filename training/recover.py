@@ -53,6 +53,7 @@ from onnx_compress.optional import require
 from onnx_compress.passes.base import CompressionResult, PassSettings
 from onnx_compress.runtime.session import Runner
 from onnx_compress.setting import setting
+from onnx_compress.table import format_table
 
 __all__ = ["RecoverySettings", "RecoveryResult", "recover", "EpochRecord", "DEVICES", "LOSS_KINDS"]
 
@@ -169,6 +170,13 @@ class RecoveryResult(CompressionResult):
                 f"{self.loss_after:.4g} (best epoch "
                 f"{self.best_epoch}/{self.epochs_run}, {self.trainable_params:,} weights trained, "
                 f"{self.seconds:.0f} s){note}")
+
+    def table(self) -> str:
+        """Per epoch: train loss, validation loss, the validation metric and its minimum, seconds."""
+        rows = [[r.epoch, "-" if r.train_loss is None else f"{r.train_loss:.5g}", f"{r.val_loss:.5g}",
+                 f"{r.metric:.5g}", "-" if r.metric_min is None else f"{r.metric_min:.4g}", f"{r.seconds:.1f}"]
+                for r in self.history]
+        return format_table(["epoch", "train loss", "val loss", f"val {self.metric_name}", "min", "s"], rows)
 
 
 class _Diverged(Exception):

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from onnx_compress.errors import SettingError
@@ -22,6 +23,9 @@ __all__ = [
     "add_session_flags",
     "session_settings",
     "emit",
+    "protect_inputs",
+    "run_pass",
+    "normalize_notes",
 ]
 
 #: a command's handler: takes the parsed arguments, returns the exit status
@@ -107,3 +111,41 @@ def emit(args: argparse.Namespace, payload: Mapping[str, Any], human: str) -> No
     else:
         sys.stdout.write(human.rstrip("\n") + "\n")
     sys.stdout.flush()
+
+
+def protect_inputs(args: argparse.Namespace, *others: Path) -> list[Path]:
+    """The files of ``args.model`` (and ``others``), which ``-o`` must not overwrite: checked now,
+    before any work, and returned for :func:`~onnx_compress.model_io.save_model`."""
+    from onnx_compress.model_io import check_output_path, model_files
+
+    protected = [file for path in (args.model, *others) for file in model_files(path)]
+    check_output_path(args.output, protected)
+    return protected
+
+
+def run_pass(args: argparse.Namespace, compression_pass: Any, *, fold_batchnorm: bool = True,
+             write_unchanged: bool = True) -> tuple[Any, Any]:
+    """Normalize ``args.model`` (as ``compress`` does), run the pass on it and write the result to
+    ``args.output`` (unless it is unchanged and ``write_unchanged`` is false).
+
+    Returns the normalization result and the pass result; the input file is never modified.
+    """
+    from onnx_compress.model_io import load_model, save_model
+    from onnx_compress.passes.normalize import Normalize
+
+    protected = protect_inputs(args)
+    normalization = Normalize(fold_batchnorm=fold_batchnorm)(load_model(args.model))
+    result = compression_pass(normalization.model)
+    if result.modified or write_unchanged:
+        save_model(result.model, args.output, protected=protected)
+    return normalization, result
+
+
+def normalize_notes(payload: dict[str, Any], normalization: Any, size_before: int, size_after: int,
+                    what: str) -> list[str]:
+    """The lines about normalization and file growth (``NormalizeResult.lines``); adds the
+    ``normalize`` summary and the ``warnings`` to the JSON ``payload``."""
+    notes = normalization.lines(size_before, size_after, what)
+    payload["normalize"] = normalization.summary()
+    payload["warnings"] = [line for line in notes if line.startswith("WARNING")]
+    return notes

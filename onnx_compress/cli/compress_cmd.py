@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from onnx_compress.cli.common import add_command, add_json_flag, add_session_flags, emit, session_settings
+from onnx_compress.cli.common import (add_command, add_json_flag, add_session_flags, emit, protect_inputs,
+                                      session_settings)
 from onnx_compress.setting_cli import add_flags, given
 
 __all__ = ["register"]
@@ -39,11 +40,10 @@ examples:
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from onnx_compress.model_io import check_output_path, model_files
     from onnx_compress.pipeline import PipelineSettings, compress
     from onnx_compress.report.text import render_text
 
-    check_output_path(args.output, model_files(args.model))  # fail before hours of work, not after
+    protect_inputs(args)  # fail before hours of work, not after
     pipeline_log = logging.getLogger("onnx_compress.pipeline")
     if pipeline_log.getEffectiveLevel() > logging.INFO:
         pipeline_log.setLevel(logging.INFO)  # one progress line per stage, with its time, on stderr

@@ -56,7 +56,7 @@ def _input_order(student: Any, names: list[str]) -> list[str]:
 
 
 def _distill(args: argparse.Namespace) -> int:
-    from onnx_compress.cli.export_cmd import torch_module
+    from onnx_compress.converters.torch.source import torch_module
     from onnx_compress.training.distill.torch import distill
     from onnx_compress.converters.torch.export import export_torch
     from onnx_compress.data import load_data
@@ -94,17 +94,7 @@ def _distill(args: argparse.Namespace) -> int:
         "student": {"path": str(args.output), "params": student_stats.params, "macs": student_stats.macs,
                     "size_bytes": student_stats.size_bytes},
     }
-    rows = []
-    for epoch in range(len(history.loss)):
-        rows.append([
-            epoch + 1,
-            f"{history.loss[epoch]:.4f}",
-            f"{history.distill_loss[epoch]:.4f}",
-            "-" if history.label_loss is None else f"{history.label_loss[epoch]:.4f}",
-            "-" if history.val_top1 is None else f"{history.val_top1[epoch]:.2f}",
-            "-" if history.val_agreement is None else f"{history.val_agreement[epoch]:.2f}",
-        ])
-    human = format_table(["epoch", "loss", "T^2*KL", "CE", "val top-1 %", "val agreement %"], rows)
+    human = history.table()
     summary = [
         ["teacher outputs / student outputs", f"{history.teacher_outputs} / {history.student_outputs}"],
         ["device", history.device],

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 from onnx_compress.cli.common import add_command, add_json_flag, emit, parse_shape
-from onnx_compress.errors import ExportError, ModelLoadError, SettingError, one_line
-from onnx_compress.table import format_table
+from onnx_compress.errors import ModelLoadError, SettingError
 
-__all__ = ["register", "load_factory", "torch_module"]
+__all__ = ["register"]
 
 _TORCH_DESCRIPTION = """\
 Export a PyTorch model to ONNX, then check that ONNX Runtime reproduces its outputs.
@@ -47,100 +44,21 @@ example:
 """
 
 
-def load_factory(spec: str) -> Any:
-    """Resolve ``FILE.py:NAME`` to the callable NAME defined in FILE.py (runs FILE.py)."""
-    file_part, sep, name = spec.rpartition(":")
-    if not sep or not file_part or not name:
-        raise SettingError(f"expected FILE.py:NAME, got {spec!r}")
-    path = Path(file_part)
-    if not path.is_file():
-        raise ModelLoadError(f"Python file not found: {path}")
-    module_name = f"_onnx_compress_user_{path.stem}"
-    loader_spec = importlib.util.spec_from_file_location(module_name, path)
-    if loader_spec is None or loader_spec.loader is None:
-        raise ModelLoadError(f"not an importable Python file: {path}")
-    module = importlib.util.module_from_spec(loader_spec)
-    sys.modules[module_name] = module
-    sys.path.insert(0, str(path.parent.resolve()))  # so the file can import its neighbours
-    try:
-        loader_spec.loader.exec_module(module)
-    except Exception as exc:
-        raise ModelLoadError(f"importing {path} failed: {type(exc).__name__}: {one_line(exc)}") from exc
-    finally:
-        sys.path.pop(0)
-    factory = getattr(module, name, None)
-    if factory is None or not callable(factory):
-        available = sorted(
-            n for n, v in vars(module).items()
-            if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == module_name
-        )
-        raise SettingError(
-            f"{path} defines no callable {name!r}; callables defined there: {', '.join(available) or 'none'}"
-        )
-    return factory
-
-
-def torch_module(spec: str, purpose: str, error: type[Exception] = ExportError) -> Any:
-    """The torch.nn.Module that ``FILE.py:NAME`` builds (runs FILE.py); ``error`` if NAME() fails."""
-    from onnx_compress.optional import require
-
-    torch = require("torch", purpose)
-    factory = load_factory(spec)
-    try:
-        module = factory()
-    except Exception as exc:
-        raise error(f"{spec}() failed: {type(exc).__name__}: {one_line(exc)}") from exc
-    if not isinstance(module, torch.nn.Module):
-        raise SettingError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module")
-    return module
-
-
-def _build_torch_module(args: argparse.Namespace) -> Any:
-    from onnx_compress.optional import require
-
-    torch = require("torch", "exporting a PyTorch model")
-    module = torch_module(args.source, "exporting a PyTorch model")
-    if args.weights is not None:
-        if not args.weights.is_file():
-            raise ModelLoadError(f"checkpoint not found: {args.weights}")
-        try:
-            state = torch.load(args.weights, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"could not load {args.weights} with weights_only=True ({type(exc).__name__}: {one_line(exc)})"
-            ) from exc
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-        try:
-            module.load_state_dict(state)
-        except Exception as exc:
-            raise ModelLoadError(f"{args.weights} does not fit {args.source}: {one_line(exc)}") from exc
-    return module
-
-
 def _export_torch(args: argparse.Namespace) -> int:
     from onnx_compress.converters.torch.export import export_torch
-    from onnx_compress.optional import require
+    from onnx_compress.converters.torch.source import example_inputs, load_weights, torch_module
 
-    torch = require("torch", "exporting a PyTorch model")
     if not args.input_shape:
         raise SettingError("--input-shape is required (e.g. --input-shape 1x1x28x28), once per input")
     dtypes = args.input_dtype or ["float32"] * len(args.input_shape)
     if len(dtypes) != len(args.input_shape):
         raise SettingError("give one --input-dtype per --input-shape, or none")
-    module = _build_torch_module(args)
-    generator = torch.Generator().manual_seed(0)
-    examples = []
-    for shape, dtype in zip(args.input_shape, dtypes):
-        torch_dtype = getattr(torch, dtype, None)
-        if not isinstance(torch_dtype, torch.dtype):
-            raise SettingError(f"unknown --input-dtype {dtype!r} (e.g. float32, int64)")
-        if torch_dtype.is_floating_point:
-            examples.append(torch.randn(shape, generator=generator).to(torch_dtype))
-        else:
-            examples.append(torch.randint(0, 100, shape, generator=generator).to(torch_dtype))
-    result = export_torch(module, tuple(examples), args.output, opset=args.opset or 18, **_common(args))
-    _report(args, result)
+    module = torch_module(args.source, "exporting a PyTorch model")
+    if args.weights is not None:
+        load_weights(module, args.weights, args.source)
+    examples = example_inputs(args.input_shape, dtypes)
+    result = export_torch(module, examples, args.output, opset=args.opset or 18, **_common(args))
+    emit(args, result.as_dict(), result.table())
     return 0
 
 
@@ -154,7 +72,7 @@ def _export_keras(args: argparse.Namespace) -> int:
         raise ModelLoadError(f"not a SavedModel directory: {source}")
     result = export_keras(source, args.output, opset=args.opset or 17, unsafe_load=getattr(args, "unsafe_load", False),
                           **_common(args))
-    _report(args, result)
+    emit(args, result.as_dict(), result.table())
     return 0
 
 
@@ -162,17 +80,6 @@ def _common(args: argparse.Namespace) -> dict[str, Any]:
     """The export settings every framework takes, from the flags of :func:`_add_common`."""
     return {"input_names": args.input_names, "output_names": args.output_names,
             "dynamic_batch": not args.static_batch, "atol": args.atol, "rtol": args.rtol}
-
-
-def _report(args: argparse.Namespace, result: Any) -> None:
-    rows = [
-        ["output", str(result.path)],
-        ["inputs", ", ".join(result.input_names)],
-        ["outputs", ", ".join(result.output_names)],
-        ["opset", result.opset],
-        ["external data", "yes" if result.external_data else "no"],
-    ] + [[f"parity at batch {c.batch} (max abs error)", f"{c.worst:.3g}"] for c in result.parity]
-    emit(args, result.as_dict(), format_table(["export", ""], rows, numeric=False))
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

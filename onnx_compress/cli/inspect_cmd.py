@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from onnx_compress.cli.common import add_command, add_json_flag, emit, parse_dims
-from onnx_compress.table import format_table, human_bytes, human_count
 
 __all__ = ["register"]
 
@@ -27,50 +26,19 @@ JSON keys: inputs, outputs, params, macs, macs_unknown_nodes, size_bytes, ops, o
 """
 
 
-def _transformer(path: Path) -> tuple[dict[str, Any] | None, str]:
-    """The encoder layers of the model at ``path`` (JSON) and a table, or (None, "")."""
+def _inspect(args: argparse.Namespace) -> int:
     from onnx_compress.model_io import load_model
     from onnx_compress.passes.prune.transformer.detect import find_structure, prepare
-
-    model = load_model(path)
-    prepare(model)
-    structure = find_structure(model)
-    if not structure.layers:
-        return None, ""
-    rows = []
-    for layer in structure.layers:
-        heads = f"{layer.attention.heads} x {layer.attention.head_dim}" if layer.attention else ""
-        rows.append([layer.index, heads, layer.ffn.width if layer.ffn else "",
-                     "yes" if not layer.depth_reason else "no",
-                     "; ".join(r for r in (layer.attention_reason, layer.ffn_reason, layer.depth_reason) if r)])
-    text = format_table([f"encoder layer ({structure.form} graph)", "heads x size", "FFN width", "removable",
-                         "refused"], rows)
-    for note in structure.notes:
-        text += f"\nnote: {note}"
-    return structure.as_dict(), text
-
-
-def _inspect(args: argparse.Namespace) -> int:
     from onnx_compress.stats import model_stats
 
     stats = model_stats(args.model, batch=args.batch, dims=parse_dims(args.dim))
-    rows: list[list[Any]] = [
-        ["inputs", "; ".join(stats.inputs)],
-        ["outputs", "; ".join(stats.outputs)],
-        ["params", f"{stats.params:,} ({human_count(stats.params)})"],
-        [f"MACs (batch {args.batch})", f"{stats.macs:,} ({human_count(stats.macs)})"],
-        ["size", f"{stats.size_bytes:,} bytes ({human_bytes(stats.size_bytes)})"],
-        ["opsets", ", ".join(f"{d or 'ai.onnx'}:{v}" for d, v in stats.opsets.items())],
-    ]
-    if stats.macs_unknown_nodes:
-        rows.append(["MACs unknown for", ", ".join(stats.macs_unknown_nodes[:10])
-                     + (" ..." if len(stats.macs_unknown_nodes) > 10 else "")])
-    human = format_table([str(args.model), ""], rows, numeric=False)
-    human += "\n\n" + format_table(["op", "count"], [[op, n] for op, n in stats.ops.items()])
-    transformer, table = _transformer(args.model)
-    if table:
-        human += "\n\n" + table
-    emit(args, {**stats.as_dict(), "transformer": transformer}, human)
+    human = stats.table(str(args.model), args.batch)
+    model = load_model(args.model)
+    prepare(model)
+    structure = find_structure(model)
+    if structure.layers:
+        human += "\n\n" + structure.table()
+    emit(args, {**stats.as_dict(), "transformer": structure.as_dict() if structure.layers else None}, human)
     return 0
 
 

@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from onnx_compress.cli.common import add_command, add_json_flag, emit
-from onnx_compress.cli.normalize_note import growth_warning, normalize_lines
+from onnx_compress.cli.common import add_command, add_json_flag, emit, normalize_notes, run_pass
 from onnx_compress.setting_cli import add_flags, given
-from onnx_compress.table import format_table, human_bytes
+from onnx_compress.table import human_bytes
 
 __all__ = ["register"]
 
@@ -35,15 +34,9 @@ examples:
 """
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
 def _lowrank(args: argparse.Namespace) -> int:
     from onnx_compress.errors import SettingError
-    from onnx_compress.model_io import check_output_path, load_model, model_files, save_model
     from onnx_compress.passes.lowrank import LowRank
-    from onnx_compress.passes.normalize import Normalize
     from onnx_compress.stats import size_on_disk
 
     if args.data is None and args.max_error is not None:
@@ -53,11 +46,7 @@ def _lowrank(args: argparse.Namespace) -> int:
         raise SettingError(f"--method {args.method} is data-aware: give --data calib.npz (or use --method svd)")
     lowrank = LowRank(calibration=args.data, **given(args, LowRank.Settings))  # settings are checked before any work
 
-    protected = model_files(args.model)
-    check_output_path(args.output, protected)  # before the work, not after it
-    normalization = Normalize()(load_model(args.model))
-    result = lowrank(normalization.model)
-    save_model(result.model, args.output, protected=protected)
+    normalization, result = run_pass(args, lowrank)
     size_before, size_after = size_on_disk(args.model), size_on_disk(args.output)
 
     payload = {
@@ -67,27 +56,12 @@ def _lowrank(args: argparse.Namespace) -> int:
         "size_after": size_after,
         **result.as_dict(),
     }
-    factored = [[layer.node, layer.op_type, f"{layer.shape[0]}x{layer.shape[1]}", layer.rank,
-                 layer.params_before, layer.params_after, _fmt(layer.weight_error), _fmt(layer.output_error)]
-                for layer in result.factored if layer.shape is not None]
-    human = ""
-    if factored:
-        human += format_table(["factored", "op", "K x N", "rank", "params", "after", "weight err", "output err"],
-                              factored) + "\n\n"
-    if result.left_alone:
-        human += "left alone:\n" + "".join(f"  {layer.node} ({layer.op_type}): {layer.reason}\n"
-                                           for layer in result.left_alone) + "\n"
-    human += (f"{result.summary()}\n"
-              f"method {result.method}"
-              + (f" on {result.calibration_samples} calibration samples" if result.calibration_samples else "")
-              + f"; size {human_bytes(size_before)} -> {human_bytes(size_after)}; wrote {args.output}")
+    human = "\n".join(result.lines())
+    human += f"; size {human_bytes(size_before)} -> {human_bytes(size_after)}; wrote {args.output}"
     if not result.modified:
         human += "\nno layer was factored: the output is the normalized input model"
-    notes = normalize_lines(normalization) + growth_warning(size_before, size_after, normalization,
-                                                             "the factored model")
+    notes = normalize_notes(payload, normalization, size_before, size_after, "the factored model")
     human += "".join(f"\n{line}" for line in notes)
-    payload["normalize"] = normalization.summary()
-    payload["warnings"] = [line for line in notes if line.startswith("WARNING")]
     emit(args, payload, human)
     return 0
 

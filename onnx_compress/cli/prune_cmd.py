@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from onnx_compress.cli.common import add_command, add_json_flag, emit, parse_dims
-from onnx_compress.cli.normalize_note import growth_warning, normalize_lines
+from onnx_compress.cli.common import (add_command, add_json_flag, emit, normalize_notes, parse_dims, protect_inputs,
+                                      run_pass)
 from onnx_compress.errors import SettingError
 from onnx_compress.setting_cli import add_flags, given
-from onnx_compress.table import format_table, human_bytes, human_count
+from onnx_compress.table import format_table, human_bytes
 
 __all__ = ["register"]
 
@@ -73,113 +73,43 @@ def _build_pass(args: argparse.Namespace, calibration: Any) -> Any:
     return PruneUnstructured(**given(args, PruneUnstructured.Settings))
 
 
-def _transformer_table(result: Any) -> str:
-    """Per encoder layer: what was cut (heads, FFN neurons, the whole layer) and why not."""
-
-    def width(before: int | None, after: int | None) -> str:
-        if before is None:
-            return ""
-        return f"{before}" if after == before else f"{before} -> {after if after is not None else 0}"
-
-    rows = [[layer.index, layer.status, width(layer.heads_before, layer.heads_after),
-             width(layer.ffn_before, layer.ffn_after), "" if layer.score is None else f"{layer.score:.4f}",
-             layer.reason] for layer in result.layers]
-    text = format_table(["layer", "status", "heads", "FFN neurons", "layer score", "reason"], rows)
-    for layer in result.reconstruction:
-        if layer.status == "refit":
-            text += f"\nreconstructed {layer.node}: output error {layer.error_before:.4f} -> {layer.error_after:.4f}"
-    for note in result.notes:
-        text += f"\nnote: {note}"
-    return text
-
-
 def _change(before: float, after: float) -> str:
     return f"{(after - before) / before:+.1%}" if before else ""
 
 
 def _prune(args: argparse.Namespace) -> int:
     from onnx_compress.data import load_data
-    from onnx_compress.model_io import check_output_path, load_model, model_files, save_model
-    from onnx_compress.passes import Normalize
-    from onnx_compress.passes.prune import PruneStructuredResult
     from onnx_compress.stats import model_stats
 
-    check_output_path(args.output, protected=model_files(args.model))
+    protect_inputs(args)  # before the work, not after it
     calibration = load_data(args.data) if args.data is not None else None
     prune_pass = _build_pass(args, calibration)
     dims = parse_dims(args.dim)
-    model = load_model(args.model)
     before = model_stats(args.model, batch=args.batch, dims=dims)
-    normalization = Normalize(fold_batchnorm=args.importance != "bn")(model)
-    result = prune_pass(normalization.model)
-    save_model(result.model, args.output, protected=model_files(args.model))
+    normalization, result = run_pass(args, prune_pass, fold_batchnorm=args.importance != "bn")
     after = model_stats(args.output, batch=args.batch, dims=dims)
+    mode = prune_pass.name.removeprefix("prune_")
 
-    from onnx_compress.passes.prune.transformer import PruneTransformerResult
+    def stats(s: Any) -> dict[str, Any]:
+        return {"params": s.params, "macs": s.macs, "macs_unknown_nodes": s.macs_unknown_nodes, "size_bytes": s.size_bytes}
 
-    structured = isinstance(result, PruneStructuredResult)
-    transformer = isinstance(result, PruneTransformerResult)
+    payload = {"input": str(args.model), "output": str(args.output), "mode": mode, "before": stats(before),
+               "after": stats(after), "result": result.as_dict()}
+    notes = normalize_notes(payload, normalization, before.size_bytes, after.size_bytes, "the pruned model")
     rows: list[list[Any]] = [
         ["params", f"{before.params:,}", f"{after.params:,}", _change(before.params, after.params)],
         [f"MACs (batch {args.batch})", f"{before.macs:,}", f"{after.macs:,}", _change(before.macs, after.macs)],
         ["size", human_bytes(before.size_bytes), human_bytes(after.size_bytes), _change(before.size_bytes, after.size_bytes)],
     ]
-    if not structured and not transformer and result.compressed_before and result.compressed_after:
+    if mode == "unstructured" and result.compressed_before and result.compressed_after:
         rows.append(["gzip size", human_bytes(result.compressed_before), human_bytes(result.compressed_after),
                      _change(result.compressed_before, result.compressed_after)])
     human = format_table([str(args.model), "before", "after", "change"], rows)
     if before.macs_unknown_nodes:
         human += (f"\nMACs unknown for {len(before.macs_unknown_nodes)} nodes with symbolic shapes: "
                   "give their sizes with --dim NAME=SIZE")
-    if transformer:
-        human += "\n\n" + _transformer_table(result)
-    elif structured:
-        cut = [[g.name, ", ".join(f"{b} -> {a}" for b, a in g.widths.values()), g.importance]
-               for g in result.pruned]
-        if cut:
-            human += "\n\n" + format_table(["cut group (producers)", "output channels", "importance"], cut)
-        if result.reconstruction:
-            def error(value: float | None) -> str:
-                return "" if value is None else f"{value:.4f}"
-
-            refit = [[layer.node, layer.status, f"{layer.rows:,}" if layer.rows else "", error(layer.error_before),
-                      error(layer.error_after), layer.reason] for layer in result.reconstruction]
-            human += "\n\n" + format_table(["reconstructed layer", "status", "rows", "output error before",
-                                              "after", "note"], refit)
-        if result.untouched:
-            human += "\n\nleft untouched (group: reason):"
-            for group in result.untouched:
-                human += f"\n  {group.name}: {group.reason}"
-        for note in result.notes:
-            human += f"\nnote: {note}"
-    else:
-        layers = [[layer.node, human_count(layer.elements), f"{layer.sparsity:.1%}"] for layer in result.layers]
-        if layers:
-            human += "\n\n" + format_table(["layer", "weights", "sparsity"], layers)
-        if result.skipped:
-            human += "\n\nleft dense (layer: reason):"
-            for layer_name, reason in result.skipped.items():
-                human += f"\n  {layer_name}: {reason}"
-        human += (f"\n\n{result.sparsity:.1%} of the pruned weights are zero ({result.pattern}). Dense ONNX Runtime "
-                  "kernels gain no speed from zeros; the gain is the compressed size.")
-    notes = normalize_lines(normalization) + growth_warning(before.size_bytes, after.size_bytes, normalization,
-                                                             "the pruned model")
-    human += "".join(f"\n{line}" for line in ["", *notes] if notes)
-    human += f"\n\nwrote {args.output}"
-
-    def stats(s: Any) -> dict[str, Any]:
-        return {"params": s.params, "macs": s.macs, "macs_unknown_nodes": s.macs_unknown_nodes, "size_bytes": s.size_bytes}
-
-    payload = {
-        "input": str(args.model),
-        "output": str(args.output),
-        "mode": "transformer" if transformer else "structured" if structured else "unstructured",
-        "before": stats(before),
-        "after": stats(after),
-        "result": result.as_dict(),
-        "normalize": normalization.summary(),
-        "warnings": [line for line in notes if line.startswith("WARNING")],
-    }
+    lines = [*result.lines(), *(["", *notes] if notes else []), "", f"wrote {args.output}"]
+    human += "".join(f"\n{line}" for line in lines)
     emit(args, payload, human)
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from onnx_compress.cli.common import add_command, add_json_flag, emit
+from onnx_compress.cli.common import add_command, add_json_flag, emit, protect_inputs, run_pass
 from onnx_compress.setting_cli import add_flags, given
 
 __all__ = ["register", "NOTHING_TO_DO_EXIT"]
@@ -42,28 +42,17 @@ examples:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from onnx_compress.model_io import check_output_path, load_model, model_files, save_model
-    from onnx_compress.passes.normalize import Normalize
     from onnx_compress.passes.quantize import Quantize
 
-    protected = model_files(args.model)
-    check_output_path(args.output, protected)
+    protect_inputs(args)
     quantize = Quantize(calibration=args.data, validation=args.val, **given(args, Quantize.Settings))
-    model = load_model(args.model)
-    normalized = Normalize()(model)
-    result = quantize(normalized.model)
-    payload: dict[str, Any] = {"input": str(args.model), "output": None, "normalize": normalized.summary(),
-                               **result.as_dict()}
+    normalized, result = run_pass(args, quantize, write_unchanged=False)
+    payload: dict[str, Any] = {"input": str(args.model), "output": str(args.output) if result.modified else None,
+                               "normalize": normalized.summary(), **result.as_dict()}
     lines = [f"{args.model}: normalized ({normalized.summary()})", *result.lines()]
-    if not result.modified:
-        lines.append(f"{args.output} not written")
-        emit(args, payload, "\n".join(lines))
-        return NOTHING_TO_DO_EXIT
-    save_model(result.model, args.output, protected=protected)
-    payload["output"] = str(args.output)
-    lines.append(f"wrote {args.output}")
+    lines.append(f"wrote {args.output}" if result.modified else f"{args.output} not written")
     emit(args, payload, "\n".join(lines))
-    return 0
+    return 0 if result.modified else NOTHING_TO_DO_EXIT
 
 
 def _flags(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from onnx_compress.cli.common import add_command, add_json_flag, emit
+from onnx_compress.cli.common import add_command, add_json_flag, emit, protect_inputs
 from onnx_compress.setting_cli import add_flags, given
 
 __all__ = ["register"]
@@ -39,20 +39,15 @@ examples:
 
 
 def _recover(args: argparse.Namespace) -> int:
-    from onnx_compress.model_io import check_output_path, model_files, save_model
-    from onnx_compress.table import format_table
+    from onnx_compress.model_io import save_model
     from onnx_compress.training.recover import RecoverySettings, recover
 
-    protected = [*model_files(args.model), *model_files(args.teacher)]
-    check_output_path(args.output, protected)
+    protected = protect_inputs(args, args.teacher)
     settings = RecoverySettings(**given(args, RecoverySettings))
     model, result = recover(args.model, args.teacher, args.data, args.val, settings, progress=not args.no_progress)
     if result.world_size > 1 and not _main_process():
         return 0 if result.improved else 3  # under torchrun only rank 0 writes and reports
-    rows = [[r.epoch, "-" if r.train_loss is None else f"{r.train_loss:.5g}", f"{r.val_loss:.5g}",
-             f"{r.metric:.5g}", "-" if r.metric_min is None else f"{r.metric_min:.4g}", f"{r.seconds:.1f}"]
-            for r in result.history]
-    table = format_table(["epoch", "train loss", "val loss", f"val {result.metric_name}", "min", "s"], rows)
+    table = result.table()
     payload: dict[str, Any] = {"output": None, **result.as_dict()}
     if not result.improved:
         emit(args, payload, table + f"\n\n{result.summary()}; nothing written")

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from onnx_compress.cli.common import add_command, add_json_flag, add_session_flags, emit, session_settings
-from onnx_compress.table import format_table
 
 __all__ = ["register"]
 
@@ -32,14 +31,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     result = validate(args.reference, args.candidate, args.data, args.metric,
                       batch_size=args.batch_size, settings=session_settings(args))
-    rows = [
-        ["metric", result.metric],
-        ["reference", f"{result.reference:.6g}"],
-        ["candidate", f"{result.candidate:.6g}"],
-        ["drop", f"{result.drop:.6g}"],
-        *[[key, f"{value:.6g}"] for key, value in result.details.items()],
-    ]
-    emit(args, result.as_dict(), format_table(["validate", ""], rows))
+    emit(args, result.as_dict(), result.table())
     return 0
 
 

@@ -19,6 +19,7 @@ from onnx_compress.passes.lowrank.statistics import collect_moments
 from onnx_compress.passes.lowrank.targets import Skipped, find_targets
 from onnx_compress.runtime.session import SessionSettings
 from onnx_compress.stats import count_params
+from onnx_compress.table import format_table
 
 __all__ = ["LowRank", "LowRankResult", "LowRankLayer"]
 
@@ -104,6 +105,25 @@ class LowRankResult(CompressionResult):
         if errors:
             text += f"; calibration output error per layer max {max(errors):.3g}"
         return text
+
+    def lines(self) -> list[str]:
+        """The human-readable report ("" = blank line): layers factored (shape, rank, parameters,
+        weight and calibration output error), layers left alone and why, the summary, the method."""
+
+        def error(value: float | None) -> str:
+            return "-" if value is None else f"{value:.4f}"
+
+        factored = [[layer.node, layer.op_type, f"{layer.shape[0]}x{layer.shape[1]}", layer.rank, layer.params_before,
+                     layer.params_after, error(layer.weight_error), error(layer.output_error)]
+                    for layer in self.factored if layer.shape is not None]
+        out: list[str] = []
+        if factored:
+            out += [format_table(["factored", "op", "K x N", "rank", "params", "after", "weight err", "output err"],
+                                 factored), ""]
+        if self.left_alone:
+            out += ["left alone:", *(f"  {layer.node} ({layer.op_type}): {layer.reason}" for layer in self.left_alone), ""]
+        samples = f" on {self.calibration_samples} calibration samples" if self.calibration_samples else ""
+        return out + [self.summary(), f"method {self.method}{samples}"]
 
 
 class LowRank(CompressionPass):

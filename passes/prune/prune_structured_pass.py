@@ -56,7 +56,7 @@ from onnx_compress.passes.prune.verify import Probe, check_pruned, make_probe
 from onnx_compress.runtime.cpu import detect_cpu
 from onnx_compress.setting import SEARCHED, setting
 from onnx_compress.stats import count_macs, count_params
-from onnx_compress.table import change_text
+from onnx_compress.table import change_text, format_table
 
 __all__ = ["GroupReport", "LayerReconstruction", "PruneStructured", "PruneStructuredResult",
            "PruneStructuredSettings"]
@@ -200,6 +200,25 @@ class PruneStructuredResult(CompressionResult):
         if self.reconstruction:
             text += f"; {len(self.refit)} of {len(self.reconstruction)} layers reconstructed"
         return text
+
+    def lines(self) -> list[str]:
+        """The human-readable report ("" = blank line): groups cut, layers reconstructed, groups
+        left untouched with the reason, notes."""
+        out: list[str] = []
+        cut = [[g.name, ", ".join(f"{b} -> {a}" for b, a in g.widths.values()), g.importance] for g in self.pruned]
+        if cut:
+            out += ["", format_table(["cut group (producers)", "output channels", "importance"], cut)]
+        if self.reconstruction:
+            def error(value: float | None) -> str:
+                return "" if value is None else f"{value:.4f}"
+
+            refit = [[layer.node, layer.status, f"{layer.rows:,}" if layer.rows else "", error(layer.error_before),
+                      error(layer.error_after), layer.reason] for layer in self.reconstruction]
+            out += ["", format_table(["reconstructed layer", "status", "rows", "output error before", "after", "note"],
+                                     refit)]
+        if self.untouched:
+            out += ["", "left untouched (group: reason):", *(f"  {g.name}: {g.reason}" for g in self.untouched)]
+        return out + [f"note: {note}" for note in self.notes]
 
 
 class PruneStructured(CompressionPass):

@@ -39,6 +39,7 @@ from onnx_compress.errors import SettingError
 from onnx_compress.model_io import EXTERNAL_DATA_THRESHOLD_BYTES, weights_nbytes
 from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
 from onnx_compress.setting import SEARCHED, setting
+from onnx_compress.table import format_table, human_count
 
 __all__ = ["PruneUnstructured", "PruneUnstructuredSettings", "PruneUnstructuredResult", "LayerSparsity",
            "compressed_size", "parse_nm"]
@@ -147,6 +148,18 @@ class PruneUnstructuredResult(CompressionResult):
             text += (f"; gzip size {self.compressed_before:,} -> {self.compressed_after:,} bytes "
                      f"({self.compressed_after / self.compressed_before - 1:+.0%}); no speed-up in dense kernels")
         return text
+
+    def lines(self) -> list[str]:
+        """The human-readable report ("" = blank line): sparsity per layer, layers left dense and why."""
+        out: list[str] = []
+        if self.layers:
+            out += ["", format_table(["layer", "weights", "sparsity"],
+                                     [[layer.node, human_count(layer.elements), f"{layer.sparsity:.1%}"]
+                                      for layer in self.layers])]
+        if self.skipped:
+            out += ["", "left dense (layer: reason):", *(f"  {name}: {reason}" for name, reason in self.skipped.items())]
+        return out + ["", f"{self.sparsity:.1%} of the pruned weights are zero ({self.pattern}). Dense ONNX Runtime "
+                          "kernels gain no speed from zeros; the gain is the compressed size."]
 
 
 def compressed_size(model: ir.Model) -> int | None:

@@ -90,6 +90,7 @@ import onnx_ir as ir
 from onnx_compress.data import LABELS_KEY, Dataset, DataSource, InputSpec, load_data
 from onnx_compress.errors import DataError, SettingError, one_line
 from onnx_compress.setting import check_fields, setting
+from onnx_compress.table import format_table
 
 __all__ = [
     "OutputKind",
@@ -213,6 +214,17 @@ class DistillHistory:
         values["val_metric_name"] = self.val_metric_name
         values["val_metric"] = self.val_metric
         return values
+
+    def table(self) -> str:
+        """Per epoch: total loss, ``T^2 * KL``, cross-entropy, validation top-1 and agreement (%)."""
+
+        def value(values: list[float] | None, epoch: int, digits: int) -> str:
+            return "-" if values is None else f"{values[epoch]:.{digits}f}"
+
+        rows = [[epoch + 1, f"{self.loss[epoch]:.4f}", f"{self.distill_loss[epoch]:.4f}",
+                 value(self.label_loss, epoch, 4), value(self.val_top1, epoch, 2), value(self.val_agreement, epoch, 2)]
+                for epoch in range(len(self.loss))]
+        return format_table(["epoch", "loss", "T^2*KL", "CE", "val top-1 %", "val agreement %"], rows)
 
 
 def new_history(settings: DistillSettings, *, teacher_kind: str, student_kind: str, device: str,

@@ -44,6 +44,8 @@ from collections.abc import Iterable
 import numpy as np
 import onnx_ir as ir
 
+from onnx_compress.table import format_table
+
 __all__ = [
     "AttentionBlock",
     "EncoderLayer",
@@ -169,6 +171,17 @@ class TransformerStructure:
     layers: list[EncoderLayer]
     form: str  # "plain", "fused" (MultiHeadAttention) or "none"
     notes: list[str] = dataclasses.field(default_factory=list)
+
+    def table(self) -> str:
+        """Per encoder layer: heads x head size, FFN width, whether it can be removed, what was
+        refused and why; then the notes."""
+        rows = [[layer.index, f"{layer.attention.heads} x {layer.attention.head_dim}" if layer.attention else "",
+                 layer.ffn.width if layer.ffn else "", "yes" if not layer.depth_reason else "no",
+                 "; ".join(r for r in (layer.attention_reason, layer.ffn_reason, layer.depth_reason) if r)]
+                for layer in self.layers]
+        text = format_table([f"encoder layer ({self.form} graph)", "heads x size", "FFN width", "removable",
+                             "refused"], rows)
+        return text + "".join(f"\nnote: {note}" for note in self.notes)
 
     def as_dict(self) -> dict[str, object]:
         return {

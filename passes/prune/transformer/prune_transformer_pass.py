@@ -52,7 +52,7 @@ from onnx_compress.passes.prune.transformer.layers import choose_layers, remove_
 from onnx_compress.passes.prune.verify import Probe, check_pruned, make_probe
 from onnx_compress.setting import SEARCHED, setting
 from onnx_compress.stats import count_macs, count_params
-from onnx_compress.table import change_text
+from onnx_compress.table import change_text, format_table
 
 __all__ = ["LayerReport", "PruneTransformer", "PruneTransformerResult", "PruneTransformerSettings"]
 
@@ -154,6 +154,23 @@ class PruneTransformerResult(CompressionResult):
         if refused:
             text += f"; refused in layers {refused}"
         return text
+
+    def lines(self) -> list[str]:
+        """The human-readable report ("" = blank line): per encoder layer, what was cut (heads, FFN
+        neurons, the whole layer) and why not; the layers reconstructed; notes."""
+
+        def width(before: int | None, after: int | None) -> str:
+            if before is None:
+                return ""
+            return f"{before}" if after == before else f"{before} -> {after if after is not None else 0}"
+
+        rows = [[layer.index, layer.status, width(layer.heads_before, layer.heads_after),
+                 width(layer.ffn_before, layer.ffn_after), "" if layer.score is None else f"{layer.score:.4f}",
+                 layer.reason] for layer in self.layers]
+        return ["", format_table(["layer", "status", "heads", "FFN neurons", "layer score", "reason"], rows),
+                *(f"reconstructed {layer.node}: output error {layer.error_before:.4f} -> {layer.error_after:.4f}"
+                  for layer in self.reconstruction if layer.status == "refit"),
+                *(f"note: {note}" for note in self.notes)]
 
 
 class PruneTransformer(CompressionPass):
