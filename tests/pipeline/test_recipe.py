@@ -31,7 +31,7 @@ def test_every_preset_builds():
 @pytest.mark.parametrize("text, fragment", [
     ("passes:\n  - quantise: {}\n", "unknown pass 'quantise'; valid passes:"),
     ("passes:\n  - normalize: {fold: 1}\n", "unknown setting(s) ['fold']"),
-    ("passes:\n  - normalize: {iterations: 0}\n", "iterations must be >= 1"),
+    ("passes:\n  - normalize: {iterations: 0}\n", "iterations must be an integer >= 1, got 0"),
     ("passes: []\n", "has no passes"),
     ("passes:\n  - normalize: {}\n    quantize: {}\n", "one key"),
     ("steps: []\n", "unknown key(s) ['steps']"),

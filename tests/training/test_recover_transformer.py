@@ -26,7 +26,7 @@ def _hidden(model, data, names):
 
 
 def test_layer_matching_recovers_a_keras_encoder_cut_on_held_out_data(keras_encoder_onnx):
-    import keras_encoder
+    from onnx_compress.samples import keras_encoder
 
     teacher = Normalize()(oc.load_model(keras_encoder_onnx)).model
     calib, val, test = (keras_encoder.token_dataset(200, seed=s) for s in (1, 2, 4))
