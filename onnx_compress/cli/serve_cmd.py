@@ -61,6 +61,10 @@ def _flags(parser: argparse.ArgumentParser) -> None:
     from onnx_compress.runtime.serve import ServeSettings
 
     add_flags(parser, ServeSettings, "host port grpc_port concurrency name access_log")
+    default_mb = ServeSettings.__dataclass_fields__["max_request_bytes"].default / 2**20  # declared once there
+    parser.add_argument("--max-request-mb", type=float, default=default_mb, metavar="MB",
+                        help=f"largest request body / gRPC message accepted, in MiB; larger ones get 413 "
+                             f"(default {default_mb:g})")
     add_session_flags(parser)
 
 
@@ -69,5 +73,3 @@ def register(subparsers: Any) -> None:
                          description=_DESCRIPTION, handler=_serve, settings=_flags)
     parser.add_argument("source", type=Path, metavar="MODEL_OR_REPO",
                         help="an .onnx file, or a model repository folder (NAME/config.pbtxt, NAME/1/model.onnx)")
-    parser.add_argument("--max-request-mb", type=float, default=64.0, metavar="MB",
-                        help="largest request body / gRPC message accepted, in MiB; larger ones get 413 (default 64)")
