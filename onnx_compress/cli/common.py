@@ -1,8 +1,10 @@
-"""Helpers shared by the CLI commands: argument parsing of shapes and dims, output, data."""
+"""What the commands share: their declaration (:class:`Command`, :func:`arg`), the inputs several of
+them take (declared once in :data:`SHARED`), output, and running one pass on a model file."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -11,25 +13,90 @@ from typing import Any
 
 from onnx_compress.errors import SettingError
 from onnx_compress.jsonable import jsonable
-from onnx_compress.setting_cli import add_flags, given
+from onnx_compress.setting_cli import add_flags, given, load
 
-__all__ = [
-    "Command",
-    "add_command",
-    "add_settings_flags",
-    "parse_shape",
-    "parse_dims",
-    "add_json_flag",
-    "add_session_flags",
-    "session_settings",
-    "emit",
-    "protect_inputs",
-    "run_pass",
-    "normalize_notes",
-]
+__all__ = ["Command", "arg", "one_of", "add_input", "SHARED", "SESSION", "add_settings_flags", "parse_shape", "parse_dims",
+           "session_settings", "emit", "protect_inputs", "run_pass", "normalize_notes"]
 
-#: a command's handler: takes the parsed arguments, returns the exit status
-Command = Callable[[argparse.Namespace], int]
+#: the inputs several commands take, declared once: a command names them (``"--json"``) or rewords
+#: one (``arg("--data", "calibration .npz ...")`` keeps the rest of its declaration)
+SHARED: dict[str, dict[str, Any]] = {
+    "model": {"type": Path, "help": "the ONNX model (never modified)"},
+    "-o": {"flags": ("-o", "--output"), "type": Path, "required": True, "help": "the ONNX file to write"},
+    "--data": {"type": Path, "help": "data .npz keyed by the model's input names"},
+    "--val": {"type": Path, "help": "held-out validation .npz"},
+    "--json": {"action": "store_true", "help": "print one JSON object on stdout instead of a table"},
+    "--batch": {"type": int, "default": 1, "help": "batch size for the MAC count"},
+    "--dim": {"action": "append", "metavar": "NAME=SIZE",
+              "help": "size of a symbolic input dimension, e.g. sequence=128 (repeatable)"},
+    "--metric": {"choices": ["auto", "top1", "cosine", "max_abs"], "default": "auto",
+                 "help": "budget metric (default auto: top1 when the data has labels, else cosine)"},
+    "--no-progress": {"action": "store_true", "help": "no progress bars on stderr"},
+}
+#: the generated ONNX Runtime session flags (--provider, --threads)
+SESSION = ("onnx_compress.runtime.session:SessionSettings", "provider intra_op_threads")
+
+
+def arg(name: str, help: str | None = None, default: Any = None, **options: Any) -> dict[str, Any]:
+    """One input of a command that is not a pass setting: a positional (``model``) or a flag (``--vs``).
+
+    A name of :data:`SHARED` starts from its declaration. The kind follows the default (``False``:
+    a switch; an int or float: that type) unless ``type`` or ``action`` is given; a default is added
+    to the help as ``(default X)`` unless the help speaks of it.
+    """
+    declared = {**SHARED.get(name, {}), **options, **({"help": help} if help else {})}
+    if default is not None:
+        declared["default"] = default
+    value = declared.get("default")
+    if value is False and "action" not in declared:
+        declared["action"] = "store_true"
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and "type" not in declared:
+        declared["type"] = type(value)
+    if value is not None and value is not False and "default" not in declared["help"]:
+        declared["help"] += f" (default {value})"
+    return {"flags": (name,), **declared}
+
+
+def one_of(*args: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    """Inputs of which at most one (``required``: exactly one) may be given."""
+    return {"one_of": args, "required": required}
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One subcommand: its words (``"export torch"``), its text (the first line is the help of the
+    command list, the rest its ``--help`` description: what it does, with an example), its handler
+    (the parsed arguments -> the exit status), its inputs (:func:`arg`, :func:`one_of` or names of
+    :data:`SHARED`), and its generated settings flags, added only when the command is parsed
+    (importing every pass's settings costs seconds): ``("module:SettingsClass", "field ...",
+    {add_flags options})`` or a function of the parser."""
+
+    name: str
+    text: str
+    run: Callable[[argparse.Namespace], int] | None = None
+    inputs: tuple[Any, ...] = ()
+    settings: tuple[Any, ...] = ()
+
+    def add_to(self, subparsers: Any) -> argparse.ArgumentParser:
+        help, _, description = self.text.strip("\n").partition("\n")
+        parser = subparsers.add_parser(self.name.split()[-1], help=help, description=description.strip("\n") or help,
+                                       parents=[_global_flags()] if self.run else [],
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.set_defaults(handler=self.run, settings_flags=self.settings or None)
+        for item in self.inputs:
+            add_input(parser, arg(item) if isinstance(item, str) else item)
+        return parser
+
+
+def add_input(parser: Any, declared: dict[str, Any]) -> None:
+    """Add an input declared with :func:`arg` or :func:`one_of` to ``parser``."""
+    if "one_of" in declared:
+        group = parser.add_mutually_exclusive_group(required=declared["required"])
+        for item in declared["one_of"]:
+            add_input(group, item)
+        return
+    options = dict(declared)
+    parser.add_argument(*options.pop("flags"), **options)
 
 
 def _global_flags() -> argparse.ArgumentParser:
@@ -42,25 +109,14 @@ def _global_flags() -> argparse.ArgumentParser:
     return parent
 
 
-def add_command(subparsers: Any, name: str, *, help: str, description: str, handler: Command,
-                settings: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.ArgumentParser:
-    """Add a subcommand with the global flags, a raw-text description and its handler.
-
-    ``settings(parser)`` adds the flags generated from settings declarations; it runs only for
-    the command being parsed (:func:`add_settings_flags`).
-    """
-    parser = subparsers.add_parser(name, help=help, description=description, parents=[_global_flags()],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.set_defaults(handler=handler, settings_flags=settings)
-    return parser
-
-
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """Add the generated flags of a command made by :func:`add_command` (once)."""
-    settings = parser.get_default("settings_flags")
-    if settings is not None:
-        parser.set_defaults(settings_flags=None)
-        settings(parser)
+    """Add the generated settings flags of a command's parser (once)."""
+    for spec in parser.get_default("settings_flags") or ():
+        if callable(spec):
+            spec(parser)
+        else:
+            add_flags(parser, load(spec[0]), spec[1], **(spec[2] if len(spec) > 2 else {}))
+    parser.set_defaults(settings_flags=None)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -85,32 +141,20 @@ def parse_dims(items: list[str] | None) -> dict[str, int]:
     return dims
 
 
-def add_json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON object on stdout instead of a table"
-    )
-
-
-def add_session_flags(parser: argparse.ArgumentParser) -> None:
-    """--provider and --threads, generated from SessionSettings (pass it as ``add_command(settings=)``)."""
-    from onnx_compress.runtime.session import SessionSettings
-
-    add_flags(parser, SessionSettings, "provider intra_op_threads")
-
-
 def session_settings(args: argparse.Namespace) -> Any:
-    from onnx_compress.runtime.session import SessionSettings
+    """The :data:`SESSION` flags given, as ``SessionSettings``."""
+    cls = load(SESSION[0])
+    return cls(**given(args, cls))
 
-    return SessionSettings(**given(args, SessionSettings))
 
-
-def emit(args: argparse.Namespace, payload: Mapping[str, Any], human: str) -> None:
-    """Print ``payload`` as one JSON object with ``--json``, else the human-readable text."""
+def emit(args: argparse.Namespace, payload: Mapping[str, Any], human: str, status: int = 0) -> int:
+    """Print ``payload`` as one JSON object with ``--json``, else the human-readable text; returns ``status``."""
     if getattr(args, "json", False):
         sys.stdout.write(json.dumps(jsonable(payload), indent=2, allow_nan=True) + "\n")
     else:
         sys.stdout.write(human.rstrip("\n") + "\n")
     sys.stdout.flush()
+    return status
 
 
 def protect_inputs(args: argparse.Namespace, *others: Path) -> list[Path]:

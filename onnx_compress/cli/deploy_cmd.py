@@ -1,17 +1,5 @@
-"""``onnx-compress deploy``: write a model into a Triton model repository (and KServe manifests)."""
+"""write a model into a Triton model repository
 
-from __future__ import annotations
-
-import argparse
-from pathlib import Path
-from typing import Any
-
-from onnx_compress.cli.common import add_command, add_json_flag, emit
-from onnx_compress.setting_cli import add_flags, given
-
-__all__ = ["register"]
-
-_DESCRIPTION = """\
 Write MODEL into the Triton model repository REPO for Triton's onnxruntime backend:
 
   REPO/NAME/config.pbtxt          platform "onnxruntime_onnx"; inputs and outputs with the model's
@@ -34,73 +22,54 @@ from the generated DIR/Dockerfile), with --min-replicas/--max-replicas, --target
 
 examples:
   onnx-compress deploy model.onnx --triton models/ --name digits --max-batch 32 --dynamic-batching
-  onnx-compress deploy small.onnx --triton models/ --name digits --version 2 --instances 2 --gpu
-  onnx-compress deploy model.onnx --triton models/ --name digits --kserve k8s/ \
+  onnx-compress deploy model.onnx --triton models/ --name digits --kserve k8s/ \\
       --storage-uri s3://bucket/models --max-replicas 4 --target-concurrency 8 --cpu 2 --memory 1Gi
 """
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from onnx_compress.cli.common import Command, arg, emit
+from onnx_compress.setting_cli import given
 
 
 def _deploy(args: argparse.Namespace) -> int:
     from onnx_compress.errors import SettingError
     from onnx_compress.runtime.deploy import deploy_triton
+    from onnx_compress.runtime.deploy.kserve import KServeSettings, deploy_kserve
 
     kserve = None
     if args.kserve is not None:
-        from onnx_compress.runtime.deploy.kserve import KServeSettings
-
         if args.storage_uri is None:
             raise SettingError("--kserve needs --storage-uri: where the repository will be uploaded (s3://..., pvc://...)")
         name = (args.name or args.model.stem).lower().replace("_", "-").replace(".", "-")
         kserve = KServeSettings(name=name, **given(args, KServeSettings))  # checked before writing anything
-    deployment = deploy_triton(
-        args.model,
-        args.triton,
-        args.name,
-        version=args.version,
-        max_batch=args.max_batch,
-        instances=args.instances,
-        gpu=args.gpu,
-        dynamic_batching=args.dynamic_batching,
-        overwrite=args.overwrite,
-    )
-    human = f"{deployment.summary()}\n\n{deployment.config_path}:\n{deployment.config}"
-    payload = deployment.as_dict()
+    deployment = deploy_triton(args.model, args.triton, args.name, version=args.version, max_batch=args.max_batch,
+                               instances=args.instances, gpu=args.gpu, dynamic_batching=args.dynamic_batching,
+                               overwrite=args.overwrite)
+    human, payload = f"{deployment.summary()}\n\n{deployment.config_path}:\n{deployment.config}", deployment.as_dict()
     if kserve is not None:
-        from onnx_compress.runtime.deploy.kserve import deploy_kserve
-
         manifests = deploy_kserve(args.kserve, kserve)
-        human += f"\n{manifests.summary()}"
-        payload["kserve"] = manifests.as_dict()
-    emit(args, payload, human)
-    return 0
+        human, payload["kserve"] = human + f"\n{manifests.summary()}", manifests.as_dict()
+    return emit(args, payload, human)
 
 
-def _flags(parser: argparse.ArgumentParser) -> None:
-    from onnx_compress.runtime.deploy.kserve import KServeSettings
-
-    add_flags(parser.add_argument_group("KServe manifests (--kserve)"), KServeSettings,
-              "storage_uri image min_replicas max_replicas target_concurrency cpu memory gpus batch_size "
-              "batch_latency_ms")
-
-
-def register(subparsers: Any) -> None:
-    parser = add_command(subparsers, "deploy", help="write a model into a Triton model repository",
-                         description=_DESCRIPTION, handler=_deploy, settings=_flags)
-    parser.add_argument("model", type=Path, help="the ONNX model to deploy")
-    parser.add_argument("--triton", type=Path, required=True, metavar="REPO",
-                        help="the Triton model repository folder (created if missing)")
-    parser.add_argument("--name", default=None,
-                        help="the model's name in the repository and in URLs (default: the file's stem)")
-    parser.add_argument("--version", type=int, default=1, metavar="N", help="the version folder (default 1)")
-    parser.add_argument("--max-batch", type=int, default=0, metavar="N",
-                        help="Triton's max_batch_size; > 0 needs a dynamic batch axis (default 0: no Triton batching)")
-    parser.add_argument("--instances", type=int, default=1, metavar="N",
-                        help="model instances Triton runs in parallel (default 1)")
-    parser.add_argument("--gpu", action="store_true", help="run the instances on GPUs (KIND_GPU; default KIND_CPU)")
-    parser.add_argument("--dynamic-batching", action="store_true",
-                        help="let Triton merge concurrent requests into batches (needs --max-batch > 0)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing NAME/VERSION/model.onnx (never while a server uses it)")
-    parser.add_argument("--kserve", type=Path, default=None, metavar="DIR",
-                        help="also write KServe InferenceService manifests and a Dockerfile into DIR")
-    add_json_flag(parser)
+COMMANDS = [Command("deploy", __doc__, _deploy, (
+    arg("model", "the ONNX model to deploy"),
+    arg("--triton", "the Triton model repository folder (created if missing)", type=Path, required=True,
+        metavar="REPO"),
+    arg("--name", "the model's name in the repository and in URLs (default: the file's stem)"),
+    arg("--version", "the version folder", 1, metavar="N"),
+    arg("--max-batch", "Triton's max_batch_size; > 0 needs a dynamic batch axis (default 0: no Triton batching)", 0,
+        metavar="N"),
+    arg("--instances", "model instances Triton runs in parallel", 1, metavar="N"),
+    arg("--gpu", "run the instances on GPUs (KIND_GPU; default KIND_CPU)", False),
+    arg("--dynamic-batching", "let Triton merge concurrent requests into batches (needs --max-batch > 0)", False),
+    arg("--overwrite", "replace an existing NAME/VERSION/model.onnx (never while a server uses it)", False),
+    arg("--kserve", "also write KServe InferenceService manifests and a Dockerfile into DIR", type=Path,
+        metavar="DIR"),
+    "--json"), settings=(("onnx_compress.runtime.deploy.kserve:KServeSettings", "storage_uri image min_replicas "
+                          "max_replicas target_concurrency cpu memory gpus batch_size batch_latency_ms",
+                          {"title": "KServe manifests (--kserve)"}),))]

@@ -1,16 +1,5 @@
-"""``onnx-compress inspect``: inputs, outputs, parameters, MACs, size and op histogram."""
+"""parameters, MACs, size and ops of a model
 
-from __future__ import annotations
-
-import argparse
-from pathlib import Path
-from typing import Any
-
-from onnx_compress.cli.common import add_command, add_json_flag, emit, parse_dims
-
-__all__ = ["register"]
-
-_DESCRIPTION = """\
 Show what a model is: its inputs and outputs, parameter count, multiply-accumulates (MACs) of
 one forward pass at --batch (default 1), size on disk (with external data) and how many nodes
 of each op type it has. MACs count Conv, ConvTranspose, Gemm, MatMul and their quantized forms,
@@ -23,7 +12,16 @@ and what the analysis refused, with the reason.
 
 JSON keys: inputs, outputs, params, macs, macs_unknown_nodes, size_bytes, ops, opsets, transformer
 (null when no encoder layer is found).
+
+example:
+  onnx-compress inspect minilm.onnx --dim sequence=128
 """
+
+from __future__ import annotations
+
+import argparse
+
+from onnx_compress.cli.common import Command, arg, emit, parse_dims
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -32,21 +30,11 @@ def _inspect(args: argparse.Namespace) -> int:
     from onnx_compress.stats import model_stats
 
     stats = model_stats(args.model, batch=args.batch, dims=parse_dims(args.dim))
-    human = stats.table(str(args.model), args.batch)
     model = load_model(args.model)
     prepare(model)
     structure = find_structure(model)
-    if structure.layers:
-        human += "\n\n" + structure.table()
-    emit(args, {**stats.as_dict(), "transformer": structure.as_dict() if structure.layers else None}, human)
-    return 0
+    human = stats.table(str(args.model), args.batch) + (f"\n\n{structure.table()}" if structure.layers else "")
+    return emit(args, {**stats.as_dict(), "transformer": structure.as_dict() if structure.layers else None}, human)
 
 
-def register(subparsers: Any) -> None:
-    parser = add_command(subparsers, "inspect", help="parameters, MACs, size and ops of a model",
-                         description=_DESCRIPTION, handler=_inspect)
-    parser.add_argument("model", type=Path, help="the ONNX model")
-    parser.add_argument("--batch", type=int, default=1, help="batch size for the MAC count (default 1)")
-    parser.add_argument("--dim", action="append", metavar="NAME=SIZE",
-                        help="size of a symbolic input dimension, e.g. sequence=128 (repeatable)")
-    add_json_flag(parser)
+COMMANDS = [Command("inspect", __doc__, _inspect, (arg("model", "the ONNX model"), "--batch", "--dim", "--json"))]

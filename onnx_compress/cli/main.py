@@ -20,21 +20,8 @@ from onnx_compress.errors import OnnxCompressError, one_line
 
 __all__ = ["main", "build_parser"]
 
-#: the command modules, in the order `--help` lists them; each defines register(subparsers)
-COMMAND_MODULES = [
-    "onnx_compress.cli.export_cmd",
-    "onnx_compress.cli.inspect_cmd",
-    "onnx_compress.cli.validate_cmd",
-    "onnx_compress.cli.bench_cmd",
-    "onnx_compress.cli.compress_cmd",
-    "onnx_compress.cli.deploy_cmd",
-    "onnx_compress.cli.serve_cmd",
-    "onnx_compress.cli.prune_cmd",
-    "onnx_compress.cli.distill_cmd",
-    "onnx_compress.cli.lowrank_cmd",
-    "onnx_compress.cli.quantize_cmd",
-    "onnx_compress.cli.recover_cmd",
-]
+#: the command modules (onnx_compress.cli.NAME_cmd), in the order `--help` lists them; each declares COMMANDS
+COMMAND_MODULES = "export inspect validate bench compress deploy serve prune distill lowrank quantize recover".split()
 
 _DESCRIPTION = """\
 Make trained neural networks smaller and faster through ONNX.
@@ -64,8 +51,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show progress logs (INFO)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
+    groups = {"": subparsers}
     for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+        for command in importlib.import_module(f"onnx_compress.cli.{module_name}_cmd").COMMANDS:
+            added = command.add_to(groups[command.name.rpartition(" ")[0]])
+            if command.run is None:  # a group: "export torch", "export keras", ...
+                groups[command.name] = added.add_subparsers(dest="framework", metavar="FRAMEWORK", required=True)
     command = next((arg for arg in (sys.argv[1:] if argv is None else argv) if arg in subparsers.choices), None)
     if command is not None:
         add_settings_flags(subparsers.choices[command])

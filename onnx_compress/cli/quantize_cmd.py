@@ -1,20 +1,5 @@
-"""``onnx-compress quantize``: int8 (static / dynamic), 4-bit weight-only or fp16, with a speed guard."""
+"""int8 / 4-bit / fp16 quantization with a speed guard
 
-from __future__ import annotations
-
-import argparse
-from pathlib import Path
-from typing import Any
-
-from onnx_compress.cli.common import add_command, add_json_flag, emit, protect_inputs, run_pass
-from onnx_compress.setting_cli import add_flags, given
-
-__all__ = ["register", "NOTHING_TO_DO_EXIT"]
-
-#: exit status when the model was left as it is (already quantized, nothing quantizable, slower)
-NOTHING_TO_DO_EXIT = 3
-
-_DESCRIPTION = """\
 Quantize an ONNX model with ONNX Runtime's quantization tools, choosing the settings from the
 model and this CPU, and prove the result: size, speed against the input (interleaved benchmark
 on this CPU) and, with --val, the accuracy drop on held-out data.
@@ -40,6 +25,16 @@ examples:
   onnx-compress quantize m.onnx -o q4.onnx --mode weight_only --block-size 32
 """
 
+from __future__ import annotations
+
+import argparse
+
+from onnx_compress.cli.common import Command, arg, emit, protect_inputs, run_pass
+from onnx_compress.setting_cli import given
+
+#: exit status when the model was left as it is (already quantized, nothing quantizable, slower)
+NOTHING_TO_DO_EXIT = 3
+
 
 def _quantize(args: argparse.Namespace) -> int:
     from onnx_compress.passes.quantize import Quantize
@@ -47,29 +42,18 @@ def _quantize(args: argparse.Namespace) -> int:
     protect_inputs(args)
     quantize = Quantize(calibration=args.data, validation=args.val, **given(args, Quantize.Settings))
     normalized, result = run_pass(args, quantize, write_unchanged=False)
-    payload: dict[str, Any] = {"input": str(args.model), "output": str(args.output) if result.modified else None,
-                               "normalize": normalized.summary(), **result.as_dict()}
-    lines = [f"{args.model}: normalized ({normalized.summary()})", *result.lines()]
-    lines.append(f"wrote {args.output}" if result.modified else f"{args.output} not written")
-    emit(args, payload, "\n".join(lines))
-    return 0 if result.modified else NOTHING_TO_DO_EXIT
+    payload = {"input": str(args.model), "output": str(args.output) if result.modified else None,
+               "normalize": normalized.summary(), **result.as_dict()}
+    lines = [f"{args.model}: normalized ({normalized.summary()})", *result.lines(),
+             f"wrote {args.output}" if result.modified else f"{args.output} not written"]
+    return emit(args, payload, "\n".join(lines), 0 if result.modified else NOTHING_TO_DO_EXIT)
 
 
-def _flags(parser: argparse.ArgumentParser) -> None:
-    from onnx_compress.passes.quantize.settings import QuantizeSettings
-
-    add_flags(parser, QuantizeSettings, "mode metric max_drop budget_margin per_channel exclude op_types "
-              "calibration_method calibration_samples format block_size preprocess smooth guard objective "
-              "benchmark_batch threads")
-
-
-def register(subparsers: Any) -> None:
-    parser = add_command(subparsers, "quantize", help="int8 / 4-bit / fp16 quantization with a speed guard",
-                         description=_DESCRIPTION, handler=_quantize, settings=_flags)
-    parser.add_argument("model", type=Path, help="the ONNX model to quantize (never modified)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="where to write the quantized model")
-    parser.add_argument("--data", type=Path, default=None, metavar="CALIB.npz",
-                        help="calibration data (.npz keyed by input names); required for static mode")
-    parser.add_argument("--val", type=Path, default=None, metavar="VAL.npz",
-                        help="held-out validation data: the accuracy drop is measured on it (never the --data)")
-    add_json_flag(parser)
+COMMANDS = [Command("quantize", __doc__, _quantize, (
+    arg("model", "the ONNX model to quantize (never modified)"),
+    arg("-o", "where to write the quantized model"),
+    arg("--data", "calibration data (.npz keyed by input names); required for static mode", metavar="CALIB.npz"),
+    arg("--val", "held-out validation data: the accuracy drop is measured on it (never the --data)", metavar="VAL.npz"),
+    "--json"), settings=(("onnx_compress.passes.quantize.settings:QuantizeSettings", "mode metric max_drop "
+                          "budget_margin per_channel exclude op_types calibration_method calibration_samples format "
+                          "block_size preprocess smooth guard objective benchmark_batch threads"),))]

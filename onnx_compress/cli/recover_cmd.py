@@ -1,18 +1,5 @@
-"""``onnx-compress recover``: distill a compressed ONNX model back towards its original."""
+"""distill a compressed model back towards its original
 
-from __future__ import annotations
-
-import argparse
-import sys
-from pathlib import Path
-from typing import Any
-
-from onnx_compress.cli.common import add_command, add_json_flag, emit, protect_inputs
-from onnx_compress.setting_cli import add_flags, given
-
-__all__ = ["register"]
-
-_DESCRIPTION = """\
 Recovery training: the compressed model (pruned, factored) is trained to reproduce the original
 model's outputs on --data (inputs only; 'labels' optional), as the SAME ONNX graph: its Conv,
 Gemm, MatMul, bias and norm weights are trained in PyTorch and written back by initializer name
@@ -30,12 +17,20 @@ on CUDA), each process on a shard of --data with --batch-size samples per step; 
 writes and reports.
 
 examples:
-  onnx-compress prune m.onnx -o pruned.onnx --structured 0.75 --data calib.npz
   onnx-compress recover pruned.onnx --teacher m.onnx --data train.npz --val val.npz -o recovered.onnx --lr 1e-3
   onnx-compress recover pruned.onnx --teacher m.onnx --data train.npz --val val.npz -o qat.onnx --lr 1e-3 --qat
-  onnx-compress quantize qat.onnx -o int8.onnx --mode static --data calib.npz
   torchrun --standalone --nproc_per_node 2 $(which onnx-compress) recover pruned.onnx --teacher m.onnx --data train.npz --val val.npz -o recovered.onnx --batch-size 16
 """
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from onnx_compress.cli.common import Command, arg, emit, protect_inputs
+from onnx_compress.setting_cli import given
 
 
 def _recover(args: argparse.Namespace) -> int:
@@ -45,43 +40,23 @@ def _recover(args: argparse.Namespace) -> int:
     protected = protect_inputs(args, args.teacher)
     settings = RecoverySettings(**given(args, RecoverySettings))
     model, result = recover(args.model, args.teacher, args.data, args.val, settings, progress=not args.no_progress)
-    if result.world_size > 1 and not _main_process():
+    if result.world_size > 1 and os.environ.get("RANK", "0") != "0":
         return 0 if result.improved else 3  # under torchrun only rank 0 writes and reports
-    table = result.table()
-    payload: dict[str, Any] = {"output": None, **result.as_dict()}
     if not result.improved:
-        emit(args, payload, table + f"\n\n{result.summary()}; nothing written")
-        return 3
+        return emit(args, {"output": None, **result.as_dict()}, f"{result.table()}\n\n{result.summary()}; nothing written", 3)
     save_model(model, args.output, protected=protected)
-    payload["output"] = str(args.output)
-    note = ""
-    if result.interrupted:
-        note = f"\ninterrupted: wrote the best epoch so far (epoch {result.best_epoch})"
-        sys.stderr.write(note.strip() + "\n")
-    emit(args, payload, table + f"\n\n{result.summary()}\nwrote {args.output}{note}")
-    return 130 if result.interrupted else 0
+    note = f"\ninterrupted: wrote the best epoch so far (epoch {result.best_epoch})" if result.interrupted else ""
+    sys.stderr.write(note.lstrip("\n") + "\n" if note else "")
+    return emit(args, {"output": str(args.output), **result.as_dict()},
+                f"{result.table()}\n\n{result.summary()}\nwrote {args.output}{note}", 130 if result.interrupted else 0)
 
 
-def _main_process() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
-
-
-def _flags(parser: argparse.ArgumentParser) -> None:
-    from onnx_compress.training.recover import RecoverySettings
-
-    add_flags(parser, RecoverySettings, "epochs lr batch_size loss temperature label_weight match patience "
-              "max_minutes steps_per_epoch trim device seed qat")
-
-
-def register(subparsers: Any) -> None:
-    parser = add_command(subparsers, "recover", help="distill a compressed model back towards its original",
-                         description=_DESCRIPTION, handler=_recover, settings=_flags)
-    parser.add_argument("model", type=Path, help="the compressed ONNX model (never modified)")
-    parser.add_argument("--teacher", type=Path, required=True, help="the original ONNX model it was cut from")
-    parser.add_argument("--data", type=Path, required=True, help="training .npz (inputs; 'labels' optional)")
-    parser.add_argument("--val", type=Path, required=True, help="held-out validation .npz for early stopping")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="the recovered ONNX file to write")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
-    add_json_flag(parser)
+COMMANDS = [Command("recover", __doc__, _recover, (
+    arg("model", "the compressed ONNX model (never modified)"),
+    arg("--teacher", "the original ONNX model it was cut from", type=Path, required=True),
+    arg("--data", "training .npz (inputs; 'labels' optional)", required=True),
+    arg("--val", "held-out validation .npz for early stopping", required=True),
+    arg("-o", "the recovered ONNX file to write"),
+    "--no-progress", "--json"), settings=(("onnx_compress.training.recover:RecoverySettings", "epochs lr batch_size "
+                                           "loss temperature label_weight match patience max_minutes steps_per_epoch "
+                                           "trim device seed qat"),))]

@@ -1,17 +1,5 @@
-"""``onnx-compress serve``: KServe's model server with ONNX Runtime as the predictor."""
+"""serve models on KServe's model server (HTTP + gRPC, ONNX Runtime)
 
-from __future__ import annotations
-
-import argparse
-from pathlib import Path
-from typing import Any
-
-from onnx_compress.cli.common import add_command, add_session_flags, session_settings
-from onnx_compress.setting_cli import add_flags, given
-
-__all__ = ["register"]
-
-_DESCRIPTION = """\
 Serve an ONNX model, or every model of a Triton model repository (as written by
 `onnx-compress deploy`), on KServe's model server (the kserve package) with ONNX Runtime as the
 predictor: REST v1/v2 (Open Inference Protocol, JSON or binary tensor data) on --port, gRPC v2
@@ -37,11 +25,18 @@ examples:
   onnx-compress serve models/ --port 8080 --grpc-port 8081 --threads 2
 """
 
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+from onnx_compress.cli.common import SESSION, Command, add_input, arg, session_settings
+from onnx_compress.setting_cli import given
+
 
 def _serve(args: argparse.Namespace) -> int:
-    import dataclasses
-    import logging
-
     from onnx_compress.errors import SettingError
     from onnx_compress.runtime.serve import ServeSettings, serve
 
@@ -57,19 +52,16 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _flags(parser: argparse.ArgumentParser) -> None:
+def _max_request_mb(parser: argparse.ArgumentParser) -> None:
     from onnx_compress.runtime.serve import ServeSettings
 
-    add_flags(parser, ServeSettings, "host port grpc_port concurrency name access_log")
-    default_mb = ServeSettings.__dataclass_fields__["max_request_bytes"].default / 2**20  # declared once there
-    parser.add_argument("--max-request-mb", type=float, default=default_mb, metavar="MB",
-                        help=f"largest request body / gRPC message accepted, in MiB; larger ones get 413 "
-                             f"(default {default_mb:g})")
-    add_session_flags(parser)
+    default = ServeSettings.__dataclass_fields__["max_request_bytes"].default / 2**20  # declared once there
+    add_input(parser, arg("--max-request-mb", "largest request body / gRPC message accepted, in MiB; larger ones get "
+                          f"413 (default {default:g})", default, metavar="MB"))
 
 
-def register(subparsers: Any) -> None:
-    parser = add_command(subparsers, "serve", help="serve models on KServe's model server (HTTP + gRPC, ONNX Runtime)",
-                         description=_DESCRIPTION, handler=_serve, settings=_flags)
-    parser.add_argument("source", type=Path, metavar="MODEL_OR_REPO",
-                        help="an .onnx file, or a model repository folder (NAME/config.pbtxt, NAME/1/model.onnx)")
+COMMANDS = [Command("serve", __doc__, _serve, (
+    arg("source", "an .onnx file, or a model repository folder (NAME/config.pbtxt, NAME/1/model.onnx)", type=Path,
+        metavar="MODEL_OR_REPO"),), settings=(("onnx_compress.runtime.serve:ServeSettings",
+                                               "host port grpc_port concurrency name access_log"),
+                                              _max_request_mb, SESSION))]
