@@ -1,12 +1,9 @@
 """latency of a model, optionally side by side with another
 
-Measure ONNX Runtime latency: median and 90th percentile milliseconds per call and throughput
-(samples/s), after warm-up runs. Inputs are the first --batch samples of --data, or random
-inputs of the model's shape (symbolic axes other than the batch need --dim NAME=SIZE).
-
-With --vs OTHER, both models run in one interleaved loop (A B B A ...), so machine load hits
-both alike, and the speedup of MODEL over OTHER (median OTHER / median MODEL) is reported.
-Quote ratios from one run, not absolute numbers from different runs.
+ONNX Runtime latency after warm-up runs: median and p90 ms per call, and samples/s, on the first --batch
+samples of --data or random inputs (--dim NAME=SIZE for a symbolic axis). With --vs OTHER both models run
+in one interleaved loop (A B B A ...), so machine load hits both alike, and the speedup of MODEL over
+OTHER (median OTHER / median MODEL) is reported: quote ratios from one run, not numbers from two.
 
 examples:
   onnx-compress bench model.onnx --batch 8 --threads 2

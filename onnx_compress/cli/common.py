@@ -15,8 +15,8 @@ from onnx_compress.errors import SettingError
 from onnx_compress.jsonable import jsonable
 from onnx_compress.setting_cli import add_flags, given, load
 
-__all__ = ["Command", "arg", "one_of", "add_input", "SHARED", "SESSION", "add_settings_flags", "parse_shape", "parse_dims",
-           "session_settings", "emit", "protect_inputs", "run_pass", "normalize_notes"]
+__all__ = ["Command", "arg", "one_of", "add_input", "SHARED", "SESSION", "add_settings_flags", "global_flags",
+           "parse_shape", "parse_dims", "session_settings", "emit", "protect_inputs", "run_pass", "normalize_notes"]
 
 #: the inputs several commands take, declared once: a command names them (``"--json"``) or rewords
 #: one (``arg("--data", "calibration .npz ...")`` keeps the rest of its declaration)
@@ -80,7 +80,7 @@ class Command:
     def add_to(self, subparsers: Any) -> argparse.ArgumentParser:
         help, _, description = self.text.strip("\n").partition("\n")
         parser = subparsers.add_parser(self.name.split()[-1], help=help, description=description.strip("\n") or help,
-                                       parents=[_global_flags()] if self.run else [],
+                                       parents=[global_flags()] if self.run else [],
                                        formatter_class=argparse.RawDescriptionHelpFormatter)
         parser.set_defaults(handler=self.run, settings_flags=self.settings or None)
         for item in self.inputs:
@@ -99,13 +99,11 @@ def add_input(parser: Any, declared: dict[str, Any]) -> None:
     parser.add_argument(*options.pop("flags"), **options)
 
 
-def _global_flags() -> argparse.ArgumentParser:
-    """--debug and -v, accepted after the command name too (``onnx-compress inspect m.onnx --debug``)."""
+def global_flags() -> argparse.ArgumentParser:
+    """--debug and -v, before the command or after it (``onnx-compress inspect m.onnx --debug``)."""
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show tracebacks and debug logs")
-    parent.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="show progress logs (INFO)")
+    parent.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logs")
+    parent.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show progress logs (INFO)")
     return parent
 
 
@@ -149,10 +147,8 @@ def session_settings(args: argparse.Namespace) -> Any:
 
 def emit(args: argparse.Namespace, payload: Mapping[str, Any], human: str, status: int = 0) -> int:
     """Print ``payload`` as one JSON object with ``--json``, else the human-readable text; returns ``status``."""
-    if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(jsonable(payload), indent=2, allow_nan=True) + "\n")
-    else:
-        sys.stdout.write(human.rstrip("\n") + "\n")
+    as_json = getattr(args, "json", False)
+    sys.stdout.write((json.dumps(jsonable(payload), indent=2, allow_nan=True) if as_json else human.rstrip("\n")) + "\n")
     sys.stdout.flush()
     return status
 
@@ -170,10 +166,8 @@ def protect_inputs(args: argparse.Namespace, *others: Path) -> list[Path]:
 def run_pass(args: argparse.Namespace, compression_pass: Any, *, fold_batchnorm: bool = True,
              write_unchanged: bool = True) -> tuple[Any, Any]:
     """Normalize ``args.model`` (as ``compress`` does), run the pass on it and write the result to
-    ``args.output`` (unless it is unchanged and ``write_unchanged`` is false).
-
-    Returns the normalization result and the pass result; the input file is never modified.
-    """
+    ``args.output`` (unless it is unchanged and ``write_unchanged`` is false); returns the normalization
+    result and the pass result. The input file is never modified."""
     from onnx_compress.model_io import load_model, save_model
     from onnx_compress.passes.normalize import Normalize
 

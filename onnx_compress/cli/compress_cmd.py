@@ -1,27 +1,22 @@
 """a recipe of passes under an accuracy budget, with a report
 
-Compress a model with a recipe of passes (prune -> low-rank -> quantize ...) and keep the
-result within an accuracy budget: after every pass the model is validated on --val (held-out
-data, never the calibration data) against the original; a pass that breaks the budget is
-searched down to the most aggressive setting that holds (bisection of its strength) or rolled
-back. The report gives, per stage, size, parameters, MACs, ONNX Runtime latency (median, p90,
-speed-up against the original measured in the same run), the metric and its drop, and what each
-pass did; --report DIR also writes report.json and report.html (with a plot).
-
-Recipes are YAML or JSON:
+Compress a model with a recipe of passes (prune -> low-rank -> quantize ...) within an accuracy budget:
+after every pass the model is validated on --val (held-out) against the original; a pass that breaks the
+budget is searched down to the strongest setting that holds or rolled back. The report gives per stage
+size, parameters, MACs, latency (speed-up against the original in the same run), the metric and its drop;
+--report DIR also writes report.json and report.html. A recipe (YAML or JSON) names passes and their
+settings (the README's settings reference):
 
   name: mine
   passes:
     - prune_structured: {ratio: 0.5}
-    - lowrank: {energy: 0.95}
     - quantize: {mode: auto}
 
-Passes a recipe can name: {passes}. An unknown pass or setting is an error naming the valid
-ones; every pass's settings are in the README's settings reference.
+Passes a recipe can name: {passes}.
 
 examples:
   onnx-compress compress m.onnx -o small.onnx --preset small --data calib.npz --val val.npz --max-drop 0.5
-  onnx-compress compress m.onnx -o out.onnx --recipe recipe.yaml --data calib.npz --val val.npz --metric cosine --max-drop 0.01
+  onnx-compress compress m.onnx -o out.onnx --recipe r.yaml --data calib.npz --val val.npz --metric cosine --max-drop 0.01
 """
 
 from __future__ import annotations

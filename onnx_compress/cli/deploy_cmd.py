@@ -1,29 +1,17 @@
 """write a model into a Triton model repository
 
-Write MODEL into the Triton model repository REPO for Triton's onnxruntime backend:
-
-  REPO/NAME/config.pbtxt          platform "onnxruntime_onnx"; inputs and outputs with the model's
-                                  names, data types (TYPE_FP32, TYPE_INT64, ...) and dims;
-                                  max_batch_size, instance_group, dynamic_batching
-  REPO/NAME/VERSION/model.onnx    the model (+ model.onnx.data when it keeps external data)
-
-With --max-batch N > 0, Triton owns the first axis: it must be dynamic in the model (a static
-batch axis is refused) and is left out of the config's dims; other dynamic axes are -1. With
---max-batch 0 (default) the dims are the model's full shapes and Triton does not batch.
-The model is loaded in ONNX Runtime first; the input model is never modified; an existing
-version is not replaced without --overwrite. Serve the repository locally with
-`onnx-compress serve REPO`.
-
-With --kserve DIR it also writes Kubernetes manifests for KServe into DIR: NAME-triton.yaml
-(an InferenceService serving the repository with KServe's Triton runtime, modelFormat onnx),
-NAME-onnxruntime.yaml (one running `onnx-compress serve` as a custom predictor, image built
-from the generated DIR/Dockerfile), with --min-replicas/--max-replicas, --target-concurrency,
---cpu/--memory/--gpus and --storage-uri (where you upload REPO). Then: kubectl apply -f DIR/...
+Write MODEL into the Triton model repository REPO for Triton's onnxruntime backend: REPO/NAME/config.pbtxt
+(the model's inputs and outputs, max_batch_size, instance_group, dynamic_batching) and
+REPO/NAME/VERSION/model.onnx (+ model.onnx.data). With --max-batch N > 0 Triton owns the first axis, which
+must be dynamic in the model; with 0 (default) Triton does not batch. The model is loaded in ONNX Runtime
+first and never modified; an existing version is replaced only with --overwrite. Serve the repository
+locally with `onnx-compress serve REPO`. --kserve DIR also writes KServe InferenceService manifests (with
+KServe's Triton runtime, or `onnx-compress serve` as a custom predictor with its Dockerfile) into DIR, then:
+kubectl apply -f DIR/...
 
 examples:
   onnx-compress deploy model.onnx --triton models/ --name digits --max-batch 32 --dynamic-batching
-  onnx-compress deploy model.onnx --triton models/ --name digits --kserve k8s/ \\
-      --storage-uri s3://bucket/models --max-replicas 4 --target-concurrency 8 --cpu 2 --memory 1Gi
+  onnx-compress deploy model.onnx --triton models/ --name digits --kserve k8s/ --storage-uri s3://bucket/models
 """
 
 from __future__ import annotations

@@ -1,26 +1,12 @@
 """train a PyTorch student from an ONNX teacher, export it
 
-Knowledge distillation: train a PyTorch student to imitate an ONNX teacher (run once over the
-training data by ONNX Runtime, so the teacher may come from Keras, PyTorch or anything else that
-exports ONNX), then export the student to ONNX with a parity check.
-
---student is FILE.py:FACTORY, where FACTORY is a function returning the student torch.nn.Module
-(freshly initialised, or with weights the function loads itself) or an nn.Module class
-constructible without arguments. WARNING: FILE.py is imported and run as Python code: only use
-files you trust. onnx_compress.training.narrow.torch.narrow_student(teacher_module, 0.5) builds a
-half-width copy of a plain CNN/MLP, e.g. as the body of FACTORY.
-
-loss (per batch; z = outputs as logits or log-probabilities, y = labels):
-  (1 - alpha) * T^2 * KL(softmax(z_teacher / T) || softmax(z_student / T))  +  alpha * CE(z_student, y)
-  --alpha 0 needs no labels (pure distillation); --alpha 1 ignores the teacher.
-Outputs that are probabilities (a softmax at the end) or log-probabilities (log_softmax) are
-detected and taken to log space; --teacher-outputs / --student-outputs say it explicitly.
-
-data: .npz keyed by the student's input names, plus 'labels' (needed when alpha > 0). A teacher
-with another input layout gets the data transposed: --teacher-layout NCHW->NHWC for a teacher
-exported from Keras (NHWC images) and a PyTorch student (NCHW).
-
-The exported student has the data's input names, the output 'output', a dynamic batch axis.
+Knowledge distillation: train a PyTorch student to imitate an ONNX teacher (run by ONNX Runtime, so it may
+come from Keras, PyTorch or anything that exports ONNX), then export the student to ONNX with a parity
+check. --student FILE.py:FACTORY is a function returning the student torch.nn.Module, or an nn.Module class
+constructible without arguments. WARNING: FILE.py is imported and run as Python code: only use files you
+trust. The loss is (1 - alpha) * T^2 * KL(teacher || student at temperature T) + alpha * CE(student,
+labels). --data is .npz keyed by the student's input names, plus 'labels' when alpha > 0; --teacher-layout
+NCHW->NHWC transposes it for a teacher exported from Keras.
 
 example:
   onnx-compress distill --teacher keras_cnn.onnx --student student.py:make_student \\
@@ -37,7 +23,6 @@ from typing import Any
 from onnx_compress.cli.common import Command, arg, emit
 from onnx_compress.errors import ModelLoadError, SettingError
 from onnx_compress.setting_cli import given, load
-from onnx_compress.table import format_table, human_bytes, human_count
 
 _SETTINGS = "onnx_compress.training.distill.common:DistillSettings"
 
@@ -78,18 +63,8 @@ def _distill(args: argparse.Namespace) -> int:
     payload = {"output": str(args.output), "history": history.as_dict(), "export": export.as_dict()}
     for role, path, stats in (("teacher", args.teacher, teacher), ("student", args.output, student_stats)):
         payload[role] = {"path": str(path), "params": stats.params, "macs": stats.macs, "size_bytes": stats.size_bytes}
-    top1 = history.teacher_val_top1
-    summary = [
-        ["teacher outputs / student outputs", f"{history.teacher_outputs} / {history.student_outputs}"],
-        ["device", history.device],
-        ["teacher val top-1 (%)", "-" if top1 is None else f"{top1:.2f}"],
-        *([f"{what} teacher -> student", f"{show(getattr(teacher, key))} -> {show(getattr(student_stats, key))}"]
-          for what, key, show in (("params", "params", human_count), ("MACs", "macs", human_count),
-                                  ("size", "size_bytes", human_bytes))),
-        ["export parity (max abs error)", f"{export.max_abs_error:.3g}"],
-        ["wrote", str(args.output)],
-    ]
-    return emit(args, payload, history.table() + "\n\n" + format_table(["distill", ""], summary, numeric=False))
+    summary = history.summary_table(teacher, student_stats, export.max_abs_error, args.output)
+    return emit(args, payload, f"{history.table()}\n\n{summary}")
 
 
 COMMANDS = [Command("distill", __doc__, _distill, (

@@ -1,17 +1,11 @@
 """parameters, MACs, size and ops of a model
 
-Show what a model is: its inputs and outputs, parameter count, multiply-accumulates (MACs) of
-one forward pass at --batch (default 1), size on disk (with external data) and how many nodes
-of each op type it has. MACs count Conv, ConvTranspose, Gemm, MatMul and their quantized forms,
-from shapes resolved by ONNX shape inference; a transformer's symbolic sequence axis needs a
-size (--dim sequence=128) for MACs to be counted.
-
-For a transformer encoder it also lists the prunable groups (`prune --heads/--ffn/--layers`):
-the encoder layers, heads per layer and their size, FFN width, whether a layer can be removed,
-and what the analysis refused, with the reason.
-
-JSON keys: inputs, outputs, params, macs, macs_unknown_nodes, size_bytes, ops, opsets, transformer
-(null when no encoder layer is found).
+Show a model's inputs and outputs, parameter count, multiply-accumulates (MACs: Conv, ConvTranspose, Gemm,
+MatMul and their quantized forms) of one forward pass at --batch, size on disk and op histogram; a
+symbolic axis other than the batch needs a size (--dim sequence=128) for MACs to be counted. For a
+transformer encoder it also lists the prunable groups (`prune --heads/--ffn/--layers`) and what the
+analysis refused, with the reason. JSON keys: inputs, outputs, params, macs, macs_unknown_nodes,
+size_bytes, ops, opsets, transformer (null without encoder layers).
 
 example:
   onnx-compress inspect minilm.onnx --dim sequence=128

@@ -1,19 +1,11 @@
 """factor MatMul/Gemm/Conv weights into two low-rank layers
 
-Replace each large MatMul / Gemm / Conv weight W (K x N) by two factors A (K x r) and B (r x N)
-from a truncated SVD: one layer becomes two thinner ones (a Conv becomes a k x k Conv to r
-channels and a 1x1 Conv). A layer is factored only when r (K + N) < K N, i.e. when it saves
-MACs and bytes; every other layer is listed with the reason it was left alone. The model is
-normalized first (constant folding, shape inference); the input file is never modified.
-
-Choose the rank per layer with one of --energy, --rank-ratio, --max-error.
-
-With --data (calibration samples, .npz keyed by input names), the factorization is data-aware:
-W is factored against the second moment of each layer's input activations (whitened SVD, as in
-SVD-LLM), which keeps more accuracy at the same rank, and each layer's output error on the
-calibration data is reported. Without --data, plain SVD. Validate the result on held-out data
-(onnx-compress validate) and time it (onnx-compress bench --vs): fewer MACs are not always
-lower latency.
+Replace each large MatMul / Gemm / Conv weight W (K x N) by factors A (K x r) and B (r x N) of a truncated
+SVD (a Conv: a k x k Conv to r channels and a 1x1 Conv), only where r (K + N) < K N; every other layer is
+listed with the reason. Choose the rank with --energy, --rank-ratio or --max-error. With --data the
+factorization is data-aware (whitened SVD, as in SVD-LLM: more accuracy at the same rank) and each layer's
+output error is reported. The model is normalized first; the input is never modified. Validate the result
+(onnx-compress validate) and time it (onnx-compress bench --vs): fewer MACs are not always lower latency.
 
 examples:
   onnx-compress lowrank model.onnx -o small.onnx --energy 0.95

@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Sequence
 
 from onnx_compress import __version__
-from onnx_compress.cli.common import add_settings_flags
+from onnx_compress.cli.common import add_settings_flags, global_flags
 from onnx_compress.errors import OnnxCompressError, one_line
 
 __all__ = ["main", "build_parser"]
@@ -41,25 +41,18 @@ by the model's input names, plus an optional 'labels' array. No command ever mod
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; the settings flags of the command named in ``argv`` are generated (the others
     would import every pass's settings, seconds for a ``--help``)."""
-    parser = argparse.ArgumentParser(
-        prog="onnx-compress",
-        description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argparse.ArgumentParser(prog="onnx-compress", description=_DESCRIPTION, parents=[global_flags()],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"onnx-compress {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show progress logs (INFO)")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    subparsers.required = True
-    groups = {"": subparsers}
+    groups = {"": parser.add_subparsers(dest="command", metavar="COMMAND", required=True)}
     for module_name in COMMAND_MODULES:
         for command in importlib.import_module(f"onnx_compress.cli.{module_name}_cmd").COMMANDS:
             added = command.add_to(groups[command.name.rpartition(" ")[0]])
             if command.run is None:  # a group: "export torch", "export keras", ...
                 groups[command.name] = added.add_subparsers(dest="framework", metavar="FRAMEWORK", required=True)
-    command = next((arg for arg in (sys.argv[1:] if argv is None else argv) if arg in subparsers.choices), None)
-    if command is not None:
-        add_settings_flags(subparsers.choices[command])
+    name = next((arg for arg in (sys.argv[1:] if argv is None else argv) if arg in groups[""].choices), None)
+    if name is not None:
+        add_settings_flags(groups[""].choices[name])
     return parser
 
 
@@ -74,16 +67,16 @@ def _configure_logging(debug: bool, verbose: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
-    _configure_logging(args.debug, args.verbose)
+    args = build_parser(argv).parse_args(argv)
+    debug = getattr(args, "debug", False)
+    _configure_logging(debug, getattr(args, "verbose", False))
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         return 130
     except OnnxCompressError as exc:
-        if args.debug:
+        if debug:
             traceback.print_exc()
         sys.stderr.write(f"error: {one_line(exc, limit=2000)}\n")
         return exc.exit_code
@@ -91,11 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("error: out of memory\n")
         return 1
     except Exception as exc:  # a bug or an unexpected third-party failure: still one line
-        if args.debug:
+        if debug:
             traceback.print_exc()
-        sys.stderr.write(
-            f"error: unexpected {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)\n"
-        )
+        sys.stderr.write(f"error: unexpected {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)\n")
         return 1
 
 

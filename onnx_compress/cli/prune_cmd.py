@@ -1,17 +1,13 @@
 """structured (channels) or unstructured (zeros) pruning
 
-Prune a model and write the result; the input model is never modified. Choose one:
---structured R (remove channels / neurons and everything that reads them: smaller AND faster;
-groups the analysis does not fully understand are left untouched, and the output says why),
---unstructured R or --nm N:M (zeros in the weights: dense ONNX Runtime kernels gain NO speed and
-the .onnx keeps its size, what shrinks is the gzip size, which is reported), or, for transformer
-encoders, --heads R / --ffn R / --layers N (every cut is checked against the original with the
-removed heads/neurons zeroed; a layer that does not match is left whole).
-
-The model is normalized first (BatchNormalization is kept for --importance bn), checked with
-onnx.checker and run in ONNX Runtime before it is written. Prints parameters, MACs (at --batch,
-with --dim for other symbolic axes) and size before and after, what was cut and what was left
-untouched with the reason. JSON keys: input, output, mode, before, after, result.
+Prune a model and write the result (the input is never modified). Choose one of: --structured R (remove
+channels / neurons and what reads them: smaller AND faster; groups the analysis does not fully understand
+are left untouched, with the reason); --unstructured R or --nm N:M (zeros in the weights: ONNX Runtime's
+dense kernels gain NO speed and the .onnx keeps its size; the gzip size shrinks, and is reported); for
+transformer encoders --heads R / --ffn R / --layers N (each cut is checked against the original with the
+removed heads/neurons zeroed). The model is normalized first (BatchNormalization kept for --importance bn)
+and the result checked in ONNX Runtime. Prints parameters, MACs and size before and after, and what was
+cut or left with the reason (JSON keys: input, output, mode, before, after, result).
 
 examples:
   onnx-compress prune model.onnx -o pruned.onnx --structured 0.5 --reconstruct --data calib.npz
@@ -27,7 +23,6 @@ from typing import Any
 from onnx_compress.cli.common import Command, arg, emit, normalize_notes, parse_dims, protect_inputs, run_pass
 from onnx_compress.errors import SettingError
 from onnx_compress.setting_cli import given
-from onnx_compress.table import format_table, human_bytes
 
 _TRANSFORMER = ("--heads", "--ffn", "--layers")
 
@@ -83,17 +78,9 @@ def _prune(args: argparse.Namespace) -> int:
                "before": {key: getattr(before, key) for key in keys}, "after": {key: getattr(after, key) for key in keys},
                "result": result.as_dict()}
     notes = normalize_notes(payload, normalization, before.size_bytes, after.size_bytes, "the pruned model")
-    rows = [("params", before.params, after.params, "{:,}".format), (f"MACs (batch {args.batch})", before.macs,
-            after.macs, "{:,}".format), ("size", before.size_bytes, after.size_bytes, human_bytes)]
-    if mode == "unstructured" and result.compressed_before and result.compressed_after:
-        rows.append(("gzip size", result.compressed_before, result.compressed_after, human_bytes))
-    human = format_table([str(args.model), "before", "after", "change"], [
-        [name, show(old), show(new), f"{(new - old) / old:+.1%}" if old else ""] for name, old, new, show in rows])
-    if before.macs_unknown_nodes:
-        human += (f"\nMACs unknown for {len(before.macs_unknown_nodes)} nodes with symbolic shapes: "
-                  "give their sizes with --dim NAME=SIZE")
-    lines = [*result.lines(), *(["", *notes] if notes else []), "", f"wrote {args.output}"]
-    return emit(args, payload, human + "".join(f"\n{line}" for line in lines))
+    gzip = (result.compressed_before, result.compressed_after) if mode == "unstructured" else None
+    human = [before.change_table(after, str(args.model), args.batch, gzip), *result.lines()]
+    return emit(args, payload, "\n".join([*human, *(["", *notes] if notes else []), "", f"wrote {args.output}"]))
 
 
 COMMANDS = [Command("prune", __doc__, _prune, (

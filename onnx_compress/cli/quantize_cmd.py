@@ -1,23 +1,13 @@
 """int8 / 4-bit / fp16 quantization with a speed guard
 
-Quantize an ONNX model with ONNX Runtime's quantization tools, choosing the settings from the
-model and this CPU, and prove the result: size, speed against the input (interleaved benchmark
-on this CPU) and, with --val, the accuracy drop on held-out data.
+Quantize with ONNX Runtime's quantization tools, the settings chosen from the model and this CPU, and prove
+the result: size, speed against the input (interleaved benchmark on this CPU: the guard, --objective says
+what a smaller but slower result is worth) and, with --val, the accuracy drop on held-out data; with
+--max-drop the nodes most sensitive to quantization stay float until the drop holds (--exclude auto).
+The model is normalized first; the input is never modified.
 
-The model is normalized first (constant folding, shape inference). An explicit --mode is honoured:
-static, weight_only and fp16 write the model asked for, with a loud warning and the measured ratio
-when this CPU runs it slower (--objective size). --mode auto (or --objective balanced) trades: a
-slower model is kept only when its size gain is at least the square of its loss in speed
-(4x smaller may cost up to 2x in speed), else the op types that
-make it slower are dropped (dynamic ConvInteger, for example) unless --op-types names them.
---mode dynamic (or --objective latency) hands over only a model faster than its input; otherwise
-it says why, with the guard's numbers, and writes nothing.
-With --val and --max-drop, the nodes most sensitive to quantization are kept in float until the
-drop holds (--exclude auto, the default; name nodes with --exclude NODE to keep them float
-yourself, add 'auto' to combine). The input model is never modified.
-
-exit status: 0 quantized and written; 3 nothing to do (already quantized, nothing quantizable,
-or not what the objective accepts on this CPU), nothing written; 2 bad input.
+exit status: 0 quantized and written; 3 nothing to do (already quantized, nothing quantizable, or not
+what the objective accepts on this CPU), nothing written; 2 bad input.
 
 examples:
   onnx-compress quantize m.onnx -o q.onnx --mode static --data calib.npz --val val.npz --max-drop 0.5

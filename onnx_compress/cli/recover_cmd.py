@@ -1,25 +1,18 @@
 """distill a compressed model back towards its original
 
-Recovery training: the compressed model (pruned, factored) is trained to reproduce the original
-model's outputs on --data (inputs only; 'labels' optional), as the SAME ONNX graph: its Conv,
-Gemm, MatMul, bias and norm weights are trained in PyTorch and written back by initializer name
-(the graph's structure does not change; the written model is checked in ONNX Runtime against the
-trained module). The loss fits each output (KL at a temperature for class scores, cosine for
-embeddings, cosine + relative MSE over real tokens for per-token outputs with an attention
-mask). After every epoch the model is scored on --val (held-out): top-1 with labels, else
-agreement with the original's top-1 for class scores, mean cosine for embeddings; training stops
-after --patience epochs without improvement and the best epoch is kept. If no epoch beats the
-compressed model, nothing is written (exit status 3). Ctrl-C keeps the best epoch so far.
-Needs torch (pip install "onnx-compress[torch]"). Run it before quantization; --qat trains the
-int8 model that static quantization will write (its activation ranges travel in the model).
-Started by torchrun (WORLD_SIZE > 1), it trains with DistributedDataParallel (gloo on CPU, NCCL
-on CUDA), each process on a shard of --data with --batch-size samples per step; rank 0 validates,
-writes and reports.
+Recovery training: the compressed model (pruned, factored) is trained in PyTorch to reproduce the
+original's outputs on --data as the SAME ONNX graph (its Conv, Gemm, MatMul, bias and norm weights are
+written back by initializer name and checked in ONNX Runtime). The loss fits each output (--loss). After
+every epoch it is scored on --val (held-out); it stops after --patience epochs without gain and keeps the
+best epoch. If none beats the compressed model, nothing is written (exit status 3); Ctrl-C writes the best
+epoch so far (exit status 130). Needs torch (pip install "onnx-compress[torch]"). Run it before
+quantization (--qat: for static int8). Under torchrun (WORLD_SIZE > 1) it trains with
+DistributedDataParallel, each process on a shard of --data; rank 0 validates, writes and reports.
 
 examples:
   onnx-compress recover pruned.onnx --teacher m.onnx --data train.npz --val val.npz -o recovered.onnx --lr 1e-3
-  onnx-compress recover pruned.onnx --teacher m.onnx --data train.npz --val val.npz -o qat.onnx --lr 1e-3 --qat
-  torchrun --standalone --nproc_per_node 2 $(which onnx-compress) recover pruned.onnx --teacher m.onnx --data train.npz --val val.npz -o recovered.onnx --batch-size 16
+  torchrun --standalone --nproc_per_node 2 $(which onnx-compress) recover pruned.onnx --teacher m.onnx \\
+      --data train.npz --val val.npz -o recovered.onnx --batch-size 16
 """
 
 from __future__ import annotations

@@ -1,24 +1,16 @@
 """serve models on KServe's model server (HTTP + gRPC, ONNX Runtime)
 
-Serve an ONNX model, or every model of a Triton model repository (as written by
-`onnx-compress deploy`), on KServe's model server (the kserve package) with ONNX Runtime as the
-predictor: REST v1/v2 (Open Inference Protocol, JSON or binary tensor data) on --port, gRPC v2
-on --grpc-port, Prometheus metrics at /metrics. Triton's official clients (tritonclient.http,
-tritonclient.grpc) and any KServe v2 client work with it.
+Serve an ONNX model, or every model of a Triton model repository (as `onnx-compress deploy` writes it), on
+KServe's model server with ONNX Runtime as the predictor: REST v1/v2 (Open Inference Protocol) on --port,
+gRPC v2 on --grpc-port, Prometheus metrics at /metrics; Triton's clients and any KServe v2 client work.
 
   GET  /v2/health/live   /v2/health/ready   /v2   /v2/models/NAME[/versions/V][/ready]   /metrics
   POST /v2/models/NAME[/versions/V]/infer
 
-A single MODEL.onnx is served as NAME = its file name without .onnx (or --name). From a
-repository, each NAME/config.pbtxt gives the name, max_batch_size and version policy.
-Requests are checked against the model before ONNX Runtime runs; bad requests get a 4xx
-answer {"error": "..."} (gRPC: INVALID_ARGUMENT / NOT_FOUND); the server keeps serving.
-
-Safety: binds 127.0.0.1 (this machine only) unless --host says otherwise; the server has no
-authentication, so bind a public address only behind a trusted network or proxy. Request
-bodies and gRPC messages above --max-request-mb are refused. Ctrl-C stops it gracefully.
-ONNX Runtime's threads do not spin-wait between requests (saves CPU for the server).
-To scale past one machine, see `onnx-compress deploy --kserve`.
+A MODEL.onnx is served as its file name without .onnx (or --name); in a repository each NAME/config.pbtxt
+gives the name, max_batch_size and versions. A bad request gets a 4xx {"error": "..."} answer (gRPC:
+INVALID_ARGUMENT / NOT_FOUND). Safety: binds 127.0.0.1 unless --host says otherwise and has no
+authentication (bind a public address only behind a trusted network or proxy). Ctrl-C stops it gracefully.
 
 examples:
   onnx-compress serve model.onnx

@@ -1,12 +1,9 @@
 """compare a candidate model with a reference on data
 
-Run a reference model and a candidate model on the same data in ONNX Runtime and compare them.
-
-metrics:
-  top1     accuracy (%) of the argmax of the first output against the data's 'labels' array;
+Run a reference and a candidate model on the same data in ONNX Runtime and compare them. --metric:
+  top1     accuracy (%) of the argmax of the first output against the data's 'labels';
            drop = reference accuracy - candidate accuracy, in points; also the agreement (%)
-  cosine   mean per-sample cosine similarity of the first outputs (and the minimum);
-           drop = 1 - mean
+  cosine   mean per-sample cosine similarity of the first outputs (and the minimum); drop = 1 - mean
   max_abs  largest absolute difference over all outputs
   auto     top1 when the data has labels, else cosine (default)
 
