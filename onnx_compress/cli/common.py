@@ -15,7 +15,7 @@ from onnx_compress.errors import SettingError
 from onnx_compress.jsonable import jsonable
 from onnx_compress.setting_cli import add_flags, given, load
 
-__all__ = ["Command", "arg", "one_of", "add_input", "SHARED", "SESSION", "add_settings_flags", "global_flags",
+__all__ = ["Command", "command", "arg", "one_of", "add_input", "SHARED", "SESSION", "add_settings_flags", "global_flags",
            "parse_shape", "parse_dims", "session_settings", "emit", "protect_inputs", "run_pass", "normalize_notes"]
 
 #: the inputs several commands take, declared once: a command names them (``"--json"``) or rewords
@@ -33,18 +33,18 @@ SHARED: dict[str, dict[str, Any]] = {
                  "help": "budget metric (default auto: top1 when the data has labels, else cosine)"},
     "--no-progress": {"action": "store_true", "help": "no progress bars on stderr"},
 }
+#: a command's handler: the parsed arguments -> the exit status
+Handler = Callable[[argparse.Namespace], int]
 #: the generated ONNX Runtime session flags (--provider, --threads)
 SESSION = ("onnx_compress.runtime.session:SessionSettings", "provider intra_op_threads")
 
 
 def arg(name: str, help: str | None = None, default: Any = None, **options: Any) -> dict[str, Any]:
-    """One input of a command that is not a pass setting: a positional (``model``) or a flag (``--vs``).
-
-    A name of :data:`SHARED` starts from its declaration. The kind follows the default (``False``:
-    a switch; an int or float: that type) unless ``type`` or ``action`` is given; a default is added
-    to the help as ``(default X)`` unless the help speaks of it.
-    """
-    declared = {**SHARED.get(name, {}), **options, **({"help": help} if help else {})}
+    """One input of a command that is not a pass setting: a positional (``model``) or a flag (``--vs``),
+    starting from its :data:`SHARED` declaration if it has one. The kind follows the default (``False``:
+    a switch; an int or float: that type) unless ``type`` or ``action`` is given; the help gets
+    ``(default X)`` unless it speaks of the default."""
+    declared = {"flags": (name,), **SHARED.get(name, {}), **options, **({"help": help} if help else {})}
     if default is not None:
         declared["default"] = default
     value = declared.get("default")
@@ -54,7 +54,7 @@ def arg(name: str, help: str | None = None, default: Any = None, **options: Any)
         declared["type"] = type(value)
     if value is not None and value is not False and "default" not in declared["help"]:
         declared["help"] += f" (default {value})"
-    return {"flags": (name,), **declared}
+    return declared
 
 
 def one_of(*args: dict[str, Any], required: bool = False) -> dict[str, Any]:
@@ -64,18 +64,19 @@ def one_of(*args: dict[str, Any], required: bool = False) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class Command:
-    """One subcommand: its words (``"export torch"``), its text (the first line is the help of the
-    command list, the rest its ``--help`` description: what it does, with an example), its handler
-    (the parsed arguments -> the exit status), its inputs (:func:`arg`, :func:`one_of` or names of
-    :data:`SHARED`), and its generated settings flags, added only when the command is parsed
-    (importing every pass's settings costs seconds): ``("module:SettingsClass", "field ...",
-    {add_flags options})`` or a function of the parser."""
+    """A subcommand: its words (``"export torch"``); its text (the first line is its help in the command
+    list, the rest its ``--help`` description: what it does, with an example); its handler (the parsed
+    arguments -> the exit status; none for a group of commands); its inputs (:func:`arg`, :func:`one_of`,
+    or a name of :data:`SHARED`); and its generated settings flags, added only when the command is
+    parsed (importing every pass's settings costs seconds): ``("module:Class", "field ...", {add_flags
+    options})`` or a function of the parser. ``--json`` is added unless ``json=False``."""
 
     name: str
     text: str
-    run: Callable[[argparse.Namespace], int] | None = None
+    run: Handler | None = None
     inputs: tuple[Any, ...] = ()
     settings: tuple[Any, ...] = ()
+    json: bool = True
 
     def add_to(self, subparsers: Any) -> argparse.ArgumentParser:
         help, _, description = self.text.strip("\n").partition("\n")
@@ -83,9 +84,14 @@ class Command:
                                        parents=[global_flags()] if self.run else [],
                                        formatter_class=argparse.RawDescriptionHelpFormatter)
         parser.set_defaults(handler=self.run, settings_flags=self.settings or None)
-        for item in self.inputs:
+        for item in (*self.inputs, *(["--json"] if self.json and self.run else [])):
             add_input(parser, arg(item) if isinstance(item, str) else item)
         return parser
+
+
+def command(name: str, text: str, inputs: tuple[Any, ...] = (), **options: Any) -> Callable[[Handler], Command]:
+    """Declare the decorated handler as the :class:`Command` ``name`` (``options``: its ``settings``, ``json``)."""
+    return lambda run: Command(name, text, run, inputs, **options)
 
 
 def add_input(parser: Any, declared: dict[str, Any]) -> None:
@@ -94,9 +100,8 @@ def add_input(parser: Any, declared: dict[str, Any]) -> None:
         group = parser.add_mutually_exclusive_group(required=declared["required"])
         for item in declared["one_of"]:
             add_input(group, item)
-        return
-    options = dict(declared)
-    parser.add_argument(*options.pop("flags"), **options)
+    else:
+        parser.add_argument(*declared["flags"], **{key: value for key, value in declared.items() if key != "flags"})
 
 
 def global_flags() -> argparse.ArgumentParser:

@@ -25,11 +25,31 @@ import argparse
 import logging
 from pathlib import Path
 
-from onnx_compress.cli.common import SESSION, Command, arg, emit, one_of, protect_inputs, session_settings
+from onnx_compress.cli.common import SESSION, arg, command, emit, one_of, protect_inputs, session_settings
 from onnx_compress.recipe import preset_names
 from onnx_compress.setting_cli import given
 
 
+def _list_passes(parser: argparse.ArgumentParser) -> None:
+    from onnx_compress.passes.registry import pass_names
+
+    parser.description = (parser.description or "").replace("{passes}", ", ".join(pass_names()))
+
+
+@command("compress", __doc__, (
+    arg("model", "the ONNX model to compress (never modified)"),
+    arg("-o", "the compressed ONNX file to write"),
+    one_of(arg("--recipe", "a YAML or JSON recipe file", type=Path),
+           arg("--preset", "a built-in recipe", choices=preset_names()), required=True),
+    arg("--data", "calibration .npz (quantization calibration, activation statistics)"),
+    arg("--val", "held-out validation .npz on which the budget is checked (needed with --max-drop)"),
+    arg("--train", "training .npz for a recover stage (inputs; labels optional; kept apart from --data/--val)",
+        type=Path),
+    arg("--metric", "budget metric (default auto: top1 when --val has labels, else cosine)"),
+    arg("--max-drop", "budget: largest allowed drop of the metric (points for top1, 1-cosine for cosine)", type=float),
+    arg("--report", "write report.json and report.html (with a plot) into DIR", type=Path, metavar="DIR"),
+), settings=(_list_passes, SESSION, ("onnx_compress.pipeline:PipelineSettings", "search_steps min_gain budget_margin "
+                                     "objective time_budget bench_batch bench_runs")))
 def _compress(args: argparse.Namespace) -> int:
     from onnx_compress.pipeline import PipelineSettings, compress
     from onnx_compress.report.text import render_text
@@ -49,24 +69,4 @@ def _compress(args: argparse.Namespace) -> int:
     return emit(args, {"output": str(args.output), **outcome.report.as_dict()}, human)
 
 
-def _list_passes(parser: argparse.ArgumentParser) -> None:
-    from onnx_compress.passes.registry import pass_names
-
-    parser.description = (parser.description or "").replace("{passes}", ", ".join(pass_names()))
-
-
-COMMANDS = [Command("compress", __doc__, _compress, (
-    arg("model", "the ONNX model to compress (never modified)"),
-    arg("-o", "the compressed ONNX file to write"),
-    one_of(arg("--recipe", "a YAML or JSON recipe file", type=Path),
-           arg("--preset", "a built-in recipe", choices=preset_names()), required=True),
-    arg("--data", "calibration .npz (quantization calibration, activation statistics)"),
-    arg("--val", "held-out validation .npz on which the budget is checked (needed with --max-drop)"),
-    arg("--train", "training .npz for a recover stage (inputs; labels optional; kept apart from --data/--val)",
-        type=Path),
-    arg("--metric", "budget metric (default auto: top1 when --val has labels, else cosine)"),
-    arg("--max-drop", "budget: largest allowed drop of the metric (points for top1, 1-cosine for cosine)", type=float),
-    arg("--report", "write report.json and report.html (with a plot) into DIR", type=Path, metavar="DIR"),
-    "--json"), settings=(_list_passes, SESSION, ("onnx_compress.pipeline:PipelineSettings",
-                                                 "search_steps min_gain budget_margin objective time_budget "
-                                                 "bench_batch bench_runs")))]
+COMMANDS = [_compress]

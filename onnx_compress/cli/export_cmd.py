@@ -9,48 +9,46 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from onnx_compress.cli.common import Command, arg, emit, parse_shape
+from onnx_compress.cli.common import Command, arg, command, emit, parse_shape
 from onnx_compress.errors import ModelLoadError, SettingError
 
-_TORCH = """\
+#: the flags every framework takes (:func:`_common` reads them)
+_COMMON = (
+    arg("-o"),
+    arg("--input-names", "ONNX input names (default: 'input' for one input)", nargs="+", metavar="NAME"),
+    arg("--output-names", "ONNX output names (default: 'output' for one output)", nargs="+", metavar="NAME"),
+    arg("--opset", "ONNX opset (default: 18 for torch, 17 for keras/saved-model)", type=int),
+    arg("--static-batch", "keep the example's batch size fixed instead of a dynamic batch axis", False),
+    arg("--atol", "parity: absolute tolerance (default 1e-4)", 1e-4),
+    arg("--rtol", "parity: tolerance relative to the largest output magnitude (default 1e-4)", 1e-4),
+)
+
+
+def _common(args: argparse.Namespace) -> dict[str, Any]:
+    return {"input_names": args.input_names, "output_names": args.output_names,
+            "dynamic_batch": not args.static_batch, "atol": args.atol, "rtol": args.rtol}
+
+
+@command("export torch", """\
 a PyTorch nn.Module from FILE.py:NAME
 
-Export a PyTorch model to ONNX, then check that ONNX Runtime reproduces its outputs.
-
-SOURCE is FILE.py:NAME, where NAME is a function returning a torch.nn.Module or an
-nn.Module class constructible without arguments. WARNING: this imports and runs FILE.py,
-which is arbitrary Python code: only use files you trust.
-
-The module is exported in eval mode with a dynamic batch axis; parity with PyTorch is checked
-at the example batch size and at a second batch size. With --weights, a state_dict checkpoint
-is loaded first (with torch.load(weights_only=True), so it cannot run code).
+Export a PyTorch model to ONNX (eval mode, a dynamic batch axis), then check that ONNX Runtime reproduces
+its outputs at the example batch size and at a second one. NAME is a function returning a torch.nn.Module,
+or an nn.Module class constructible without arguments. WARNING: this imports and runs FILE.py, which is
+arbitrary Python code: only use files you trust. --weights loads a state_dict checkpoint first (with
+torch.load(weights_only=True), so it cannot run code).
 
 example:
   onnx-compress export torch samples/seed_torch_cnn.py:SimpleModel --input-shape 1x1x28x28 -o m.onnx
-"""
-
-_KERAS = """\
-a Keras 3 model saved as .keras
-
-Export a Keras 3 model saved as a .keras file to ONNX (via tf2onnx), then check parity in
-ONNX Runtime. The file is loaded with safe_mode=True: a Lambda layer (arbitrary code) is
-refused unless --unsafe-load is given.
-
-example:
-  onnx-compress export keras artifacts/keras/seed_cnn.keras -o m.onnx
-"""
-
-_SAVED_MODEL = """\
-a TensorFlow SavedModel directory
-
-Export a TensorFlow SavedModel directory (its serving_default signature) to ONNX via tf2onnx,
-then check parity in ONNX Runtime. Input and output names are the signature's.
-
-example:
-  onnx-compress export saved-model exported_model/ -o m.onnx
-"""
-
-
+""", (
+    arg("source", "Python file and the name of a factory function or nn.Module class in it", metavar="FILE.py:NAME"),
+    arg("--input-shape", "example input shape, e.g. 1x1x28x28; repeat once per input", type=parse_shape,
+        action="append", metavar="SHAPE"),
+    arg("--input-dtype", "example input dtype (default float32); repeat once per input", action="append",
+        metavar="DTYPE"),
+    arg("--weights", "a state_dict checkpoint (.pt) to load, read with weights_only=True", type=Path, metavar="CKPT"),
+    *_COMMON,
+))
 def _export_torch(args: argparse.Namespace) -> int:
     from onnx_compress.converters.torch.export import export_torch
     from onnx_compress.converters.torch.source import example_inputs, load_weights, torch_module
@@ -68,50 +66,47 @@ def _export_torch(args: argparse.Namespace) -> int:
     return emit(args, result.as_dict(), result.table())
 
 
-def _export_keras(args: argparse.Namespace) -> int:
+def _export_tensorflow(args: argparse.Namespace, directory: bool) -> int:
     from onnx_compress.converters.tensorflow.export import export_keras
 
     source = Path(args.source)
-    if args.framework == "keras" and source.is_dir():
+    if source.is_dir() and not directory:
         raise SettingError(f"{source} is a directory; use `onnx-compress export saved-model` for SavedModels")
-    if args.framework == "saved-model" and not source.is_dir():
+    if directory and not source.is_dir():
         raise ModelLoadError(f"not a SavedModel directory: {source}")
     result = export_keras(source, args.output, opset=args.opset or 17, unsafe_load=getattr(args, "unsafe_load", False),
                           **_common(args))
     return emit(args, result.as_dict(), result.table())
 
 
-def _common(args: argparse.Namespace) -> dict[str, Any]:
-    """The export settings every framework takes, from the flags of :data:`_COMMON`."""
-    return {"input_names": args.input_names, "output_names": args.output_names,
-            "dynamic_batch": not args.static_batch, "atol": args.atol, "rtol": args.rtol}
+@command("export keras", """\
+a Keras 3 model saved as .keras
+
+Export a .keras file to ONNX (via tf2onnx), then check parity in ONNX Runtime. It is loaded with
+safe_mode=True: a Lambda layer (arbitrary code) is refused unless --unsafe-load is given.
+
+example:
+  onnx-compress export keras artifacts/keras/seed_cnn.keras -o m.onnx
+""", (
+    arg("source", "the .keras file", metavar="MODEL.keras"),
+    arg("--unsafe-load", "allow layers that run arbitrary code (Lambda); only for trusted files", False),
+    *_COMMON,
+))
+def _export_keras(args: argparse.Namespace) -> int:
+    return _export_tensorflow(args, directory=False)
 
 
-_COMMON = (
-    arg("-o"),
-    arg("--input-names", "ONNX input names (default: 'input' for one input)", nargs="+", metavar="NAME"),
-    arg("--output-names", "ONNX output names (default: 'output' for one output)", nargs="+", metavar="NAME"),
-    arg("--opset", "ONNX opset (default: 18 for torch, 17 for keras/saved-model)", type=int),
-    arg("--static-batch", "keep the example's batch size fixed instead of a dynamic batch axis", False),
-    arg("--atol", "parity: absolute tolerance (default 1e-4)", 1e-4),
-    arg("--rtol", "parity: tolerance relative to the largest output magnitude (default 1e-4)", 1e-4),
-    "--json",
-)
-COMMANDS = [
-    Command("export", __doc__),
-    Command("export torch", _TORCH, _export_torch, (
-        arg("source", "Python file and the name of a factory function or nn.Module class in it", metavar="FILE.py:NAME"),
-        arg("--input-shape", "example input shape, e.g. 1x1x28x28; repeat once per input", type=parse_shape,
-            action="append", metavar="SHAPE"),
-        arg("--input-dtype", "example input dtype (default float32); repeat once per input", action="append",
-            metavar="DTYPE"),
-        arg("--weights", "a state_dict checkpoint (.pt) to load, read with weights_only=True", type=Path,
-            metavar="CKPT"),
-        *_COMMON)),
-    Command("export keras", _KERAS, _export_keras, (
-        arg("source", "the .keras file", metavar="MODEL.keras"),
-        arg("--unsafe-load", "allow layers that run arbitrary code (Lambda); only for trusted files", False),
-        *_COMMON)),
-    Command("export saved-model", _SAVED_MODEL, _export_keras, (arg("source", "the SavedModel directory", metavar="DIR"),
-                                                                *_COMMON)),
-]
+@command("export saved-model", """\
+a TensorFlow SavedModel directory
+
+Export a SavedModel directory (its serving_default signature, whose input and output names the ONNX model
+keeps) to ONNX via tf2onnx, then check parity in ONNX Runtime.
+
+example:
+  onnx-compress export saved-model exported_model/ -o m.onnx
+""", (arg("source", "the SavedModel directory", metavar="DIR"), *_COMMON))
+def _export_saved_model(args: argparse.Namespace) -> int:
+    return _export_tensorflow(args, directory=True)
+
+
+COMMANDS = [Command("export", __doc__), _export_torch, _export_keras, _export_saved_model]

@@ -1,8 +1,8 @@
-"""The ``onnx-compress`` command line: one subcommand per module in this package.
+"""The ``onnx-compress`` command line: the commands are declared in the ``*_cmd`` modules of this package.
 
-Every failure becomes a one-line ``error: ...`` on stderr and a non-zero exit status
-(2 for errors the user can fix, 1 for internal errors, 130 on Ctrl-C); ``--debug`` shows the
-traceback. Logs go to stderr, results to stdout (one JSON object with ``--json``).
+Every failure becomes a one-line ``error: ...`` on stderr and a non-zero exit status (2 for errors the
+user can fix, 1 for internal errors, 130 on Ctrl-C); ``--debug`` shows the traceback. Logs go to stderr,
+results to stdout (one JSON object with ``--json``).
 """
 
 from __future__ import annotations
@@ -20,20 +20,20 @@ from onnx_compress.errors import OnnxCompressError, one_line
 
 __all__ = ["main", "build_parser"]
 
-#: the command modules (onnx_compress.cli.NAME_cmd), in the order `--help` lists them; each declares COMMANDS
-COMMAND_MODULES = "export inspect validate bench compress deploy serve prune distill lowrank quantize recover".split()
+#: the command modules (onnx_compress.cli.NAME_cmd), in the order `--help` lists their COMMANDS
+COMMAND_MODULES = "export measure compress serving pass train".split()
 
 _DESCRIPTION = """\
 Make trained neural networks smaller and faster through ONNX.
 
-The usual path: export a PyTorch or Keras model (parity-checked in ONNX Runtime), then
-`compress` it with a preset or recipe under an accuracy budget (it proves the result with a
-report), then `deploy` or `serve` it. The passes also run one at a time (prune, lowrank,
-quantize), and inspect / validate / bench check any model. Data files are .npz archives keyed
-by the model's input names, plus an optional 'labels' array. No command ever modifies its input.
+The usual path: export a PyTorch or Keras model (parity-checked in ONNX Runtime), then `compress` it with
+a preset or recipe under an accuracy budget (it proves the result with a report), then `deploy` or `serve`
+it. The passes also run one at a time (prune, lowrank, quantize), and inspect / validate / bench check any
+model. Data files are .npz archives keyed by the model's input names, plus an optional 'labels' array.
+No command ever modifies its input.
 
   onnx-compress export torch net.py:make_model --input-shape 1x1x28x28 -o m.onnx
-  onnx-compress compress m.onnx -o small.onnx --preset small --data calib.npz --val val.npz --max-drop 0.5 --report rep/
+  onnx-compress compress m.onnx -o small.onnx --preset small --data calib.npz --val val.npz --max-drop 0.5
   onnx-compress serve small.onnx
 """
 
@@ -56,20 +56,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(debug: bool, verbose: bool) -> None:
-    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if not debug:
-        # third-party libraries are chatty at INFO; keep their warnings only
-        for name in ("tf2onnx", "onnxscript", "torch", "absl", "onnxruntime"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = build_parser(argv).parse_args(argv)
     debug = getattr(args, "debug", False)
-    _configure_logging(debug, getattr(args, "verbose", False))
+    level = logging.DEBUG if debug else logging.INFO if getattr(args, "verbose", False) else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for name in () if debug else ("tf2onnx", "onnxscript", "torch", "absl", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # chatty at INFO: keep their warnings only
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
@@ -86,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug or an unexpected third-party failure: still one line
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"error: unexpected {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)\n")
+        sys.stderr.write(f"error: unexpected {type(exc).__name__}: {one_line(exc)} (run with --debug for the "
+                         "traceback)\n")
         return 1
 
 
