@@ -73,9 +73,10 @@ def _converter(meta: Setting) -> Any:
     return convert
 
 
-def add_flags(parser: Any, cls: Any, names: str, *, exclusive: bool = False, required: bool = False,
+def add_flags(parser: Any, cls: Any, names: str | None = None, *, exclusive: bool = False, required: bool = False,
               title: str | None = None) -> None:
-    """Add the flags of the fields ``names`` (space-separated) of ``cls`` to ``parser``.
+    """Add the flags of the fields ``names`` (space-separated; by default every field declared with a flag)
+    of ``cls`` to ``parser``.
 
     A flag the parser already has (a setting two classes share, ``--scope``) is not added again.
     ``exclusive``: the flags form a mutually exclusive group (``required``: one must be given);
@@ -85,7 +86,7 @@ def add_flags(parser: Any, cls: Any, names: str, *, exclusive: bool = False, req
     target = (parser.add_mutually_exclusive_group(required=required) if exclusive
               else parser.add_argument_group(title) if title else parser)
     known = {option for action in parser._actions for option in action.option_strings}
-    for name in names.split():
+    for name in names.split() if names else [field.name for field, meta in declared(cls) if meta.cli]:
         field, meta = fields[name]
         flag = flag_name(field, meta)
         if flag in known:

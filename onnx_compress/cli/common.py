@@ -1,5 +1,5 @@
-"""What the commands share: their declaration (:class:`Command`, :func:`arg`), the inputs several of
-them take (declared once in :data:`SHARED`), output, and running one pass on a model file."""
+"""What the commands share: their declaration (:func:`command`, :func:`arg`), the inputs several of them
+take (declared once in :data:`SHARED`), the session settings, output, and the check that -o spares the input."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from onnx_compress.errors import SettingError
 from onnx_compress.jsonable import jsonable
 from onnx_compress.setting_cli import add_flags, given, load
 
-__all__ = ["Command", "command", "arg", "one_of", "add_input", "SHARED", "SESSION", "add_settings_flags", "global_flags",
-           "parse_shape", "parse_dims", "session_settings", "emit", "protect_inputs", "run_pass", "normalize_notes"]
+__all__ = ["Command", "command", "arg", "one_of", "add_input", "SHARED", "SESSION", "add_settings_flags",
+           "global_flags", "parse_dims", "session_settings", "emit", "protect_inputs"]
 
 #: the inputs several commands take, declared once: a command names them (``"--json"``) or rewords
 #: one (``arg("--data", "calibration .npz ...")`` keeps the rest of its declaration)
@@ -36,7 +36,7 @@ SHARED: dict[str, dict[str, Any]] = {
 #: a command's handler: the parsed arguments -> the exit status
 Handler = Callable[[argparse.Namespace], int]
 #: the generated ONNX Runtime session flags (--provider, --threads)
-SESSION = ("onnx_compress.runtime.session:SessionSettings", "provider intra_op_threads")
+SESSION = "onnx_compress.runtime.session:SessionSettings"
 
 
 def arg(name: str, help: str | None = None, default: Any = None, **options: Any) -> dict[str, Any]:
@@ -68,8 +68,9 @@ class Command:
     list, the rest its ``--help`` description: what it does, with an example); its handler (the parsed
     arguments -> the exit status; none for a group of commands); its inputs (:func:`arg`, :func:`one_of`,
     or a name of :data:`SHARED`); and its generated settings flags, added only when the command is
-    parsed (importing every pass's settings costs seconds): ``("module:Class", "field ...", {add_flags
-    options})`` or a function of the parser. ``--json`` is added unless ``json=False``."""
+    parsed (importing every pass's settings costs seconds): ``"module:SettingsClass"`` (every setting
+    declared with a flag), ``("module:SettingsClass", "field ...", {add_flags options})`` or a function
+    of the parser. ``--json`` is added unless ``json=False``."""
 
     name: str
     text: str
@@ -107,8 +108,10 @@ def add_input(parser: Any, declared: dict[str, Any]) -> None:
 def global_flags() -> argparse.ArgumentParser:
     """--debug and -v, before the command or after it (``onnx-compress inspect m.onnx --debug``)."""
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logs")
-    parent.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show progress logs (INFO)")
+    parent.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks and debug logs")
+    parent.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show progress logs (INFO)")
     return parent
 
 
@@ -117,20 +120,11 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     for spec in parser.get_default("settings_flags") or ():
         if callable(spec):
             spec(parser)
+        elif isinstance(spec, str):
+            add_flags(parser, load(spec))
         else:
             add_flags(parser, load(spec[0]), spec[1], **(spec[2] if len(spec) > 2 else {}))
     parser.set_defaults(settings_flags=None)
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"1x1x28x28"`` -> ``(1, 1, 28, 28)``."""
-    try:
-        dims = tuple(int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"shape must look like 1x1x28x28, got {text!r}") from None
-    if not dims or any(d < 1 for d in dims):
-        raise argparse.ArgumentTypeError(f"shape dimensions must be >= 1, got {text!r}")
-    return dims
 
 
 def parse_dims(items: list[str] | None) -> dict[str, int]:
@@ -146,14 +140,15 @@ def parse_dims(items: list[str] | None) -> dict[str, int]:
 
 def session_settings(args: argparse.Namespace) -> Any:
     """The :data:`SESSION` flags given, as ``SessionSettings``."""
-    cls = load(SESSION[0])
+    cls = load(SESSION)
     return cls(**given(args, cls))
 
 
 def emit(args: argparse.Namespace, payload: Mapping[str, Any], human: str, status: int = 0) -> int:
     """Print ``payload`` as one JSON object with ``--json``, else the human-readable text; returns ``status``."""
-    as_json = getattr(args, "json", False)
-    sys.stdout.write((json.dumps(jsonable(payload), indent=2, allow_nan=True) if as_json else human.rstrip("\n")) + "\n")
+    if getattr(args, "json", False):
+        human = json.dumps(jsonable(payload), indent=2, allow_nan=True)
+    sys.stdout.write(human.rstrip("\n") + "\n")
     sys.stdout.flush()
     return status
 
@@ -166,29 +161,3 @@ def protect_inputs(args: argparse.Namespace, *others: Path) -> list[Path]:
     protected = [file for path in (args.model, *others) for file in model_files(path)]
     check_output_path(args.output, protected)
     return protected
-
-
-def run_pass(args: argparse.Namespace, compression_pass: Any, *, fold_batchnorm: bool = True,
-             write_unchanged: bool = True) -> tuple[Any, Any]:
-    """Normalize ``args.model`` (as ``compress`` does), run the pass on it and write the result to
-    ``args.output`` (unless it is unchanged and ``write_unchanged`` is false); returns the normalization
-    result and the pass result. The input file is never modified."""
-    from onnx_compress.model_io import load_model, save_model
-    from onnx_compress.passes.normalize import Normalize
-
-    protected = protect_inputs(args)
-    normalization = Normalize(fold_batchnorm=fold_batchnorm)(load_model(args.model))
-    result = compression_pass(normalization.model)
-    if result.modified or write_unchanged:
-        save_model(result.model, args.output, protected=protected)
-    return normalization, result
-
-
-def normalize_notes(payload: dict[str, Any], normalization: Any, size_before: int, size_after: int,
-                    what: str) -> list[str]:
-    """The lines about normalization and file growth (``NormalizeResult.lines``); adds the
-    ``normalize`` summary and the ``warnings`` to the JSON ``payload``."""
-    notes = normalization.lines(size_before, size_after, what)
-    payload["normalize"] = normalization.summary()
-    payload["warnings"] = [line for line in notes if line.startswith("WARNING")]
-    return notes

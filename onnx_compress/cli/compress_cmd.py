@@ -16,7 +16,7 @@ Passes a recipe can name: {passes}.
 
 examples:
   onnx-compress compress m.onnx -o small.onnx --preset small --data calib.npz --val val.npz --max-drop 0.5
-  onnx-compress compress m.onnx -o out.onnx --recipe r.yaml --data calib.npz --val val.npz --metric cosine --max-drop 0.01
+  onnx-compress compress m.onnx -o o.onnx --recipe r.yaml --data c.npz --val v.npz --metric cosine --max-drop 0.01
 """
 
 from __future__ import annotations
@@ -43,13 +43,11 @@ def _list_passes(parser: argparse.ArgumentParser) -> None:
            arg("--preset", "a built-in recipe", choices=preset_names()), required=True),
     arg("--data", "calibration .npz (quantization calibration, activation statistics)"),
     arg("--val", "held-out validation .npz on which the budget is checked (needed with --max-drop)"),
-    arg("--train", "training .npz for a recover stage (inputs; labels optional; kept apart from --data/--val)",
-        type=Path),
+    arg("--train", "training .npz for a recover stage (labels optional; kept apart from --data/--val)", type=Path),
     arg("--metric", "budget metric (default auto: top1 when --val has labels, else cosine)"),
     arg("--max-drop", "budget: largest allowed drop of the metric (points for top1, 1-cosine for cosine)", type=float),
     arg("--report", "write report.json and report.html (with a plot) into DIR", type=Path, metavar="DIR"),
-), settings=(_list_passes, SESSION, ("onnx_compress.pipeline:PipelineSettings", "search_steps min_gain budget_margin "
-                                     "objective time_budget bench_batch bench_runs")))
+), settings=(_list_passes, SESSION, "onnx_compress.pipeline:PipelineSettings"))
 def _compress(args: argparse.Namespace) -> int:
     from onnx_compress.pipeline import PipelineSettings, compress
     from onnx_compress.report.text import render_text

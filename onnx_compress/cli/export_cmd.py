@@ -9,8 +9,20 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from onnx_compress.cli.common import Command, arg, command, emit, parse_shape
+from onnx_compress.cli.common import Command, arg, command, emit
 from onnx_compress.errors import ModelLoadError, SettingError
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    """``"1x1x28x28"`` -> ``(1, 1, 28, 28)``."""
+    try:
+        dims = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must look like 1x1x28x28, got {text!r}") from None
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"shape dimensions must be >= 1, got {text!r}")
+    return dims
+
 
 #: the flags every framework takes (:func:`_common` reads them)
 _COMMON = (
@@ -42,10 +54,9 @@ example:
   onnx-compress export torch samples/seed_torch_cnn.py:SimpleModel --input-shape 1x1x28x28 -o m.onnx
 """, (
     arg("source", "Python file and the name of a factory function or nn.Module class in it", metavar="FILE.py:NAME"),
-    arg("--input-shape", "example input shape, e.g. 1x1x28x28; repeat once per input", type=parse_shape,
-        action="append", metavar="SHAPE"),
-    arg("--input-dtype", "example input dtype (default float32); repeat once per input", action="append",
-        metavar="DTYPE"),
+    arg("--input-shape", "example input shape, e.g. 1x1x28x28; once per input", type=_parse_shape, action="append",
+        metavar="SHAPE"),
+    arg("--input-dtype", "example input dtype (default float32); once per input", action="append", metavar="DTYPE"),
     arg("--weights", "a state_dict checkpoint (.pt) to load, read with weights_only=True", type=Path, metavar="CKPT"),
     *_COMMON,
 ))

@@ -20,9 +20,7 @@ size_bytes, ops, opsets, transformer (null without encoder layers).
 
 example:
   onnx-compress inspect minilm.onnx --dim sequence=128
-""", (
-arg("model", "the ONNX model"), "--batch", "--dim",
-))
+""", (arg("model", "the ONNX model"), "--batch", "--dim"))
 def _inspect(args: argparse.Namespace) -> int:
     from onnx_compress.model_io import load_model
     from onnx_compress.passes.prune.transformer.detect import find_structure, prepare

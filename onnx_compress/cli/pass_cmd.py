@@ -5,10 +5,37 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from onnx_compress.cli.common import arg, command, emit, normalize_notes, parse_dims, protect_inputs, run_pass
+from onnx_compress.cli.common import arg, command, emit, parse_dims, protect_inputs
 from onnx_compress.errors import SettingError
 from onnx_compress.setting_cli import given
 from onnx_compress.table import human_bytes
+
+
+def _run_pass(args: argparse.Namespace, compression_pass: Any, *, fold_batchnorm: bool = True,
+              write_unchanged: bool = True) -> tuple[Any, Any]:
+    """Normalize ``args.model`` (as ``compress`` does), run the pass on it and write the result to
+    ``args.output`` (unless it is unchanged and ``write_unchanged`` is false); returns the normalization
+    result and the pass result. The input file is never modified."""
+    from onnx_compress.model_io import load_model, save_model
+    from onnx_compress.passes.normalize import Normalize
+
+    protected = protect_inputs(args)
+    normalization = Normalize(fold_batchnorm=fold_batchnorm)(load_model(args.model))
+    result = compression_pass(normalization.model)
+    if result.modified or write_unchanged:
+        save_model(result.model, args.output, protected=protected)
+    return normalization, result
+
+
+def _normalize_notes(payload: dict[str, Any], normalization: Any, size_before: int, size_after: int,
+                     what: str) -> list[str]:
+    """The lines about normalization and file growth (``NormalizeResult.lines``); adds the
+    ``normalize`` summary and the ``warnings`` to the JSON ``payload``."""
+    notes = normalization.lines(size_before, size_after, what)
+    payload["normalize"] = normalization.summary()
+    payload["warnings"] = [line for line in notes if line.startswith("WARNING")]
+    return notes
+
 
 _TRANSFORMER = ("--heads", "--ffn", "--layers")
 
@@ -28,7 +55,8 @@ def _build_pass(args: argparse.Namespace, calibration: Any) -> Any:
                            "or --heads R / --ffn R / --layers N")
     if transformer and cuts or len(cuts) > 1 and "--structured" in cuts:
         first = transformer or cuts[:1]
-        raise SettingError(f"{' / '.join(first)} cannot be combined with {' / '.join(c for c in cuts if c not in first)}")
+        others = " / ".join(flag for flag in cuts if flag not in first)
+        raise SettingError(f"{' / '.join(first)} cannot be combined with {others}")
     if transformer:
         return PruneTransformer(**given(args, PruneTransformer.Settings), calibration=calibration)
     if args.structured is not None:
@@ -67,14 +95,13 @@ examples:
 """, (
     arg("model", "the ONNX model to prune"),
     arg("-o", "where to write the pruned model"),
-    arg("--data", "calibration data (.npz keyed by input names) for --importance activation, --reconstruct and the "
-        "transformer cuts; also used to check the pruned model", metavar="CALIB.npz"),
+    arg("--data", "calibration .npz for --importance activation, --reconstruct, the transformer cuts and the check",
+        metavar="CALIB.npz"),
     "--batch",
     arg("--dim", "size of a symbolic input dimension for the MAC count, e.g. sequence=128 (repeatable)"),
-), settings=(("onnx_compress.passes.prune:PruneStructuredSettings", "ratio scope importance round_to protect reconstruct"),
-             ("onnx_compress.passes.prune:PruneUnstructuredSettings", "ratio nm protect_first_last"),
-             ("onnx_compress.passes.prune.transformer:PruneTransformerSettings",
-              "heads ffn layers importance head_scope layer_importance")))
+), settings=("onnx_compress.passes.prune:PruneStructuredSettings",
+             "onnx_compress.passes.prune:PruneUnstructuredSettings",
+             "onnx_compress.passes.prune.transformer:PruneTransformerSettings"))
 def _prune(args: argparse.Namespace) -> int:
     from onnx_compress.data import load_data
     from onnx_compress.stats import model_stats
@@ -83,14 +110,14 @@ def _prune(args: argparse.Namespace) -> int:
     prune_pass = _build_pass(args, load_data(args.data) if args.data is not None else None)
     dims = parse_dims(args.dim)
     before = model_stats(args.model, batch=args.batch, dims=dims)
-    normalization, result = run_pass(args, prune_pass, fold_batchnorm=args.importance != "bn")
+    normalization, result = _run_pass(args, prune_pass, fold_batchnorm=args.importance != "bn")
     after = model_stats(args.output, batch=args.batch, dims=dims)
     mode = prune_pass.name.removeprefix("prune_")
-    keys = ("params", "macs", "macs_unknown_nodes", "size_bytes")
-    payload = {"input": str(args.model), "output": str(args.output), "mode": mode,
-               "before": {key: getattr(before, key) for key in keys}, "after": {key: getattr(after, key) for key in keys},
-               "result": result.as_dict()}
-    notes = normalize_notes(payload, normalization, before.size_bytes, after.size_bytes, "the pruned model")
+    counts = [{key: getattr(stats, key) for key in ("params", "macs", "macs_unknown_nodes", "size_bytes")}
+              for stats in (before, after)]
+    payload = {"input": str(args.model), "output": str(args.output), "mode": mode, "before": counts[0],
+               "after": counts[1], "result": result.as_dict()}
+    notes = _normalize_notes(payload, normalization, before.size_bytes, after.size_bytes, "the pruned model")
     gzip = (result.compressed_before, result.compressed_after) if mode == "unstructured" else None
     human = [before.change_table(after, str(args.model), args.batch, gzip), *result.lines()]
     return emit(args, payload, "\n".join([*human, *(["", *notes] if notes else []), "", f"wrote {args.output}"]))
@@ -115,10 +142,9 @@ examples:
 """, (
     arg("model", "the ONNX model to factor (not modified)"),
     arg("-o", "where to write the factored model"),
-    arg("--data", "calibration .npz keyed by the model's input names: enables data-aware factoring and the "
-        "output-error report"),
+    arg("--data", "calibration .npz: enables data-aware factoring and the output-error report"),
 ), settings=((_LOWRANK_SETTINGS, "energy rank_ratio max_error", {"exclusive": True, "required": True}),
-             (_LOWRANK_SETTINGS, "method min_size exclude batch_size")))
+             _LOWRANK_SETTINGS))
 def _lowrank(args: argparse.Namespace) -> int:
     from onnx_compress.passes.lowrank import LowRank
     from onnx_compress.stats import size_on_disk
@@ -129,7 +155,7 @@ def _lowrank(args: argparse.Namespace) -> int:
     if args.data is None and args.method in ("whitened", "asvd"):
         raise SettingError(f"--method {args.method} is data-aware: give --data calib.npz (or use --method svd)")
     lowrank = LowRank(calibration=args.data, **given(args, LowRank.Settings))  # settings are checked before any work
-    normalization, result = run_pass(args, lowrank)
+    normalization, result = _run_pass(args, lowrank)
     size_before, size_after = size_on_disk(args.model), size_on_disk(args.output)
     payload = {"model": str(args.model), "output": str(args.output), "size_before": size_before,
                "size_after": size_after, **result.as_dict()}
@@ -137,7 +163,7 @@ def _lowrank(args: argparse.Namespace) -> int:
     lines[-1] += f"; size {human_bytes(size_before)} -> {human_bytes(size_after)}; wrote {args.output}"
     if not result.modified:
         lines.append("no layer was factored: the output is the normalized input model")
-    lines += normalize_notes(payload, normalization, size_before, size_after, "the factored model")
+    lines += _normalize_notes(payload, normalization, size_before, size_after, "the factored model")
     return emit(args, payload, "\n".join(lines))
 
 
@@ -166,15 +192,13 @@ examples:
     arg("-o", "where to write the quantized model"),
     arg("--data", "calibration data (.npz keyed by input names); required for static mode", metavar="CALIB.npz"),
     arg("--val", "held-out validation data: the accuracy drop is measured on it (never the --data)", metavar="VAL.npz"),
-), settings=(("onnx_compress.passes.quantize.settings:QuantizeSettings", "mode metric max_drop budget_margin "
-              "per_channel exclude op_types calibration_method calibration_samples format block_size preprocess "
-              "smooth guard objective benchmark_batch threads"),))
+), settings=("onnx_compress.passes.quantize.settings:QuantizeSettings",))
 def _quantize(args: argparse.Namespace) -> int:
     from onnx_compress.passes.quantize import Quantize
 
     protect_inputs(args)
     quantize = Quantize(calibration=args.data, validation=args.val, **given(args, Quantize.Settings))
-    normalized, result = run_pass(args, quantize, write_unchanged=False)
+    normalized, result = _run_pass(args, quantize, write_unchanged=False)
     payload = {"input": str(args.model), "output": str(args.output) if result.modified else None,
                "normalize": normalized.summary(), **result.as_dict()}
     lines = [f"{args.model}: normalized ({normalized.summary()})", *result.lines(),

@@ -29,7 +29,8 @@ examples:
   onnx-compress deploy model.onnx --triton models/ --name digits --kserve k8s/ --storage-uri s3://bucket/models
 """, (
     arg("model", "the ONNX model to deploy"),
-    arg("--triton", "the Triton model repository folder (created if missing)", type=Path, required=True, metavar="REPO"),
+    arg("--triton", "the Triton model repository folder (created if missing)", type=Path, required=True,
+        metavar="REPO"),
     arg("--name", "the model's name in the repository and in URLs (default: the file's stem)"),
     arg("--version", "the version folder", 1, metavar="N"),
     arg("--max-batch", "Triton's max_batch_size; > 0 needs a dynamic batch axis (default 0: no Triton batching)", 0,
@@ -39,8 +40,7 @@ examples:
     arg("--dynamic-batching", "let Triton merge concurrent requests into batches (needs --max-batch > 0)", False),
     arg("--overwrite", "replace an existing NAME/VERSION/model.onnx (never while a server uses it)", False),
     arg("--kserve", "also write KServe InferenceService manifests and a Dockerfile into DIR", type=Path, metavar="DIR"),
-), settings=(("onnx_compress.runtime.deploy.kserve:KServeSettings", "storage_uri image min_replicas max_replicas "
-              "target_concurrency cpu memory gpus batch_size batch_latency_ms", {"title": "KServe manifests (--kserve)"}),))
+), settings=(("onnx_compress.runtime.deploy.kserve:KServeSettings", None, {"title": "KServe manifests (--kserve)"}),))
 def _deploy(args: argparse.Namespace) -> int:
     from onnx_compress.errors import SettingError
     from onnx_compress.runtime.deploy import deploy_triton
@@ -49,7 +49,8 @@ def _deploy(args: argparse.Namespace) -> int:
     kserve = None
     if args.kserve is not None:
         if args.storage_uri is None:
-            raise SettingError("--kserve needs --storage-uri: where the repository will be uploaded (s3://..., pvc://...)")
+            raise SettingError("--kserve needs --storage-uri: where the repository will be uploaded "
+                               "(s3://..., pvc://...)")
         name = (args.name or args.model.stem).lower().replace("_", "-").replace(".", "-")
         kserve = KServeSettings(name=name, **given(args, KServeSettings))  # checked before writing anything
     deployment = deploy_triton(args.model, args.triton, args.name, version=args.version, max_batch=args.max_batch,
@@ -89,10 +90,9 @@ examples:
   onnx-compress serve model.onnx
   onnx-compress serve models/ --port 8080 --grpc-port 8081 --threads 2
 """, (
-    arg("source", "an .onnx file, or a model repository folder (NAME/config.pbtxt, NAME/1/model.onnx)", type=Path,
+    arg("source", "an .onnx file or a model repository (NAME/config.pbtxt, NAME/1/model.onnx)", type=Path,
         metavar="MODEL_OR_REPO"),
-), settings=(("onnx_compress.runtime.serve:ServeSettings", "host port grpc_port concurrency name access_log"),
-             _max_request_mb, SESSION), json=False)
+), settings=("onnx_compress.runtime.serve:ServeSettings", _max_request_mb, SESSION), json=False)
 def _serve(args: argparse.Namespace) -> int:
     from onnx_compress.errors import SettingError
     from onnx_compress.runtime.serve import ServeSettings, serve

@@ -37,7 +37,8 @@ labels). --data is .npz keyed by the student's input names, plus 'labels' when a
 NCHW->NHWC transposes it for a teacher exported from Keras.
 
 example:
-  onnx-compress distill --teacher keras_cnn.onnx --student student.py:make_student       --data train.npz --val val.npz --teacher-layout NCHW->NHWC --epochs 12 -o student.onnx
+  onnx-compress distill --teacher keras_cnn.onnx --student student.py:make_student \\
+      --data train.npz --val val.npz --teacher-layout NCHW->NHWC --epochs 12 -o student.onnx
 """, (
     arg("--teacher", "the teacher ONNX model (not modified)", type=Path, required=True),
     arg("--student", "Python file and the function (or nn.Module class) in it that builds the student; FILE.py is "
@@ -53,7 +54,7 @@ example:
     arg("--atol", "export parity: absolute tolerance (default 1e-4)", 1e-4),
     arg("--rtol", "export parity: tolerance relative to the largest output (default 1e-4)", 1e-4),
     "--no-progress",
-), settings=((_DISTILL_SETTINGS, "epochs temperature alpha lr batch_size seed teacher_outputs student_outputs"),))
+), settings=(_DISTILL_SETTINGS,))
 def _distill(args: argparse.Namespace) -> int:
     from onnx_compress.converters.torch.export import export_torch
     from onnx_compress.converters.torch.source import torch_module
@@ -100,7 +101,8 @@ DistributedDataParallel, each process on a shard of --data; rank 0 validates, wr
 
 examples:
   onnx-compress recover pruned.onnx --teacher m.onnx --data train.npz --val val.npz -o recovered.onnx --lr 1e-3
-  torchrun --standalone --nproc_per_node 2 $(which onnx-compress) recover pruned.onnx --teacher m.onnx       --data train.npz --val val.npz -o recovered.onnx --batch-size 16
+  torchrun --standalone --nproc_per_node 2 $(which onnx-compress) recover pruned.onnx --teacher m.onnx \\
+      --data train.npz --val val.npz -o recovered.onnx --batch-size 16
 """, (
     arg("model", "the compressed ONNX model (never modified)"),
     arg("--teacher", "the original ONNX model it was cut from", type=Path, required=True),
@@ -108,8 +110,7 @@ examples:
     arg("--val", "held-out validation .npz for early stopping", required=True),
     arg("-o", "the recovered ONNX file to write"),
     "--no-progress",
-), settings=(("onnx_compress.training.recover:RecoverySettings", "epochs lr batch_size loss temperature label_weight "
-              "match patience max_minutes steps_per_epoch trim device seed qat"),))
+), settings=("onnx_compress.training.recover:RecoverySettings",))
 def _recover(args: argparse.Namespace) -> int:
     from onnx_compress.model_io import save_model
     from onnx_compress.training.recover import RecoverySettings, recover
@@ -120,7 +121,8 @@ def _recover(args: argparse.Namespace) -> int:
     if result.world_size > 1 and os.environ.get("RANK", "0") != "0":
         return 0 if result.improved else 3  # under torchrun only rank 0 writes and reports
     if not result.improved:
-        return emit(args, {"output": None, **result.as_dict()}, f"{result.table()}\n\n{result.summary()}; nothing written", 3)
+        report = f"{result.table()}\n\n{result.summary()}; nothing written"
+        return emit(args, {"output": None, **result.as_dict()}, report, 3)
     save_model(model, args.output, protected=protected)
     note = f"\ninterrupted: wrote the best epoch so far (epoch {result.best_epoch})" if result.interrupted else ""
     sys.stderr.write(note.lstrip("\n") + "\n" if note else "")
