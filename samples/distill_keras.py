@@ -37,6 +37,13 @@ from onnx_compress.training.narrow.tensorflow import narrow_student  # noqa: E40
 from onnx_compress.runtime import Runner, SessionSettings  # noqa: E402
 
 
+def _copy(model: keras.Model) -> keras.Model:
+    """A clone with the same weights (both students of a seed start from them)."""
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
 def main() -> None:
     args = distill_report.parser(__doc__.splitlines()[0], epochs=10, out="artifacts/distill_keras").parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -45,26 +52,10 @@ def main() -> None:
 
     teacher, splits = seed_keras_cnn.trained_model(epochs=10, seed=0)
     test = splits.test
-    teacher_pred = seed_keras_cnn.predict(teacher, test)
-    teacher_top1 = float((teacher_pred == test.labels).mean() * 100)
-
-    rows, results, exported = [], {"labels alone": [], "distilled": []}, None
-    for seed in args.seeds:
-        keras.utils.set_random_seed(seed)
-        base = narrow_student(teacher, 0.5)
-        for name, alpha in (("labels alone", 1.0), ("distilled", args.alpha)):
-            student = keras.models.clone_model(base)
-            student.set_weights(base.get_weights())  # both students start from the same weights
-            student, history = distill(teacher, student, splits.train, epochs=args.epochs,
-                                       temperature=args.temperature, alpha=alpha, lr=2e-3, batch_size=64,
-                                       val_data=splits.val, seed=seed, progress=False)
-            pred = seed_keras_cnn.predict(student, test)
-            top1 = float((pred == test.labels).mean() * 100)
-            agree = float((pred == teacher_pred).mean() * 100)
-            results[name].append((top1, agree))
-            rows.append([seed, name, f"{top1:.2f}", f"{agree:.2f}", f"{history.val_top1[-1]:.2f}"])
-            if name == "distilled" and exported is None:
-                exported = student
+    teacher_top1 = float((seed_keras_cnn.predict(teacher, test) == test.labels).mean() * 100)
+    rows, results, exported = distill_report.run_students(
+        args, teacher, splits, distill=distill, narrow=narrow_student, copy=_copy, seed_all=keras.utils.set_random_seed,
+        predict=seed_keras_cnn.predict)
 
     onnx_path = args.out / "student.onnx"
     export = oc.export_keras(exported, onnx_path, example_inputs=test.take(2).inputs["input"])

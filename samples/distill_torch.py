@@ -43,25 +43,10 @@ def main() -> None:
 
     teacher, splits = seed_torch_cnn.trained_model(epochs=12, seed=0)
     test = splits.test
-    teacher_pred = seed_torch_cnn.predict(teacher, test)
-    teacher_top1 = float((teacher_pred == test.labels).mean() * 100)
-
-    rows, results, exported = [], {"labels alone": [], "distilled": []}, None
-    for seed in args.seeds:
-        torch.manual_seed(seed)
-        base = narrow_student(teacher, 0.5)
-        for name, alpha in (("labels alone", 1.0), ("distilled", args.alpha)):
-            student = copy.deepcopy(base)  # both students start from the same weights
-            student, history = distill(teacher, student, splits.train, epochs=args.epochs,
-                                       temperature=args.temperature, alpha=alpha, lr=2e-3, batch_size=64,
-                                       val_data=splits.val, seed=seed, progress=False)
-            pred = seed_torch_cnn.predict(student, test)
-            top1 = float((pred == test.labels).mean() * 100)
-            agree = float((pred == teacher_pred).mean() * 100)
-            results[name].append((top1, agree))
-            rows.append([seed, name, f"{top1:.2f}", f"{agree:.2f}", f"{history.val_top1[-1]:.2f}"])
-            if name == "distilled" and exported is None:
-                exported = student
+    teacher_top1 = float((seed_torch_cnn.predict(teacher, test) == test.labels).mean() * 100)
+    rows, results, exported = distill_report.run_students(
+        args, teacher, splits, distill=distill, narrow=narrow_student, copy=copy.deepcopy, seed_all=torch.manual_seed,
+        predict=seed_torch_cnn.predict)  # both students of a seed start from the same weights
     student_params = sum(p.numel() for p in exported.parameters())
     teacher_params = sum(p.numel() for p in teacher.parameters())
 

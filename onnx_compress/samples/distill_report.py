@@ -1,16 +1,19 @@
 """What the two distillation samples share (``samples/distill_torch.py``, ``samples/distill_keras.py``):
-their flags and their report (per-seed and mean test top-1 and agreement, and which student won)."""
+their flags, the experiment (per seed, one half-width student trained twice from the same weights: on
+labels alone and distilled) and its report (per-seed and mean test top-1 and agreement, the verdict)."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from onnx_compress.table import format_table, human_count
 
-__all__ = ["parser", "verdict", "report"]
+__all__ = ["parser", "run_students", "verdict", "report"]
 
 
 def parser(description: str, epochs: int, out: str) -> argparse.ArgumentParser:
@@ -24,6 +27,34 @@ def parser(description: str, epochs: int, out: str) -> argparse.ArgumentParser:
                         help="hard-label weight of the distilled student (default 0.5)")
     parser.add_argument("--out", type=Path, default=Path(out), help="output folder")
     return parser
+
+
+def run_students(args: argparse.Namespace, teacher: Any, splits: Any, *, distill: Callable[..., Any],
+                 narrow: Callable[[Any, float], Any], copy: Callable[[Any], Any], seed_all: Callable[[int], None],
+                 predict: Callable[[Any, Any], np.ndarray]) -> tuple[list[list[object]], dict[str, Any], Any]:
+    """For every seed in ``args.seeds``: ``narrow(teacher, 0.5)``, two ``copy`` of it trained with the same
+    ``distill`` loop, epochs and sample order, on labels alone (alpha 1) and distilled (``args.alpha``).
+    Returns the table rows, the (test top-1, agreement with the teacher) of each student kind, and the
+    first distilled student."""
+    teacher_pred = predict(teacher, splits.test)
+    rows: list[list[object]] = []
+    results: dict[str, list[tuple[float, float]]] = {"labels alone": [], "distilled": []}
+    exported = None
+    for seed in args.seeds:
+        seed_all(seed)
+        base = narrow(teacher, 0.5)
+        for name, alpha in (("labels alone", 1.0), ("distilled", args.alpha)):
+            student, history = distill(teacher, copy(base), splits.train, epochs=args.epochs,
+                                       temperature=args.temperature, alpha=alpha, lr=2e-3, batch_size=64,
+                                       val_data=splits.val, seed=seed, progress=False)
+            pred = predict(student, splits.test)
+            top1 = float((pred == splits.test.labels).mean() * 100)
+            agree = float((pred == teacher_pred).mean() * 100)
+            results[name].append((top1, agree))
+            rows.append([seed, name, f"{top1:.2f}", f"{agree:.2f}", f"{history.val_top1[-1]:.2f}"])
+            if name == "distilled" and exported is None:
+                exported = student
+    return rows, results, exported
 
 
 def verdict(gains: list[float]) -> str:
