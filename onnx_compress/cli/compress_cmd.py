@@ -1,22 +1,13 @@
 """a recipe of passes under an accuracy budget, with a report
 
-Compress a model with a recipe of passes (prune -> low-rank -> quantize ...) within an accuracy budget:
-after every pass the model is validated on --val (held-out) against the original; a pass that breaks the
-budget is searched down to the strongest setting that holds or rolled back. The report gives per stage
-size, parameters, MACs, latency (speed-up against the original in the same run), the metric and its drop;
---report DIR also writes report.json and report.html. A recipe (YAML or JSON) names passes and their
-settings (the README's settings reference):
+Compress a model with a recipe of passes: after every pass it is validated on --val against the original;
+a pass that breaks the budget is searched down to the strongest setting that holds, or rolled back. The
+report (also report.json/.html with --report) gives per stage size, parameters, MACs, latency and the
+metric. A recipe (YAML or JSON) lists passes and their settings (README's settings reference), e.g.
+`passes: [{prune_structured: {ratio: 0.5}}, {quantize: {mode: auto}}]`. Passes: {passes}.
 
-  name: mine
-  passes:
-    - prune_structured: {ratio: 0.5}
-    - quantize: {mode: auto}
-
-Passes a recipe can name: {passes}.
-
-examples:
+example:
   onnx-compress compress m.onnx -o small.onnx --preset small --data calib.npz --val val.npz --max-drop 0.5
-  onnx-compress compress m.onnx -o o.onnx --recipe r.yaml --data c.npz --val v.npz --metric cosine --max-drop 0.01
 """
 
 from __future__ import annotations

@@ -1,7 +1,4 @@
-"""export a PyTorch / Keras / SavedModel model to ONNX (with a parity check)
-
-Export a framework model to ONNX and check parity in ONNX Runtime.
-"""
+"""export a PyTorch / Keras / SavedModel model to ONNX (with a parity check)"""
 
 from __future__ import annotations
 
@@ -44,11 +41,10 @@ def _common(args: argparse.Namespace) -> dict[str, Any]:
 @command("export torch", """\
 a PyTorch nn.Module from FILE.py:NAME
 
-Export a PyTorch model to ONNX (eval mode, a dynamic batch axis), then check that ONNX Runtime reproduces
-its outputs at the example batch size and at a second one. NAME is a function returning a torch.nn.Module,
-or an nn.Module class constructible without arguments. WARNING: this imports and runs FILE.py, which is
-arbitrary Python code: only use files you trust. --weights loads a state_dict checkpoint first (with
-torch.load(weights_only=True), so it cannot run code).
+Export a PyTorch model to ONNX (eval mode, a dynamic batch axis) and check that ONNX Runtime reproduces
+its outputs at two batch sizes. NAME is a function returning a torch.nn.Module, or an nn.Module class.
+WARNING: this imports and runs FILE.py, which is arbitrary Python code: only use files you trust.
+--weights loads a state_dict checkpoint first (with torch.load(weights_only=True): it cannot run code).
 
 example:
   onnx-compress export torch samples/seed_torch_cnn.py:SimpleModel --input-shape 1x1x28x28 -o m.onnx
@@ -93,8 +89,8 @@ def _export_tensorflow(args: argparse.Namespace, directory: bool) -> int:
 @command("export keras", """\
 a Keras 3 model saved as .keras
 
-Export a .keras file to ONNX (via tf2onnx), then check parity in ONNX Runtime. It is loaded with
-safe_mode=True: a Lambda layer (arbitrary code) is refused unless --unsafe-load is given.
+Export a .keras file to ONNX via tf2onnx and check parity in ONNX Runtime. It is loaded with safe_mode:
+a Lambda layer (arbitrary code) is refused unless --unsafe-load is given.
 
 example:
   onnx-compress export keras artifacts/keras/seed_cnn.keras -o m.onnx

@@ -1,8 +1,16 @@
-"""The ``onnx-compress`` command line: the commands are declared in the ``*_cmd`` modules of this package.
+"""Make trained neural networks smaller and faster through ONNX.
 
-Every failure becomes a one-line ``error: ...`` on stderr and a non-zero exit status (2 for errors the
-user can fix, 1 for internal errors, 130 on Ctrl-C); ``--debug`` shows the traceback. Logs go to stderr,
-results to stdout (one JSON object with ``--json``).
+The usual path: export a PyTorch or Keras model (parity-checked in ONNX Runtime), then `compress` it with
+a preset or recipe under an accuracy budget (it proves the result with a report), then `deploy` or `serve`
+it. The passes also run one at a time (prune, lowrank, quantize), and inspect / validate / bench check any
+model. Data files are .npz archives keyed by the model's input names, plus an optional 'labels' array.
+No command ever modifies its input. Results go to stdout (one JSON object with --json), logs to
+stderr; a failure is one `error: ...` line and exit status 2 (a mistake you can fix), 1 (internal) or
+130 (Ctrl-C); --debug shows the traceback.
+
+  onnx-compress export torch net.py:make_model --input-shape 1x1x28x28 -o m.onnx
+  onnx-compress compress m.onnx -o small.onnx --preset small --data calib.npz --val val.npz --max-drop 0.5
+  onnx-compress serve small.onnx
 """
 
 from __future__ import annotations
@@ -20,28 +28,14 @@ from onnx_compress.errors import OnnxCompressError, one_line
 
 __all__ = ["main", "build_parser"]
 
-#: the command modules (onnx_compress.cli.NAME_cmd), in the order `--help` lists their COMMANDS
+#: the modules onnx_compress.cli.NAME_cmd that declare the COMMANDS, in the order `--help` lists them
 COMMAND_MODULES = "export measure compress serving pass train".split()
-
-_DESCRIPTION = """\
-Make trained neural networks smaller and faster through ONNX.
-
-The usual path: export a PyTorch or Keras model (parity-checked in ONNX Runtime), then `compress` it with
-a preset or recipe under an accuracy budget (it proves the result with a report), then `deploy` or `serve`
-it. The passes also run one at a time (prune, lowrank, quantize), and inspect / validate / bench check any
-model. Data files are .npz archives keyed by the model's input names, plus an optional 'labels' array.
-No command ever modifies its input.
-
-  onnx-compress export torch net.py:make_model --input-shape 1x1x28x28 -o m.onnx
-  onnx-compress compress m.onnx -o small.onnx --preset small --data calib.npz --val val.npz --max-drop 0.5
-  onnx-compress serve small.onnx
-"""
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; the settings flags of the command named in ``argv`` are generated (the others
     would import every pass's settings, seconds for a ``--help``)."""
-    parser = argparse.ArgumentParser(prog="onnx-compress", description=_DESCRIPTION, parents=[global_flags()],
+    parser = argparse.ArgumentParser(prog="onnx-compress", description=__doc__, parents=[global_flags()],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"onnx-compress {__version__}")
     groups = {"": parser.add_subparsers(dest="command", metavar="COMMAND", required=True)}

@@ -11,12 +11,10 @@ from onnx_compress.cli.common import SESSION, arg, command, emit, parse_dims, se
 @command("inspect", """\
 parameters, MACs, size and ops of a model
 
-Show a model's inputs and outputs, parameter count, multiply-accumulates (MACs: Conv, ConvTranspose, Gemm,
-MatMul and their quantized forms) of one forward pass at --batch, size on disk and op histogram; a
-symbolic axis other than the batch needs a size (--dim sequence=128) for MACs to be counted. For a
-transformer encoder it also lists the prunable groups (`prune --heads/--ffn/--layers`) and what the
-analysis refused, with the reason. JSON keys: inputs, outputs, params, macs, macs_unknown_nodes,
-size_bytes, ops, opsets, transformer (null without encoder layers).
+Show a model's inputs and outputs, parameters, multiply-accumulates (MACs: Conv, Gemm, MatMul and their
+quantized forms) of one forward pass at --batch, size on disk and op histogram; a symbolic axis other
+than the batch needs --dim for MACs to be counted. For a transformer encoder it also lists the groups
+`prune --heads/--ffn/--layers` can cut, and what the analysis refused, with the reason.
 
 example:
   onnx-compress inspect minilm.onnx --dim sequence=128
@@ -37,12 +35,10 @@ def _inspect(args: argparse.Namespace) -> int:
 @command("validate", """\
 compare a candidate model with a reference on data
 
-Run a reference and a candidate model on the same data in ONNX Runtime and compare them. --metric:
-  top1     accuracy (%) of the argmax of the first output against the data's 'labels';
-           drop = reference accuracy - candidate accuracy, in points; also the agreement (%)
-  cosine   mean per-sample cosine similarity of the first outputs (and the minimum); drop = 1 - mean
-  max_abs  largest absolute difference over all outputs
-  auto     top1 when the data has labels, else cosine (default)
+Run a reference and a candidate model on the same data in ONNX Runtime and compare them (--metric):
+top1 (accuracy % of the first output's argmax against the data's 'labels'; drop in points, and the
+agreement %), cosine (mean per-sample cosine similarity of the first outputs; drop = 1 - mean), max_abs
+(largest absolute difference over all outputs), auto (top1 with labels, else cosine).
 
 example:
   onnx-compress validate model.onnx quantized.onnx --data test.npz --metric top1
@@ -64,14 +60,12 @@ def _validate(args: argparse.Namespace) -> int:
 @command("bench", """\
 latency of a model, optionally side by side with another
 
-ONNX Runtime latency after warm-up runs: median and p90 ms per call, and samples/s, on the first --batch
-samples of --data or random inputs (--dim NAME=SIZE for a symbolic axis). With --vs OTHER both models run
-in one interleaved loop (A B B A ...), so machine load hits both alike, and the speedup of MODEL over
-OTHER (median OTHER / median MODEL) is reported: quote ratios from one run, not numbers from two.
+ONNX Runtime latency after warm-up runs (median and p90 ms per call, samples/s) on the first --batch
+samples of --data, or random inputs. With --vs OTHER both models run in one interleaved loop, so machine
+load hits both alike, and the speedup of MODEL over OTHER is reported: quote ratios from one run.
 
-examples:
-  onnx-compress bench model.onnx --batch 8 --threads 2
-  onnx-compress bench small.onnx --vs model.onnx --data test.npz
+example:
+  onnx-compress bench small.onnx --vs model.onnx --data test.npz --threads 2
 """, (
     arg("model", "the ONNX model to time"),
     arg("--vs", "a second model timed in the same interleaved loop; reports the speedup", type=Path, metavar="OTHER"),

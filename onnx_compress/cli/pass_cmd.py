@@ -79,24 +79,20 @@ def _build_pass(args: argparse.Namespace, calibration: Any) -> Any:
 @command("prune", """\
 structured (channels) or unstructured (zeros) pruning
 
-Prune a model and write the result (the input is never modified). Choose one of: --structured R (remove
-channels / neurons and what reads them: smaller AND faster; groups the analysis does not fully understand
-are left untouched, with the reason); --unstructured R or --nm N:M (zeros in the weights: ONNX Runtime's
-dense kernels gain NO speed and the .onnx keeps its size; the gzip size shrinks, and is reported); for
-transformer encoders --heads R / --ffn R / --layers N (each cut is checked against the original with the
-removed heads/neurons zeroed). The model is normalized first (BatchNormalization kept for --importance bn)
-and the result checked in ONNX Runtime. Prints parameters, MACs and size before and after, and what was
-cut or left with the reason (JSON keys: input, output, mode, before, after, result).
+Prune a model (never modified) with one of: --structured R (remove channels / neurons and what reads them:
+smaller AND faster; groups the analysis does not fully understand are left untouched, with the reason);
+--unstructured R or --nm N:M (zeros: ONNX Runtime gains NO speed and the .onnx keeps its size, the gzip
+size shrinks); --heads R / --ffn R / --layers N for transformer encoders (each cut checked against the
+original). Prints parameters, MACs and size before and after, and what was cut or left, with the reason.
 
 examples:
   onnx-compress prune model.onnx -o pruned.onnx --structured 0.5 --reconstruct --data calib.npz
-  onnx-compress prune model.onnx -o sparse.onnx --nm 2:4
   onnx-compress prune minilm.onnx -o small.onnx --heads 0.25 --ffn 0.25 --layers 2 --data calib.npz
 """, (
     arg("model", "the ONNX model to prune"),
     arg("-o", "where to write the pruned model"),
-    arg("--data", "calibration .npz for --importance activation, --reconstruct, the transformer cuts and the check",
-        metavar="CALIB.npz"),
+    arg("--data", "calibration .npz for --importance activation, --reconstruct and the transformer cuts; also used "
+        "to check the pruned model", metavar="CALIB.npz"),
     "--batch",
     arg("--dim", "size of a symbolic input dimension for the MAC count, e.g. sequence=128 (repeatable)"),
 ), settings=("onnx_compress.passes.prune:PruneStructuredSettings",
@@ -129,16 +125,13 @@ _LOWRANK_SETTINGS = "onnx_compress.passes.lowrank.settings:LowRankSettings"
 @command("lowrank", """\
 factor MatMul/Gemm/Conv weights into two low-rank layers
 
-Replace each large MatMul / Gemm / Conv weight W (K x N) by factors A (K x r) and B (r x N) of a truncated
-SVD (a Conv: a k x k Conv to r channels and a 1x1 Conv), only where r (K + N) < K N; every other layer is
-listed with the reason. Choose the rank with --energy, --rank-ratio or --max-error. With --data the
-factorization is data-aware (whitened SVD, as in SVD-LLM: more accuracy at the same rank) and each layer's
-output error is reported. The model is normalized first; the input is never modified. Validate the result
-(onnx-compress validate) and time it (onnx-compress bench --vs): fewer MACs are not always lower latency.
+Replace each large MatMul / Gemm / Conv weight W (K x N) by the factors A (K x r) B (r x N) of a truncated
+SVD where r (K + N) < K N; every other layer is listed with the reason. Choose the rank with --energy,
+--rank-ratio or --max-error; with --data the factorization is data-aware (whitened SVD) and each layer's
+output error is reported. Fewer MACs are not always lower latency: check with `onnx-compress bench --vs`.
 
-examples:
-  onnx-compress lowrank model.onnx -o small.onnx --energy 0.95
-  onnx-compress lowrank model.onnx -o small.onnx --max-error 0.05 --data calib.npz --json
+example:
+  onnx-compress lowrank model.onnx -o small.onnx --max-error 0.05 --data calib.npz
 """, (
     arg("model", "the ONNX model to factor (not modified)"),
     arg("-o", "where to write the factored model"),
@@ -174,18 +167,14 @@ NOTHING_TO_DO_EXIT = 3
 @command("quantize", """\
 int8 / 4-bit / fp16 quantization with a speed guard
 
-Quantize with ONNX Runtime's quantization tools, the settings chosen from the model and this CPU, and prove
-the result: size, speed against the input (interleaved benchmark on this CPU: the guard, --objective says
-what a smaller but slower result is worth) and, with --val, the accuracy drop on held-out data; with
---max-drop the nodes most sensitive to quantization stay float until the drop holds (--exclude auto).
-The model is normalized first; the input is never modified.
-
-exit status: 0 quantized and written; 3 nothing to do (already quantized, nothing quantizable, or not
-what the objective accepts on this CPU), nothing written; 2 bad input.
+Quantize with ONNX Runtime's tools, the settings chosen from the model and this CPU, and prove the result:
+size, speed against the input on this CPU (the guard; --objective says what a smaller but slower result
+is worth) and, with --val, the accuracy drop on held-out data; with --max-drop the most sensitive nodes
+stay float until the drop holds. Exit status: 0 written; 3 nothing to do (already quantized, nothing
+quantizable, or not what the objective accepts on this CPU), nothing written; 2 bad input.
 
 examples:
   onnx-compress quantize m.onnx -o q.onnx --mode static --data calib.npz --val val.npz --max-drop 0.5
-  onnx-compress quantize minilm.onnx -o q.onnx --mode dynamic --val val.npz --metric cosine --max-drop 0.004
   onnx-compress quantize m.onnx -o q4.onnx --mode weight_only --block-size 32
 """, (
     arg("model", "the ONNX model to quantize (never modified)"),

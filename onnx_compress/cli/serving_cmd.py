@@ -15,18 +15,13 @@ from onnx_compress.setting_cli import given
 @command("deploy", """\
 write a model into a Triton model repository
 
-Write MODEL into the Triton model repository REPO for Triton's onnxruntime backend: REPO/NAME/config.pbtxt
-(the model's inputs and outputs, max_batch_size, instance_group, dynamic_batching) and
-REPO/NAME/VERSION/model.onnx (+ model.onnx.data). With --max-batch N > 0 Triton owns the first axis, which
-must be dynamic in the model; with 0 (default) Triton does not batch. The model is loaded in ONNX Runtime
-first and never modified; an existing version is replaced only with --overwrite. Serve the repository
-locally with `onnx-compress serve REPO`. --kserve DIR also writes KServe InferenceService manifests (with
-KServe's Triton runtime, or `onnx-compress serve` as a custom predictor with its Dockerfile) into DIR, then:
-kubectl apply -f DIR/...
+Write MODEL into the Triton model repository REPO for Triton's onnxruntime backend (REPO/NAME/config.pbtxt,
+REPO/NAME/VERSION/model.onnx), after loading it in ONNX Runtime; an existing version is replaced only
+with --overwrite. --kserve DIR also writes KServe InferenceService manifests (Triton runtime, or
+`onnx-compress serve` as a custom predictor with its Dockerfile). Serve REPO locally with `serve`.
 
-examples:
+example:
   onnx-compress deploy model.onnx --triton models/ --name digits --max-batch 32 --dynamic-batching
-  onnx-compress deploy model.onnx --triton models/ --name digits --kserve k8s/ --storage-uri s3://bucket/models
 """, (
     arg("model", "the ONNX model to deploy"),
     arg("--triton", "the Triton model repository folder (created if missing)", type=Path, required=True,
@@ -74,20 +69,12 @@ def _max_request_mb(parser: argparse.ArgumentParser) -> None:
 @command("serve", """\
 serve models on KServe's model server (HTTP + gRPC, ONNX Runtime)
 
-Serve an ONNX model, or every model of a Triton model repository (as `onnx-compress deploy` writes it), on
-KServe's model server with ONNX Runtime as the predictor: REST v1/v2 (Open Inference Protocol) on --port,
-gRPC v2 on --grpc-port, Prometheus metrics at /metrics; Triton's clients and any KServe v2 client work.
+Serve an ONNX model, or every model of a Triton model repository, on KServe's model server with ONNX
+Runtime: REST v1/v2 (Open Inference Protocol) on --port, gRPC v2 on --grpc-port, /metrics; Triton's and
+KServe's clients work with it. Bad requests get a 4xx {"error": "..."} answer. Safety: it binds 127.0.0.1
+unless --host says otherwise and has no authentication: bind a public address only behind a trusted proxy.
 
-  GET  /v2/health/live   /v2/health/ready   /v2   /v2/models/NAME[/versions/V][/ready]   /metrics
-  POST /v2/models/NAME[/versions/V]/infer
-
-A MODEL.onnx is served as its file name without .onnx (or --name); in a repository each NAME/config.pbtxt
-gives the name, max_batch_size and versions. A bad request gets a 4xx {"error": "..."} answer (gRPC:
-INVALID_ARGUMENT / NOT_FOUND). Safety: binds 127.0.0.1 unless --host says otherwise and has no
-authentication (bind a public address only behind a trusted network or proxy). Ctrl-C stops it gracefully.
-
-examples:
-  onnx-compress serve model.onnx
+example:
   onnx-compress serve models/ --port 8080 --grpc-port 8081 --threads 2
 """, (
     arg("source", "an .onnx file or a model repository (NAME/config.pbtxt, NAME/1/model.onnx)", type=Path,

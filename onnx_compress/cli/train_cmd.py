@@ -28,13 +28,10 @@ def _input_order(student: Any, names: list[str]) -> list[str]:
 @command("distill", """\
 train a PyTorch student from an ONNX teacher, export it
 
-Knowledge distillation: train a PyTorch student to imitate an ONNX teacher (run by ONNX Runtime, so it may
-come from Keras, PyTorch or anything that exports ONNX), then export the student to ONNX with a parity
-check. --student FILE.py:FACTORY is a function returning the student torch.nn.Module, or an nn.Module class
-constructible without arguments. WARNING: FILE.py is imported and run as Python code: only use files you
-trust. The loss is (1 - alpha) * T^2 * KL(teacher || student at temperature T) + alpha * CE(student,
-labels). --data is .npz keyed by the student's input names, plus 'labels' when alpha > 0; --teacher-layout
-NCHW->NHWC transposes it for a teacher exported from Keras.
+Knowledge distillation: train a PyTorch student to imitate an ONNX teacher (from Keras, PyTorch or any
+exporter), then export it to ONNX with a parity check. --student FILE.py:FACTORY builds the student.
+WARNING: FILE.py is imported and run as Python code: only use files you trust. The loss is
+(1 - alpha) * T^2 * KL(teacher || student at temperature T) + alpha * CE(student, labels).
 
 example:
   onnx-compress distill --teacher keras_cnn.onnx --student student.py:make_student \\
@@ -91,18 +88,12 @@ def _distill(args: argparse.Namespace) -> int:
 distill a compressed model back towards its original
 
 Recovery training: the compressed model (pruned, factored) is trained in PyTorch to reproduce the
-original's outputs on --data as the SAME ONNX graph (its Conv, Gemm, MatMul, bias and norm weights are
-written back by initializer name and checked in ONNX Runtime). The loss fits each output (--loss). After
-every epoch it is scored on --val (held-out); it stops after --patience epochs without gain and keeps the
-best epoch. If none beats the compressed model, nothing is written (exit status 3); Ctrl-C writes the best
-epoch so far (exit status 130). Needs torch (pip install "onnx-compress[torch]"). Run it before
-quantization (--qat: for static int8). Under torchrun (WORLD_SIZE > 1) it trains with
-DistributedDataParallel, each process on a shard of --data; rank 0 validates, writes and reports.
+original's outputs on --data, as the same ONNX graph; it is scored on --val after every epoch and the best
+epoch is kept. Exit status 3 (nothing written) when no epoch beats the compressed model; Ctrl-C writes
+the best epoch so far (130). Needs torch; under torchrun it trains with DistributedDataParallel.
 
-examples:
+example:
   onnx-compress recover pruned.onnx --teacher m.onnx --data train.npz --val val.npz -o recovered.onnx --lr 1e-3
-  torchrun --standalone --nproc_per_node 2 $(which onnx-compress) recover pruned.onnx --teacher m.onnx \\
-      --data train.npz --val val.npz -o recovered.onnx --batch-size 16
 """, (
     arg("model", "the compressed ONNX model (never modified)"),
     arg("--teacher", "the original ONNX model it was cut from", type=Path, required=True),
