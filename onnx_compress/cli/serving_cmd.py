@@ -17,8 +17,8 @@ write a model into a Triton model repository
 
 Write MODEL into the Triton model repository REPO for Triton's onnxruntime backend (REPO/NAME/config.pbtxt,
 REPO/NAME/VERSION/model.onnx), after loading it in ONNX Runtime; an existing version is replaced only
-with --overwrite. --kserve DIR also writes KServe InferenceService manifests (Triton runtime, or
-`onnx-compress serve` as a custom predictor with its Dockerfile). Serve REPO locally with `serve`.
+with --overwrite; `onnx-compress serve REPO` serves it locally. --kserve DIR also writes KServe
+InferenceService manifests (Triton runtime, or `onnx-compress serve` as a custom predictor + Dockerfile).
 
 example:
   onnx-compress deploy model.onnx --triton models/ --name digits --max-batch 32 --dynamic-batching
