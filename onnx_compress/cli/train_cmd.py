@@ -29,9 +29,9 @@ def _input_order(student: Any, names: list[str]) -> list[str]:
 train a PyTorch student from an ONNX teacher, export it
 
 Knowledge distillation: train a PyTorch student to imitate an ONNX teacher (from Keras, PyTorch or any
-exporter), then export it to ONNX with a parity check. --student FILE.py:FACTORY builds the student.
-WARNING: FILE.py is imported and run as Python code: only use files you trust. The loss is
-(1 - alpha) * T^2 * KL(teacher || student at temperature T) + alpha * CE(student, labels).
+exporter), then export it to ONNX with a parity check. --student FILE.py:FACTORY builds the student (e.g.
+with onnx_compress.training.narrow.torch.narrow_student(teacher, 0.5)). WARNING: FILE.py is imported and
+run as Python code: only use files you trust. Loss: (1 - alpha) T^2 KL(teacher || student at T) + alpha CE.
 
 example:
   onnx-compress distill --teacher keras_cnn.onnx --student student.py:make_student \\
