@@ -44,6 +44,8 @@ def test_export_inspect_validate_bench_end_to_end(cli, tmp_path, digits_files):
     assert bench["speedup"] > 0
     human = cli("inspect", out)
     assert human.returncode == 0 and "MACs (batch 1)" in human.stdout and "Conv" in human.stdout
+    side = cli("bench", out, "--vs", out, "--runs", "3", "--warmup", "1")
+    assert side.returncode == 0 and "median ms" in side.stdout and "3 interleaved runs" in side.stdout
 
 
 def test_every_command_explains_its_flags(cli):
