@@ -79,6 +79,19 @@ class ModelStats:
         return (format_table([title, ""], rows, numeric=False) + "\n\n"
                 + format_table(["op", "count"], [[op, n] for op, n in self.ops.items()]))
 
+    def change_table(self, after: ModelStats, title: str, batch: int, gzip: tuple[int, int] | None = None) -> str:
+        """Params, MACs (at ``batch``), size (and the ``gzip`` sizes, when known) of this model and of
+        ``after``, with the relative change; then a note when MACs are unknown for some nodes."""
+        rows = [("params", self.params, after.params, "{:,}".format),
+                (f"MACs (batch {batch})", self.macs, after.macs, "{:,}".format),
+                ("size", self.size_bytes, after.size_bytes, human_bytes), *([("gzip size", *gzip, human_bytes)] if gzip and all(gzip) else [])]
+        text = format_table([title, "before", "after", "change"], [
+            [name, show(old), show(new), f"{(new - old) / old:+.1%}" if old else ""] for name, old, new, show in rows])
+        if self.macs_unknown_nodes:
+            text += (f"\nMACs unknown for {len(self.macs_unknown_nodes)} nodes with symbolic shapes: "
+                     "give their sizes with --dim NAME=SIZE")
+        return text
+
 
 def op_key(node: ir.Node | onnx.NodeProto) -> str:
     """``Op`` in the default ONNX domain, ``domain::Op`` elsewhere (``com.microsoft::QGemm``)."""

@@ -44,7 +44,7 @@ from onnx_compress.jsonable import jsonable
 from onnx_compress.setting import BUDGET, check_fields, declared
 
 __all__ = ["PassSettings", "BudgetAwareSettings", "BUDGET_FIELDS", "CompressionResult", "CompressionPass",
-           "jsonable"]
+           "check_strength", "jsonable"]
 
 #: the fields a budget-aware pass declares with role BUDGET (see BudgetAwareSettings)
 BUDGET_FIELDS = ("max_drop", "metric", "budget_margin", "objective")
@@ -125,6 +125,12 @@ class CompressionResult(ir.passes.PassResult):
         return "modified" if self.modified else "unchanged"
 
 
+def check_strength(strength: float) -> None:
+    """A :meth:`CompressionPass.scaled` strength is a number in (0, 1]."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise SettingError(f"strength must be in (0, 1], got {strength!r}")
+
+
 class CompressionPass(ir.passes.FunctionalPass):
     """Base of the compression passes: settings handling and model copying.
 
@@ -180,8 +186,10 @@ class CompressionPass(ir.passes.FunctionalPass):
         if not isinstance(self.settings, BudgetAwareSettings):
             return self
         settings = self.settings.with_budget(max_drop, metric, margin=margin, objective=objective)
-        if settings is self.settings:
-            return self
+        return self if settings is self.settings else self.with_settings(settings)
+
+    def with_settings(self, settings: PassSettings) -> CompressionPass:
+        """A copy of this pass with ``settings`` and the same data."""
         return type(self)(settings, calibration=self.calibration, validation=self.validation)
 
     def scaled(self, strength: float) -> CompressionPass | None:
@@ -190,7 +198,8 @@ class CompressionPass(ir.passes.FunctionalPass):
         ``strength`` is in (0, 1]: 1 is the pass as configured, values towards 0 approach doing
         nothing (a pruning ratio times ``strength``; a low-rank energy of
         ``1 - (1 - energy) * strength``). The data is kept. Return None (the default) when the
-        pass has no such knob: the pipeline then keeps it or rolls it back.
+        pass has no such knob: the pipeline then keeps it or rolls it back. An implementation
+        starts with :func:`check_strength`.
         """
         del strength
         return None

@@ -35,11 +35,12 @@ import numpy as np
 
 from onnx_compress.errors import SettingError
 from onnx_compress.runtime.session import ModelSource, Runner, SessionSettings
+from onnx_compress.table import format_table
 
 #: untimed calls before each timed block, side by side (see the module docstring)
 SETTLE_MS = 150.0
 
-__all__ = ["Latency", "Comparison", "benchmark", "compare", "compare_many"]
+__all__ = ["Latency", "Comparison", "benchmark", "compare", "compare_many", "latency_table"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +88,12 @@ class Comparison:
 
     def as_dict(self) -> dict[str, object]:
         return {"a": self.a.as_dict(), "b": self.b.as_dict(), "speedup": self.speedup}
+
+
+def latency_table(named: Sequence[tuple[object, Latency]]) -> str:
+    """A row per (name, latency): median and p90 milliseconds per call, samples per second."""
+    return format_table(["model", "median ms", "p90 ms", "samples/s"],
+                        [[str(name), t.median_ms, t.p90_ms, t.throughput] for name, t in named])
 
 
 def _settle(runner: Runner, feeds: dict[str, np.ndarray], settle_ms: float) -> None:

@@ -21,11 +21,9 @@ its ONNX Runtime predictions are checked against Keras'.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -33,58 +31,31 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import onnx_compress as oc  # noqa: E402
-from onnx_compress.samples import seed_keras_cnn  # noqa: E402
+from onnx_compress.samples import distill_report, seed_keras_cnn  # noqa: E402
 from onnx_compress.training.distill.tensorflow import distill  # noqa: E402
 from onnx_compress.training.narrow.tensorflow import narrow_student  # noqa: E402
 from onnx_compress.runtime import Runner, SessionSettings  # noqa: E402
-from onnx_compress.table import format_table, human_count  # noqa: E402
 
 
-def verdict(gains: list[float]) -> str:
-    """Which student won, from the paired per-seed differences (same initial weights and order)."""
-    spread = f"per seed {', '.join(f'{g:+.2f}' for g in gains)}; mean {np.mean(gains):+.2f} points"
-    if all(g > 0 for g in gains):
-        return f"distillation helped on every seed ({spread} of test top-1)"
-    if all(g < 0 for g in gains):
-        return f"distillation did NOT help: the student trained on labels alone won on every seed ({spread})"
-    return (f"no consistent difference: distillation helped on some seeds and not on others ({spread}); "
-            "on this small, easy data set the half-width student learns about as well from labels alone")
+def _copy(model: keras.Model) -> keras.Model:
+    """A clone with the same weights (both students of a seed start from them)."""
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs of each student (default 10)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="student seeds (default 0 1 2)")
-    parser.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="hard-label weight of the distilled student (default 0.5)")
-    parser.add_argument("--out", type=Path, default=Path("artifacts/distill_keras"), help="output folder")
-    args = parser.parse_args()
+    args = distill_report.parser(__doc__.splitlines()[0], epochs=10, out="artifacts/distill_keras").parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
     teacher, splits = seed_keras_cnn.trained_model(epochs=10, seed=0)
     test = splits.test
-    teacher_pred = seed_keras_cnn.predict(teacher, test)
-    teacher_top1 = float((teacher_pred == test.labels).mean() * 100)
-
-    rows, results, exported = [], {"labels alone": [], "distilled": []}, None
-    for seed in args.seeds:
-        keras.utils.set_random_seed(seed)
-        base = narrow_student(teacher, 0.5)
-        for name, alpha in (("labels alone", 1.0), ("distilled", args.alpha)):
-            student = keras.models.clone_model(base)
-            student.set_weights(base.get_weights())  # both students start from the same weights
-            student, history = distill(teacher, student, splits.train, epochs=args.epochs,
-                                       temperature=args.temperature, alpha=alpha, lr=2e-3, batch_size=64,
-                                       val_data=splits.val, seed=seed, progress=False)
-            pred = seed_keras_cnn.predict(student, test)
-            top1 = float((pred == test.labels).mean() * 100)
-            agree = float((pred == teacher_pred).mean() * 100)
-            results[name].append((top1, agree))
-            rows.append([seed, name, f"{top1:.2f}", f"{agree:.2f}", f"{history.val_top1[-1]:.2f}"])
-            if name == "distilled" and exported is None:
-                exported = student
+    teacher_top1 = float((seed_keras_cnn.predict(teacher, test) == test.labels).mean() * 100)
+    rows, results, exported = distill_report.run_students(
+        args, teacher, splits, distill=distill, narrow=narrow_student, copy=_copy, seed_all=keras.utils.set_random_seed,
+        predict=seed_keras_cnn.predict)
 
     onnx_path = args.out / "student.onnx"
     export = oc.export_keras(exported, onnx_path, example_inputs=test.take(2).inputs["input"])
@@ -92,14 +63,7 @@ def main() -> None:
     if not np.array_equal(onnx_pred, seed_keras_cnn.predict(exported, test)):
         raise SystemExit("ONNX Runtime and Keras disagree on the exported student")
 
-    mean = {name: np.mean(values, axis=0) for name, values in results.items()}
-    print(f"Keras distillation on digits: teacher = seed CNN ({human_count(teacher.count_params())} params, "
-          f"test top-1 {teacher_top1:.2f} %), students = half width ({human_count(exported.count_params())} "
-          f"params), {args.epochs} epochs each, T={args.temperature}, alpha={args.alpha}")
-    print(format_table(["seed", "student", "test top-1 %", "agrees with teacher %", "val top-1 %"], rows))
-    print(format_table(["mean over seeds", "test top-1 %", "agrees with teacher %"],
-                       [[name, f"{m[0]:.2f}", f"{m[1]:.2f}"] for name, m in mean.items()]))
-    print(verdict([d[0] - l[0] for d, l in zip(results["distilled"], results["labels alone"])]))
+    distill_report.report("Keras", args, (teacher.count_params(), exported.count_params()), teacher_top1, rows, results)
     print(f"exported the first distilled student to {onnx_path} (parity max abs error {export.max_abs_error:.1e}, "
           f"ONNX Runtime predictions identical to Keras); total {time.perf_counter() - start:.0f} s")
 

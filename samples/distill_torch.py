@@ -20,42 +20,22 @@ accuracy is checked against PyTorch's.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 import onnx_compress as oc
-from onnx_compress.samples import seed_torch_cnn
+from onnx_compress.samples import distill_report, seed_torch_cnn
 from onnx_compress.training.distill.torch import distill
 from onnx_compress.training.narrow.torch import narrow_student
 from onnx_compress.runtime import Runner, SessionSettings
-from onnx_compress.table import format_table, human_count
-
-
-def verdict(gains: list[float]) -> str:
-    """Which student won, from the paired per-seed differences (same initial weights and order)."""
-    spread = f"per seed {', '.join(f'{g:+.2f}' for g in gains)}; mean {np.mean(gains):+.2f} points"
-    if all(g > 0 for g in gains):
-        return f"distillation helped on every seed ({spread} of test top-1)"
-    if all(g < 0 for g in gains):
-        return f"distillation did NOT help: the student trained on labels alone won on every seed ({spread})"
-    return (f"no consistent difference: distillation helped on some seeds and not on others ({spread}); "
-            "on this small, easy data set the half-width student learns about as well from labels alone")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=12, help="training epochs of each student (default 12)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="student seeds (default 0 1 2)")
-    parser.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="hard-label weight of the distilled student (default 0.5)")
-    parser.add_argument("--out", type=Path, default=Path("artifacts/distill_torch"), help="output folder")
-    args = parser.parse_args()
+    args = distill_report.parser(__doc__.splitlines()[0], epochs=12, out="artifacts/distill_torch").parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -63,25 +43,10 @@ def main() -> None:
 
     teacher, splits = seed_torch_cnn.trained_model(epochs=12, seed=0)
     test = splits.test
-    teacher_pred = seed_torch_cnn.predict(teacher, test)
-    teacher_top1 = float((teacher_pred == test.labels).mean() * 100)
-
-    rows, results, exported = [], {"labels alone": [], "distilled": []}, None
-    for seed in args.seeds:
-        torch.manual_seed(seed)
-        base = narrow_student(teacher, 0.5)
-        for name, alpha in (("labels alone", 1.0), ("distilled", args.alpha)):
-            student = copy.deepcopy(base)  # both students start from the same weights
-            student, history = distill(teacher, student, splits.train, epochs=args.epochs,
-                                       temperature=args.temperature, alpha=alpha, lr=2e-3, batch_size=64,
-                                       val_data=splits.val, seed=seed, progress=False)
-            pred = seed_torch_cnn.predict(student, test)
-            top1 = float((pred == test.labels).mean() * 100)
-            agree = float((pred == teacher_pred).mean() * 100)
-            results[name].append((top1, agree))
-            rows.append([seed, name, f"{top1:.2f}", f"{agree:.2f}", f"{history.val_top1[-1]:.2f}"])
-            if name == "distilled" and exported is None:
-                exported = student
+    teacher_top1 = float((seed_torch_cnn.predict(teacher, test) == test.labels).mean() * 100)
+    rows, results, exported = distill_report.run_students(
+        args, teacher, splits, distill=distill, narrow=narrow_student, copy=copy.deepcopy, seed_all=torch.manual_seed,
+        predict=seed_torch_cnn.predict)  # both students of a seed start from the same weights
     student_params = sum(p.numel() for p in exported.parameters())
     teacher_params = sum(p.numel() for p in teacher.parameters())
 
@@ -91,14 +56,7 @@ def main() -> None:
     if not np.array_equal(onnx_pred, seed_torch_cnn.predict(exported, test)):
         raise SystemExit("ONNX Runtime and PyTorch disagree on the exported student")
 
-    mean = {name: np.mean(values, axis=0) for name, values in results.items()}
-    print(f"PyTorch distillation on digits: teacher = seed CNN ({human_count(teacher_params)} params, "
-          f"test top-1 {teacher_top1:.2f} %), students = half width ({human_count(student_params)} params), "
-          f"{args.epochs} epochs each, T={args.temperature}, alpha={args.alpha}")
-    print(format_table(["seed", "student", "test top-1 %", "agrees with teacher %", "val top-1 %"], rows))
-    print(format_table(["mean over seeds", "test top-1 %", "agrees with teacher %"],
-                       [[name, f"{m[0]:.2f}", f"{m[1]:.2f}"] for name, m in mean.items()]))
-    print(verdict([d[0] - l[0] for d, l in zip(results["distilled"], results["labels alone"])]))
+    distill_report.report("PyTorch", args, (teacher_params, student_params), teacher_top1, rows, results)
     print(f"exported the first distilled student to {onnx_path} (parity max abs error {export.max_abs_error:.1e}, "
           f"ONNX Runtime predictions identical to PyTorch); total {time.perf_counter() - start:.0f} s")
 

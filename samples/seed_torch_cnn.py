@@ -20,14 +20,11 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import onnx_compress as oc
-from onnx_compress.runtime import Runner, SessionSettings, benchmark
-from onnx_compress.samples.seed_quantize import quantize_rows
+from onnx_compress.samples.seed_quantize import report
 from onnx_compress.samples.seed_torch_cnn import SimpleModel, predict, trained_model  # noqa: F401 (FILE.py:SimpleModel)
-from onnx_compress.table import format_table, human_bytes, human_count
 
 
 def main() -> None:
@@ -44,37 +41,10 @@ def main() -> None:
     train_seconds = time.perf_counter() - start
     splits.save(args.out)
     torch_pred = predict(model, splits.test)
-    torch_acc = float((torch_pred == splits.test.labels).mean() * 100)
 
     onnx_path = args.out / "seed_cnn.onnx"
     export = oc.export_torch(model, torch.from_numpy(splits.test.take(1).inputs["input"]), onnx_path)
-    runner = Runner(onnx_path, SessionSettings(provider="cpu"))
-    onnx_pred = runner.run_dataset(splits.test)["output"].argmax(1)
-    onnx_acc = float((onnx_pred == splits.test.labels).mean() * 100)
-    if not np.array_equal(onnx_pred, torch_pred):
-        raise SystemExit(
-            f"ONNX Runtime and PyTorch disagree on {int((onnx_pred != torch_pred).sum())} test images"
-        )
-
-    stats = oc.model_stats(onnx_path)
-    latency = benchmark(runner, splits.test.take(1).inputs, runs=200)
-    latency32 = benchmark(runner, splits.test.take(32).inputs, runs=50)
-    print(f"seed PyTorch CNN on digits ({len(splits.train)} train / {len(splits.test)} test images, "
-          f"trained {args.epochs} epochs in {train_seconds:.1f} s)")
-    print(format_table(
-        ["what", "value"],
-        [
-            ["PyTorch test top-1 (%)", f"{torch_acc:.2f}"],
-            ["ONNX Runtime test top-1 (%)", f"{onnx_acc:.2f}"],
-            ["export max abs error", f"{export.max_abs_error:.2e}"],
-            ["parameters", human_count(stats.params)],
-            ["MACs (batch 1)", human_count(stats.macs)],
-            ["file size", human_bytes(stats.size_bytes)],
-            ["ORT latency batch 1 (median / p90 ms)", f"{latency.median_ms:.3f} / {latency.p90_ms:.3f}"],
-            ["ORT latency batch 32 (median / p90 ms)", f"{latency32.median_ms:.3f} / {latency32.p90_ms:.3f}"],
-            *quantize_rows(onnx_path, splits),
-        ],
-    ))
+    report("PyTorch", torch_pred, onnx_path, export, splits, args.epochs, train_seconds)
     print(f"wrote {onnx_path} and {args.out}/{{train,calib,val,test}}.npz")
 
 

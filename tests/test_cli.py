@@ -44,6 +44,8 @@ def test_export_inspect_validate_bench_end_to_end(cli, tmp_path, digits_files):
     assert bench["speedup"] > 0
     human = cli("inspect", out)
     assert human.returncode == 0 and "MACs (batch 1)" in human.stdout and "Conv" in human.stdout
+    side = cli("bench", out, "--vs", out, "--runs", "3", "--warmup", "1")
+    assert side.returncode == 0 and "median ms" in side.stdout and "3 interleaved runs" in side.stdout
 
 
 def test_every_command_explains_its_flags(cli):
@@ -59,6 +61,34 @@ def test_every_command_explains_its_flags(cli):
     compress_help = " ".join(cli("compress", "--help").stdout.split())
     assert all(name in compress_help for name in pass_names())  # the recipe pass list is complete
     assert "--smooth auto|off|ALPHA" in cli("quantize", "--help").stdout
+
+
+def test_every_command_says_what_it_does_with_an_example():
+    """The commands are declared (onnx_compress/cli/common.py): each --help has a description with an
+    example of that command, and every flag (declared or generated from the settings) has a help text."""
+    import argparse
+
+    from onnx_compress.cli.main import build_parser
+
+    def commands(parser: argparse.ArgumentParser, words: list[str]):
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subparsers:
+            yield words, parser
+        for action in subparsers:
+            for name, child in action.choices.items():
+                yield from commands(child, [*words, name])
+
+    found = list(commands(build_parser([]), []))
+    assert len(found) == 14  # export torch / keras / saved-model and the 11 other commands
+    for words, _ in found:
+        parser = build_parser(words)  # with the command's generated settings flags
+        for word in words:
+            parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
+        example = f"  onnx-compress {' '.join(words)} "
+        assert any(line.startswith(example) for line in parser.description.splitlines()), words
+        assert len(parser.description.splitlines()) >= 4, words
+        for action in parser._actions:
+            assert action.help and not action.help.startswith(" "), (words, action.dest)
 
 
 def test_bad_model_files(cli, tmp_path):

@@ -1,8 +1,10 @@
-"""Helpers shared by the CLI commands: argument parsing of shapes and dims, output, data."""
+"""What the commands share: their declaration (:func:`command`, :func:`arg`), the inputs several of them
+take (declared once in :data:`SHARED`), the session settings, output, and the check that -o spares the input."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -11,29 +13,100 @@ from typing import Any
 
 from onnx_compress.errors import SettingError
 from onnx_compress.jsonable import jsonable
-from onnx_compress.setting_cli import add_flags, given
+from onnx_compress.setting_cli import add_flags, given, load
 
-__all__ = [
-    "Command",
-    "add_command",
-    "add_settings_flags",
-    "parse_shape",
-    "parse_dims",
-    "add_json_flag",
-    "add_session_flags",
-    "session_settings",
-    "emit",
-    "protect_inputs",
-    "run_pass",
-    "normalize_notes",
-]
+__all__ = ["Command", "command", "arg", "one_of", "add_input", "SHARED", "SESSION", "add_settings_flags",
+           "global_flags", "parse_dims", "session_settings", "emit", "protect_inputs"]
 
-#: a command's handler: takes the parsed arguments, returns the exit status
-Command = Callable[[argparse.Namespace], int]
+#: the inputs several commands take, declared once: a command names them (``"--json"``) or rewords
+#: one (``arg("--data", "calibration .npz ...")`` keeps the rest of its declaration)
+SHARED: dict[str, dict[str, Any]] = {
+    "model": {"type": Path, "help": "the ONNX model (never modified)"},
+    "-o": {"flags": ("-o", "--output"), "type": Path, "required": True, "help": "the ONNX file to write"},
+    "--data": {"type": Path, "help": "data .npz keyed by the model's input names"},
+    "--val": {"type": Path, "help": "held-out validation .npz"},
+    "--json": {"action": "store_true", "help": "print one JSON object on stdout instead of a table"},
+    "--batch": {"type": int, "default": 1, "help": "batch size for the MAC count"},
+    "--dim": {"action": "append", "metavar": "NAME=SIZE",
+              "help": "size of a symbolic input dimension, e.g. sequence=128 (repeatable)"},
+    "--metric": {"choices": ["auto", "top1", "cosine", "max_abs"], "default": "auto",
+                 "help": "budget metric (default auto: top1 when the data has labels, else cosine)"},
+    "--no-progress": {"action": "store_true", "help": "no progress bars on stderr"},
+}
+#: a command's handler: the parsed arguments -> the exit status
+Handler = Callable[[argparse.Namespace], int]
+#: the generated ONNX Runtime session flags (--provider, --threads)
+SESSION = "onnx_compress.runtime.session:SessionSettings"
 
 
-def _global_flags() -> argparse.ArgumentParser:
-    """--debug and -v, accepted after the command name too (``onnx-compress inspect m.onnx --debug``)."""
+def arg(name: str, help: str | None = None, default: Any = None, **options: Any) -> dict[str, Any]:
+    """One input of a command that is not a pass setting: a positional (``model``) or a flag (``--vs``),
+    starting from its :data:`SHARED` declaration if it has one. The kind follows the default (``False``:
+    a switch; an int or float: that type) unless ``type`` or ``action`` is given; the help gets
+    ``(default X)`` unless it speaks of the default."""
+    declared = {"flags": (name,), **SHARED.get(name, {}), **options, **({"help": help} if help else {})}
+    if default is not None:
+        declared["default"] = default
+    value = declared.get("default")
+    if value is False and "action" not in declared:
+        declared["action"] = "store_true"
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and "type" not in declared:
+        declared["type"] = type(value)
+    if value is not None and value is not False and "default" not in declared["help"]:
+        declared["help"] += f" (default {value})"
+    return declared
+
+
+def one_of(*args: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    """Inputs of which at most one (``required``: exactly one) may be given."""
+    return {"one_of": args, "required": required}
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A subcommand: its words (``"export torch"``); its text (the first line is its help in the command
+    list, the rest its ``--help`` description: what it does, with an example); its handler (the parsed
+    arguments -> the exit status; none for a group of commands); its inputs (:func:`arg`, :func:`one_of`,
+    or a name of :data:`SHARED`); and its generated settings flags, added only when the command is
+    parsed (importing every pass's settings costs seconds): ``"module:SettingsClass"`` (every setting
+    declared with a flag), ``("module:SettingsClass", "field ...", {add_flags options})`` or a function
+    of the parser. ``--json`` is added unless ``json=False``."""
+
+    name: str
+    text: str
+    run: Handler | None = None
+    inputs: tuple[Any, ...] = ()
+    settings: tuple[Any, ...] = ()
+    json: bool = True
+
+    def add_to(self, subparsers: Any) -> argparse.ArgumentParser:
+        help, _, description = self.text.strip("\n").partition("\n")
+        parser = subparsers.add_parser(self.name.split()[-1], help=help, description=description.strip("\n") or help,
+                                       parents=[global_flags()] if self.run else [],
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.set_defaults(handler=self.run, settings_flags=self.settings or None)
+        for item in (*self.inputs, *(["--json"] if self.json and self.run else [])):
+            add_input(parser, arg(item) if isinstance(item, str) else item)
+        return parser
+
+
+def command(name: str, text: str, inputs: tuple[Any, ...] = (), **options: Any) -> Callable[[Handler], Command]:
+    """Declare the decorated handler as the :class:`Command` ``name`` (``options``: its ``settings``, ``json``)."""
+    return lambda run: Command(name, text, run, inputs, **options)
+
+
+def add_input(parser: Any, declared: dict[str, Any]) -> None:
+    """Add an input declared with :func:`arg` or :func:`one_of` to ``parser``."""
+    if "one_of" in declared:
+        group = parser.add_mutually_exclusive_group(required=declared["required"])
+        for item in declared["one_of"]:
+            add_input(group, item)
+    else:
+        parser.add_argument(*declared["flags"], **{key: value for key, value in declared.items() if key != "flags"})
+
+
+def global_flags() -> argparse.ArgumentParser:
+    """--debug and -v, before the command or after it (``onnx-compress inspect m.onnx --debug``)."""
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks and debug logs")
@@ -42,36 +115,16 @@ def _global_flags() -> argparse.ArgumentParser:
     return parent
 
 
-def add_command(subparsers: Any, name: str, *, help: str, description: str, handler: Command,
-                settings: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.ArgumentParser:
-    """Add a subcommand with the global flags, a raw-text description and its handler.
-
-    ``settings(parser)`` adds the flags generated from settings declarations; it runs only for
-    the command being parsed (:func:`add_settings_flags`).
-    """
-    parser = subparsers.add_parser(name, help=help, description=description, parents=[_global_flags()],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.set_defaults(handler=handler, settings_flags=settings)
-    return parser
-
-
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """Add the generated flags of a command made by :func:`add_command` (once)."""
-    settings = parser.get_default("settings_flags")
-    if settings is not None:
-        parser.set_defaults(settings_flags=None)
-        settings(parser)
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"1x1x28x28"`` -> ``(1, 1, 28, 28)``."""
-    try:
-        dims = tuple(int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"shape must look like 1x1x28x28, got {text!r}") from None
-    if not dims or any(d < 1 for d in dims):
-        raise argparse.ArgumentTypeError(f"shape dimensions must be >= 1, got {text!r}")
-    return dims
+    """Add the generated settings flags of a command's parser (once)."""
+    for spec in parser.get_default("settings_flags") or ():
+        if callable(spec):
+            spec(parser)
+        elif isinstance(spec, str):
+            add_flags(parser, load(spec))
+        else:
+            add_flags(parser, load(spec[0]), spec[1], **(spec[2] if len(spec) > 2 else {}))
+    parser.set_defaults(settings_flags=None)
 
 
 def parse_dims(items: list[str] | None) -> dict[str, int]:
@@ -85,32 +138,19 @@ def parse_dims(items: list[str] | None) -> dict[str, int]:
     return dims
 
 
-def add_json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON object on stdout instead of a table"
-    )
-
-
-def add_session_flags(parser: argparse.ArgumentParser) -> None:
-    """--provider and --threads, generated from SessionSettings (pass it as ``add_command(settings=)``)."""
-    from onnx_compress.runtime.session import SessionSettings
-
-    add_flags(parser, SessionSettings, "provider intra_op_threads")
-
-
 def session_settings(args: argparse.Namespace) -> Any:
-    from onnx_compress.runtime.session import SessionSettings
+    """The :data:`SESSION` flags given, as ``SessionSettings``."""
+    cls = load(SESSION)
+    return cls(**given(args, cls))
 
-    return SessionSettings(**given(args, SessionSettings))
 
-
-def emit(args: argparse.Namespace, payload: Mapping[str, Any], human: str) -> None:
-    """Print ``payload`` as one JSON object with ``--json``, else the human-readable text."""
+def emit(args: argparse.Namespace, payload: Mapping[str, Any], human: str, status: int = 0) -> int:
+    """Print ``payload`` as one JSON object with ``--json``, else the human-readable text; returns ``status``."""
     if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(jsonable(payload), indent=2, allow_nan=True) + "\n")
-    else:
-        sys.stdout.write(human.rstrip("\n") + "\n")
+        human = json.dumps(jsonable(payload), indent=2, allow_nan=True)
+    sys.stdout.write(human.rstrip("\n") + "\n")
     sys.stdout.flush()
+    return status
 
 
 def protect_inputs(args: argparse.Namespace, *others: Path) -> list[Path]:
@@ -121,31 +161,3 @@ def protect_inputs(args: argparse.Namespace, *others: Path) -> list[Path]:
     protected = [file for path in (args.model, *others) for file in model_files(path)]
     check_output_path(args.output, protected)
     return protected
-
-
-def run_pass(args: argparse.Namespace, compression_pass: Any, *, fold_batchnorm: bool = True,
-             write_unchanged: bool = True) -> tuple[Any, Any]:
-    """Normalize ``args.model`` (as ``compress`` does), run the pass on it and write the result to
-    ``args.output`` (unless it is unchanged and ``write_unchanged`` is false).
-
-    Returns the normalization result and the pass result; the input file is never modified.
-    """
-    from onnx_compress.model_io import load_model, save_model
-    from onnx_compress.passes.normalize import Normalize
-
-    protected = protect_inputs(args)
-    normalization = Normalize(fold_batchnorm=fold_batchnorm)(load_model(args.model))
-    result = compression_pass(normalization.model)
-    if result.modified or write_unchanged:
-        save_model(result.model, args.output, protected=protected)
-    return normalization, result
-
-
-def normalize_notes(payload: dict[str, Any], normalization: Any, size_before: int, size_after: int,
-                    what: str) -> list[str]:
-    """The lines about normalization and file growth (``NormalizeResult.lines``); adds the
-    ``normalize`` summary and the ``warnings`` to the JSON ``payload``."""
-    notes = normalization.lines(size_before, size_after, what)
-    payload["normalize"] = normalization.summary()
-    payload["warnings"] = [line for line in notes if line.startswith("WARNING")]
-    return notes

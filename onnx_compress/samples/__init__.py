@@ -2,7 +2,8 @@
 
 - :mod:`~onnx_compress.samples.seed_torch_cnn`, :mod:`~onnx_compress.samples.seed_keras_cnn`:
   the seed CNNs and their training on the real digits (:mod:`onnx_compress.datasets`);
-- :mod:`~onnx_compress.samples.seed_quantize`: their static / dynamic int8 table rows;
+- :mod:`~onnx_compress.samples.seed_quantize`: their closing check and table, with static / dynamic int8 rows;
+- :mod:`~onnx_compress.samples.distill_report`: the flags and report of the two distillation samples;
 - :mod:`~onnx_compress.samples.minilm`: the pretrained all-MiniLM-L6-v2, its two exports
   (dynamo with pooling, TorchScript per token) and real sentences;
 - :mod:`~onnx_compress.samples.minilm_corpus`: unlabeled sentences for recovery training;

@@ -135,7 +135,7 @@ class LowRank(CompressionPass):
 
     def scaled(self, strength: float) -> LowRank:
         """The same pass with a milder criterion (see :meth:`LowRankSettings.scaled`); data kept."""
-        return type(self)(self.settings.scaled(strength), calibration=self.calibration, validation=self.validation)
+        return self.with_settings(self.settings.scaled(strength))
 
     def resolved_method(self) -> str:
         method = self.settings.method

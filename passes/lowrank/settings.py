@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from onnx_compress.errors import SettingError
-from onnx_compress.passes.base import PassSettings
+from onnx_compress.passes.base import PassSettings, check_strength
 from onnx_compress.setting import SEARCHED, setting
 
 __all__ = ["LowRankSettings", "METHODS", "OP_TYPES", "DEFAULT_ENERGY"]
@@ -79,8 +79,7 @@ class LowRankSettings(PassSettings):
         energy -> ``1 - (1 - energy) * strength``; rank_ratio -> ``1 - (1 - rank_ratio) * strength``;
         max_error -> ``max_error * strength``.
         """
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise SettingError(f"strength must be in (0, 1], got {strength!r}")
+        check_strength(strength)
         name, value = self.criterion
         scaled = value * strength if name == "max_error" else 1 - (1 - value) * strength
         return dataclasses.replace(self, **{name: scaled})

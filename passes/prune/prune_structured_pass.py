@@ -40,7 +40,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from onnx_compress.errors import PassRefusedError, SettingError
-from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
+from onnx_compress.passes.base import CompressionPass, PassSettings, check_strength
 from onnx_compress.passes.prune.coupling import AxisNode, CouplingAnalysis, Group, analyze
 from onnx_compress.passes.prune.relations import Role
 from onnx_compress.passes.prune.importance import (
@@ -50,13 +50,14 @@ from onnx_compress.passes.prune.importance import (
     score_group,
 )
 from onnx_compress.passes.prune.reconstruct import LayerReconstruction, reconstruct
+from onnx_compress.passes.prune.result import CutResult
 from onnx_compress.passes.prune.schedule import GroupBudget, plan_cuts
 from onnx_compress.passes.prune.slicers import apply_cuts
 from onnx_compress.passes.prune.verify import Probe, check_pruned, make_probe
 from onnx_compress.runtime.cpu import detect_cpu
 from onnx_compress.setting import SEARCHED, setting
 from onnx_compress.stats import count_macs, count_params
-from onnx_compress.table import change_text, format_table
+from onnx_compress.table import format_table
 
 __all__ = ["GroupReport", "LayerReconstruction", "PruneStructured", "PruneStructuredResult",
            "PruneStructuredSettings"]
@@ -166,17 +167,10 @@ def _subgraph_reports(model: ir.Model) -> list[GroupReport]:
 
 
 @dataclasses.dataclass
-class PruneStructuredResult(CompressionResult):
+class PruneStructuredResult(CutResult):
     """What structured pruning did, group by group."""
 
     groups: list[GroupReport] = dataclasses.field(default_factory=list)
-    params_before: int = 0
-    params_after: int = 0
-    macs_before: int = 0
-    macs_after: int = 0
-    notes: list[str] = dataclasses.field(default_factory=list)
-    #: per consumer layer, what reconstruction did (empty unless ``reconstruct``)
-    reconstruction: list[LayerReconstruction] = dataclasses.field(default_factory=list)
 
     @property
     def refit(self) -> list[LayerReconstruction]:
@@ -191,10 +185,7 @@ class PruneStructuredResult(CompressionResult):
         return [g for g in self.groups if g.status == "pruned"]
 
     def summary(self) -> str:
-        text = (f"{len(self.pruned)} of {len(self.groups)} channel groups cut; params "
-                f"{change_text(self.params_before, self.params_after)}")
-        if self.macs_before:
-            text += f", MACs {change_text(self.macs_before, self.macs_after)}"
+        text = f"{len(self.pruned)} of {len(self.groups)} channel groups cut; {self.counts_text()}"
         if self.untouched:
             text += f"; {len(self.untouched)} left untouched"
         if self.reconstruction:
@@ -229,14 +220,10 @@ class PruneStructured(CompressionPass):
     settings: PruneStructuredSettings
 
     def scaled(self, strength: float) -> PruneStructured:
-        if not 0 < strength <= 1:
-            raise SettingError(f"strength must be in (0, 1], got {strength!r}")
-        settings = dataclasses.replace(
-            self.settings,
-            ratio=self.settings.ratio * strength,
-            layer_ratios=tuple((name, ratio * strength) for name, ratio in self.settings.layer_ratios),
-        )
-        return type(self)(settings, calibration=self.calibration, validation=self.validation)
+        check_strength(strength)
+        return self.with_settings(dataclasses.replace(
+            self.settings, ratio=self.settings.ratio * strength,
+            layer_ratios=tuple((name, ratio * strength) for name, ratio in self.settings.layer_ratios)))
 
     def refinement_keys(self, model: ir.Model) -> list[str]:
         """One producer per prunable group, in graph order: the budget search may cut each group

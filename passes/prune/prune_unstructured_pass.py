@@ -37,7 +37,7 @@ import onnx_ir as ir
 
 from onnx_compress.errors import SettingError
 from onnx_compress.model_io import EXTERNAL_DATA_THRESHOLD_BYTES, weights_nbytes
-from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
+from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings, check_strength
 from onnx_compress.setting import SEARCHED, setting
 from onnx_compress.table import format_table, human_count
 
@@ -220,12 +220,10 @@ class PruneUnstructured(CompressionPass):
     settings: PruneUnstructuredSettings
 
     def scaled(self, strength: float) -> PruneUnstructured | None:
-        if not 0 < strength <= 1:
-            raise SettingError(f"strength must be in (0, 1], got {strength!r}")
+        check_strength(strength)
         if self.settings.nm is not None:
             return None  # a pattern has no intermediate strength
-        settings = dataclasses.replace(self.settings, ratio=self.settings.effective_ratio * strength)
-        return type(self)(settings, calibration=self.calibration, validation=self.validation)
+        return self.with_settings(dataclasses.replace(self.settings, ratio=self.settings.effective_ratio * strength))
 
     def _eligible(self, model: ir.Model) -> tuple[list[tuple[ir.Node, ir.Value, int]], dict[str, str]]:
         settings = self.settings

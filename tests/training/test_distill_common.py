@@ -116,3 +116,24 @@ def test_layout_hint_only_when_a_transposition_fits():
     assert layout_hint(nhwc, {"x": np.zeros((2, 3, 28, 28), np.float32)}) == ""  # no layout makes it fit
     nchw = [InputSpec("input", np.dtype("float32"), ("batch", 1, 28, 28))]
     assert "teacher_inputs='NHWC->NCHW'" in layout_hint(nchw, {"input": np.zeros((2, 28, 28, 1), np.float32)})
+
+
+def test_summary_table_compares_teacher_and_student(torch_seed_onnx, tmp_path):
+    """What `onnx-compress distill` prints after the epochs: the run and the two models side by side."""
+    from onnx_compress.model_io import load_model, save_model
+    from onnx_compress.passes import PruneStructured
+    from onnx_compress.stats import model_stats
+    from onnx_compress.training.distill.common import DistillSettings, new_history
+
+    student_path = tmp_path / "student.onnx"
+    save_model(PruneStructured(ratio=0.5)(load_model(torch_seed_onnx)).model, student_path)
+    teacher, student = model_stats(torch_seed_onnx), model_stats(student_path)
+    history = new_history(DistillSettings(), teacher_kind="logits", student_kind="log_probs", device="cpu",
+                          has_labels=True, val=None, teacher_val_top1=97.5)
+    rows = dict(line.split("  ", 1) for line in history.summary_table(teacher, student, 3e-6, student_path)
+                .splitlines()[2:])
+    assert rows["teacher outputs / student outputs"].strip() == "logits / log_probs"
+    assert rows["teacher val top-1 (%)"].strip() == "97.50"
+    assert rows["params teacher -> student"].strip() == "225.03k -> " + f"{student.params / 1e3:.2f}k"
+    assert student.params < teacher.params and rows["wrote"].strip() == str(student_path)
+    assert rows["export parity (max abs error)"].strip() == "3e-06"

@@ -90,7 +90,8 @@ import onnx_ir as ir
 from onnx_compress.data import LABELS_KEY, Dataset, DataSource, InputSpec, load_data
 from onnx_compress.errors import DataError, SettingError, one_line
 from onnx_compress.setting import check_fields, setting
-from onnx_compress.table import format_table
+from onnx_compress.stats import ModelStats
+from onnx_compress.table import format_table, human_bytes, human_count
 
 __all__ = [
     "OutputKind",
@@ -225,6 +226,18 @@ class DistillHistory:
                  value(self.label_loss, epoch, 4), value(self.val_top1, epoch, 2), value(self.val_agreement, epoch, 2)]
                 for epoch in range(len(self.loss))]
         return format_table(["epoch", "loss", "T^2*KL", "CE", "val top-1 %", "val agreement %"], rows)
+
+    def summary_table(self, teacher: ModelStats, student: ModelStats, parity_error: float, output: object) -> str:
+        """The run in rows: output kinds, device, the teacher's validation top-1, parameters / MACs /
+        size of teacher and student, the exported student's parity error and where it was written."""
+        top1 = self.teacher_val_top1
+        rows = [["teacher outputs / student outputs", f"{self.teacher_outputs} / {self.student_outputs}"],
+                ["device", self.device], ["teacher val top-1 (%)", "-" if top1 is None else f"{top1:.2f}"],
+                *([f"{what} teacher -> student", f"{show(getattr(teacher, key))} -> {show(getattr(student, key))}"]
+                  for what, key, show in (("params", "params", human_count), ("MACs", "macs", human_count),
+                                          ("size", "size_bytes", human_bytes))),
+                ["export parity (max abs error)", f"{parity_error:.3g}"], ["wrote", str(output)]]
+        return format_table(["distill", ""], rows, numeric=False)
 
 
 def new_history(settings: DistillSettings, *, teacher_kind: str, student_kind: str, device: str,

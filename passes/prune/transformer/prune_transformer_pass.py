@@ -42,9 +42,10 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from onnx_compress.errors import PassRefusedError, SettingError
-from onnx_compress.passes.base import CompressionPass, CompressionResult, PassSettings
+from onnx_compress.errors import PassRefusedError
+from onnx_compress.passes.base import CompressionPass, PassSettings, check_strength
 from onnx_compress.passes.prune.reconstruct import LayerReconstruction, reconstruct
+from onnx_compress.passes.prune.result import CutResult
 from onnx_compress.passes.prune.transformer.cuts import clear_shapes, cut_ffn, cut_heads, head_columns, masked_reference
 from onnx_compress.passes.prune.transformer.detect import EncoderLayer, TransformerStructure, find_structure, prepare
 from onnx_compress.passes.prune.transformer.importance import IMPORTANCE, unit_scores
@@ -52,7 +53,7 @@ from onnx_compress.passes.prune.transformer.layers import choose_layers, remove_
 from onnx_compress.passes.prune.verify import Probe, check_pruned, make_probe
 from onnx_compress.setting import SEARCHED, setting
 from onnx_compress.stats import count_macs, count_params
-from onnx_compress.table import change_text, format_table
+from onnx_compress.table import format_table
 
 __all__ = ["LayerReport", "PruneTransformer", "PruneTransformerResult", "PruneTransformerSettings"]
 
@@ -123,17 +124,11 @@ class LayerReport:
 
 
 @dataclasses.dataclass
-class PruneTransformerResult(CompressionResult):
+class PruneTransformerResult(CutResult):
     """What transformer pruning did, layer by layer."""
 
     layers: list[LayerReport] = dataclasses.field(default_factory=list)
     form: str = ""
-    params_before: int = 0
-    params_after: int = 0
-    macs_before: int = 0
-    macs_after: int = 0
-    notes: list[str] = dataclasses.field(default_factory=list)
-    reconstruction: list[LayerReconstruction] = dataclasses.field(default_factory=list)
 
     @property
     def removed(self) -> list[int]:
@@ -147,9 +142,7 @@ class PruneTransformerResult(CompressionResult):
 
         text = (f"layers {len(self.layers)} -> {len(kept)}, heads {total('heads_before', self.layers)} -> "
                 f"{total('heads_after', kept)}, FFN neurons {total('ffn_before', self.layers)} -> "
-                f"{total('ffn_after', kept)}; params {change_text(self.params_before, self.params_after)}")
-        if self.macs_before:
-            text += f", MACs {change_text(self.macs_before, self.macs_after)}"
+                f"{total('ffn_after', kept)}; {self.counts_text()}")
         refused = [layer.index for layer in self.layers if layer.status == "refused"]
         if refused:
             text += f"; refused in layers {refused}"
@@ -181,12 +174,10 @@ class PruneTransformer(CompressionPass):
     settings: PruneTransformerSettings
 
     def scaled(self, strength: float) -> PruneTransformer:
-        if not 0 < strength <= 1:
-            raise SettingError(f"strength must be in (0, 1], got {strength!r}")
-        settings = dataclasses.replace(self.settings, heads=self.settings.heads * strength,
-                                       ffn=self.settings.ffn * strength,
-                                       layers=int(math.floor(self.settings.layers * strength + 1e-9)))
-        return type(self)(settings, calibration=self.calibration, validation=self.validation)
+        check_strength(strength)
+        return self.with_settings(dataclasses.replace(self.settings, heads=self.settings.heads * strength,
+                                                      ffn=self.settings.ffn * strength,
+                                                      layers=int(math.floor(self.settings.layers * strength + 1e-9))))
 
     # ------------------------------------------------------------------ call
 

@@ -1,0 +1,124 @@
+"""The training commands: distill (a PyTorch student from an ONNX teacher) and recover (a compressed model
+back towards its original)."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from onnx_compress.cli.common import arg, command, emit, protect_inputs
+from onnx_compress.errors import ModelLoadError, SettingError
+from onnx_compress.setting_cli import given, load
+
+_DISTILL_SETTINGS = "onnx_compress.training.distill.common:DistillSettings"
+
+
+def _input_order(student: Any, names: list[str]) -> list[str]:
+    """The data's arrays in the order of ``forward``'s parameters (export passes them positionally)."""
+    params = [p.name for p in inspect.signature(student.forward).parameters.values()]
+    if len(names) > 1 and not set(names) <= set(params):
+        raise SettingError(f"the data's arrays {names} must be named like the student's forward() parameters {params}")
+    return sorted(names, key=params.index) if len(names) > 1 else names
+
+
+@command("distill", """\
+train a PyTorch student from an ONNX teacher, export it
+
+Knowledge distillation: train a PyTorch student to imitate an ONNX teacher (from Keras, PyTorch or any
+exporter), then export it to ONNX with a parity check. --student FILE.py:FACTORY builds the student (e.g.
+with onnx_compress.training.narrow.torch.narrow_student(teacher, 0.5)). WARNING: FILE.py is imported and
+run as Python code: only use files you trust. Loss: (1 - alpha) T^2 KL(teacher || student at T) + alpha CE.
+
+example:
+  onnx-compress distill --teacher keras_cnn.onnx --student student.py:make_student \\
+      --data train.npz --val val.npz --teacher-layout NCHW->NHWC --epochs 12 -o student.onnx
+""", (
+    arg("--teacher", "the teacher ONNX model (not modified)", type=Path, required=True),
+    arg("--student", "Python file and the function (or nn.Module class) in it that builds the student; FILE.py is "
+        "run as code", required=True, metavar="FILE.py:FACTORY"),
+    arg("--data", "training data .npz keyed by the student's input names, plus 'labels'", required=True),
+    arg("--val", "held-out .npz evaluated after every epoch (top-1 with labels, agreement with the teacher)"),
+    arg("-o", "the student ONNX file to write"),
+    arg("--device", "auto (CUDA when torch sees one, else CPU), cpu, cuda or cuda:N (default auto)", "auto"),
+    arg("--teacher-layout", "transpose the data for the teacher, e.g. NCHW->NHWC for a teacher exported from Keras",
+        metavar="FROM->TO"),
+    arg("--teacher-output", "the teacher output holding the class scores (default: its first output)", metavar="NAME"),
+    arg("--opset", "ONNX opset of the exported student", 18),
+    arg("--atol", "export parity: absolute tolerance (default 1e-4)", 1e-4),
+    arg("--rtol", "export parity: tolerance relative to the largest output (default 1e-4)", 1e-4),
+    "--no-progress",
+), settings=(_DISTILL_SETTINGS,))
+def _distill(args: argparse.Namespace) -> int:
+    from onnx_compress.converters.torch.export import export_torch
+    from onnx_compress.converters.torch.source import torch_module
+    from onnx_compress.data import load_data
+    from onnx_compress.model_io import check_output_path, model_files
+    from onnx_compress.optional import require
+    from onnx_compress.stats import model_stats
+    from onnx_compress.training.distill.torch import distill
+
+    # Everything that can be wrong is checked before the training starts.
+    if args.teacher.suffix.lower() != ".onnx":
+        raise ModelLoadError(f"--teacher must be an .onnx file, got {args.teacher}")
+    check_output_path(args.output, model_files(args.teacher))  # missing / unreadable teacher fails here
+    data = load_data(args.data)
+    val = None if args.val is None else load_data(args.val)
+    student = torch_module(args.student, "distilling into a PyTorch student", SettingError)
+    order = _input_order(student, list(data.names))
+    student, history = distill(args.teacher, student, data, **given(args, load(_DISTILL_SETTINGS)), val_data=val,
+                               device=args.device, teacher_inputs=args.teacher_layout,
+                               teacher_output=args.teacher_output, progress=not args.no_progress)
+    torch = require("torch", "exporting the student")
+    example = tuple(torch.from_numpy(data.inputs[name][:1]) for name in order)
+    export = export_torch(student, example, args.output, input_names=order, opset=args.opset, atol=args.atol,
+                          rtol=args.rtol)
+    teacher, student_stats = model_stats(args.teacher), model_stats(args.output)
+    payload = {"output": str(args.output), "history": history.as_dict(), "export": export.as_dict()}
+    for role, path, stats in (("teacher", args.teacher, teacher), ("student", args.output, student_stats)):
+        payload[role] = {"path": str(path), "params": stats.params, "macs": stats.macs, "size_bytes": stats.size_bytes}
+    summary = history.summary_table(teacher, student_stats, export.max_abs_error, args.output)
+    return emit(args, payload, f"{history.table()}\n\n{summary}")
+
+
+@command("recover", """\
+distill a compressed model back towards its original
+
+Recovery training: the compressed model (pruned, factored) is trained in PyTorch to reproduce the
+original's outputs on --data, as the same ONNX graph; it is scored on --val after every epoch and the best
+epoch is kept. Exit status 3 (nothing written) when no epoch beats the compressed model; Ctrl-C writes
+the best epoch so far (130). Needs torch; under torchrun it trains with DistributedDataParallel.
+
+example:
+  onnx-compress recover pruned.onnx --teacher m.onnx --data train.npz --val val.npz -o recovered.onnx --lr 1e-3
+""", (
+    arg("model", "the compressed ONNX model (never modified)"),
+    arg("--teacher", "the original ONNX model it was cut from", type=Path, required=True),
+    arg("--data", "training .npz (inputs; 'labels' optional)", required=True),
+    arg("--val", "held-out validation .npz for early stopping", required=True),
+    arg("-o", "the recovered ONNX file to write"),
+    "--no-progress",
+), settings=("onnx_compress.training.recover:RecoverySettings",))
+def _recover(args: argparse.Namespace) -> int:
+    from onnx_compress.model_io import save_model
+    from onnx_compress.training.recover import RecoverySettings, recover
+
+    protected = protect_inputs(args, args.teacher)
+    settings = RecoverySettings(**given(args, RecoverySettings))
+    model, result = recover(args.model, args.teacher, args.data, args.val, settings, progress=not args.no_progress)
+    if result.world_size > 1 and os.environ.get("RANK", "0") != "0":
+        return 0 if result.improved else 3  # under torchrun only rank 0 writes and reports
+    if not result.improved:
+        report = f"{result.table()}\n\n{result.summary()}; nothing written"
+        return emit(args, {"output": None, **result.as_dict()}, report, 3)
+    save_model(model, args.output, protected=protected)
+    note = f"\ninterrupted: wrote the best epoch so far (epoch {result.best_epoch})" if result.interrupted else ""
+    sys.stderr.write(note.lstrip("\n") + "\n" if note else "")
+    return emit(args, {"output": str(args.output), **result.as_dict()},
+                f"{result.table()}\n\n{result.summary()}\nwrote {args.output}{note}", 130 if result.interrupted else 0)
+
+
+COMMANDS = [_distill, _recover]
