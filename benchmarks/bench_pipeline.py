@@ -1,7 +1,7 @@
 """The product's main job, measured: ``compress`` with a preset under a budget, against ONNX
 Runtime's own quantizers with their DEFAULT settings, on the same models, side by side.
 
-Run:  python -m benchmarks pipeline [--only torch|keras|minilm|minilm-ts] [--preset small] [--threads 2]
+Run:  python -m benchmarks pipeline [--only torch|keras|minilm|minilm-ts] [--preset small] [--threads 2] [--seed 0]
 
 Targets (issue 7): seed CNN >= 8x smaller and >= 2.5x faster than fp32 with a test top-1 drop
 <= 0.5 points; all-MiniLM-L6-v2 >= 5x smaller and >= 2.5x faster with mean cosine >= 0.99.
@@ -99,12 +99,12 @@ def bench_cnn(args: argparse.Namespace, framework: str) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(args.threads)
-        model, splits = seed_torch_cnn.trained_model()
+        model, splits = seed_torch_cnn.trained_model(seed=args.seed)
         oc.export_torch(model, torch.from_numpy(splits.test.take(1).inputs["input"]), fp32)
     else:
         from onnx_compress.samples import seed_keras_cnn
 
-        model, splits = seed_keras_cnn.trained_model()
+        model, splits = seed_keras_cnn.trained_model(seed=args.seed)
         oc.export_keras(model, fp32, example_inputs=splits.test.take(2).inputs["input"])
     path, seconds, outcome = _compress(fp32, folder, args, splits.calib, splits.val, "top1", 0.5,
                                        train=splits.train)  # used by a recover stage (preset tiny) only
@@ -186,13 +186,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--preset", default="small", help="the preset to measure (default small)")
     parser.add_argument("--minilm-max-drop", type=float, default=0.01,
                         help="MiniLM budget: largest drop of the mean cosine on validation sentences (default 0.01)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed CNNs: the training seed and the digits split (default 0; others: fresh models)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks", help="output folder")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     only = args.only or ["torch", "keras", "minilm", "minilm-ts"]
-    results: dict[str, Any] = {"threads": args.threads, "preset": args.preset, "environment": environment()}
+    results: dict[str, Any] = {"threads": args.threads, "preset": args.preset, "seed": args.seed,
+                               "environment": environment()}
     for framework in ("torch", "keras"):
         if framework in only:
             results[framework] = bench_cnn(args, framework)

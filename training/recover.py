@@ -12,7 +12,8 @@ cross-entropy when the data has ``labels`` (``label_weight``), plus optional mat
 intermediate values that both graphs have (``match``).
 
 Early stopping: the validation metric (top-1 with labels, else agreement with the teacher for
-class scores; the mean cosine for embeddings and per-token outputs) and the validation loss are
+class scores; the mean cosine for embeddings and per-token outputs) and the validation loss (the
+training objective, its hard-label term included when the validation data has labels) are
 measured before training (epoch 0) and after every epoch; an epoch is better when its metric is
 higher, or equal with a lower validation loss (top-1 on a small set ties often); training stops after ``patience`` epochs without improvement
 and the best epoch's weights are kept. When no epoch beats epoch 0 the result says so and the
@@ -456,6 +457,8 @@ def _recover(student_model: ir.Model, teacher_model: ir.Model, train: Dataset, v
 
     labels_train = None if train.labels is None else torch.from_numpy(train.labels.astype(np.int64))
     use_labels = train.labels is not None and settings.label_weight > 0
+    # the validation loss is the training objective: with its hard-label term where both sets have labels
+    labels_val = torch.from_numpy(valid.labels.astype(np.int64)) if use_labels and valid.labels is not None else None
 
     def evaluate() -> tuple[float, float, float | None]:
         if group is None:
@@ -476,8 +479,10 @@ def _recover(student_model: ir.Model, teacher_model: ir.Model, train: Dataset, v
                 target = teacher_val(index)
                 mask = None if mask_name is None else torch.from_numpy(
                     sequences.feeds(valid, index, [mask_name], val_lengths)[mask_name]).to(device)
+                labels = None if labels_val is None else labels_val[index].to(device)
                 batch_loss = sum(l.weight * l.loss(out[l.name], torch.from_numpy(target[l.name]).to(device), mask,
-                                                   None, 0.0) for l in losses)
+                                                   labels if l is primary else None, settings.label_weight)
+                                 for l in losses)
                 total += batch_loss.item() * len(index)
                 count += len(index)
                 for l in losses:

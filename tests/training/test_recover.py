@@ -9,6 +9,7 @@ import pytest
 from onnx_compress.data import Dataset
 from onnx_compress.errors import DataError, SettingError, TrainingError
 from onnx_compress.model_io import load_model
+from onnx_compress.runtime.session import Runner
 from onnx_compress.training.recover import RecoverySettings, recover
 
 from .conftest import top1
@@ -76,3 +77,19 @@ def test_a_loss_that_turns_nan_stops_with_one_line(pruned_torch_seed, torch_seed
     with pytest.raises(TrainingError, match=r"loss became nan at epoch 1, step \d; lower the learning rate"):
         recover(student, teacher, poisoned, small_splits["val"].take(32),
                 RecoverySettings(epochs=1, batch_size=32), progress=False)
+
+
+def test_the_validation_loss_is_the_training_objective_with_its_label_term(pruned_torch_seed, torch_seed_onnx,
+                                                                            small_splits):
+    # with labels, early stopping compares epochs on the loss that is trained: at label_weight 1 the
+    # validation loss of epoch 0 is the student's cross-entropy on the validation labels
+    student = load_model(pruned_torch_seed)
+    val = small_splits["val"].take(128)
+    log_probs = Runner(student).run_dataset(val)["output"].astype(np.float64)  # the seed ends in log_softmax
+    cross_entropy = float(-log_probs[np.arange(len(val)), val.labels].mean())
+    _, result = recover(student, load_model(torch_seed_onnx), small_splits["train"].take(64), val,
+                        RecoverySettings(epochs=1, label_weight=1.0), progress=False)
+    assert result.history[0].val_loss == pytest.approx(cross_entropy, rel=1e-4)
+    _, distilled = recover(student, load_model(torch_seed_onnx), small_splits["train"].take(64), val,
+                           RecoverySettings(epochs=1, label_weight=0.0), progress=False)
+    assert distilled.history[0].val_loss != pytest.approx(cross_entropy, rel=1e-2)
