@@ -130,14 +130,57 @@ def _top1(reference: Outputs, candidate: Outputs, labels: np.ndarray | None) -> 
     cand_pred = _first(candidate).argmax(axis=-1).reshape(len(labels), -1)[:, 0]
     ref_acc = float((ref_pred == labels).mean() * 100.0)
     cand_acc = float((cand_pred == labels).mean() * 100.0)
+    drop = ref_acc - cand_acc
+    n = len(labels)
+    paired = _stderr(100.0 * ((ref_pred == labels).astype(np.float64) - (cand_pred == labels)))
+    changes = flip_rate_estimate(_first(reference), _first(candidate), n)
+    # the same standard error with the share of changed predictions estimated from the scores
+    # (module docstring): sqrt((100^2 p - drop^2) / (n - 1)) is the paired one when p = flips / n
+    smooth = float(np.sqrt(max(0.0, 1e4 * changes - drop**2) / (n - 1))) if n > 1 and changes == changes else 0.0
     return Score(
         metric="top1",
         reference=ref_acc,
         candidate=cand_acc,
-        drop=ref_acc - cand_acc,
-        details={"agreement": float((ref_pred == cand_pred).mean() * 100.0), "samples": float(len(labels)),
-                 "stderr": _stderr(100.0 * ((ref_pred == labels).astype(np.float64) - (cand_pred == labels)))},
+        drop=drop,
+        details={"agreement": float((ref_pred == cand_pred).mean() * 100.0), "samples": float(n),
+                 "stderr": max(paired, smooth), "stderr_paired": paired,
+                 "changed_estimate": 100.0 * changes if changes == changes else float("nan")},
     )
+
+
+def _class_scores(output: np.ndarray, samples: int) -> np.ndarray | None:
+    """``[samples, classes]`` float64 scores of the position top-1 reads (log of probabilities,
+    so that gaps are logit gaps), or None when there are no two classes or a score is not finite."""
+    scores = np.asarray(output, dtype=np.float64)
+    if scores.ndim < 2 or scores.shape[-1] < 2 or scores.size == 0:
+        return None
+    scores = scores.reshape(samples, -1, scores.shape[-1])[:, 0, :]
+    if not np.isfinite(scores).all():
+        return None
+    if (scores >= 0).all() and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):  # probabilities (softmax)
+        scores = np.log(np.maximum(scores, 1e-30))
+    return scores
+
+
+def flip_rate_estimate(reference: np.ndarray, candidate: np.ndarray, samples: int) -> float:
+    """The share of predictions (0-1) the candidate changes on data like this, estimated from the
+    class scores (module docstring, "top1: the standard error"); NaN when the outputs have no
+    class scores to compare."""
+    ref, cand = _class_scores(reference, samples), _class_scores(candidate, samples)
+    if ref is None or cand is None or ref.shape != cand.shape:
+        return float("nan")
+    rows = np.arange(samples)
+    top = ref.argmax(axis=1)
+
+    def gap(scores: np.ndarray) -> np.ndarray:  # the reference's class against the best other class
+        others = scores.copy()
+        others[rows, top] = -np.inf
+        return scores[rows, top] - others.max(axis=1)
+
+    margin = gap(ref)
+    shift = np.sort(gap(cand) - margin)
+    # sample i changes when margin_i + shift < 0; each observed shift is one draw of the shift
+    return float(np.searchsorted(shift, -margin, side="left").mean() / samples)
 
 
 def _stderr(per_sample_drop: np.ndarray) -> float:
