@@ -75,8 +75,8 @@ class PipelineSettings:
     session: SessionSettings = dataclasses.field(default_factory=SessionSettings)
     budget_margin: float = setting(DEFAULT_MARGIN, range=">= 0", metavar="Z", help="""
         standard errors of the measured drop added before it is compared with the budget, so that
-        the budget holds on data the search never saw (1.0: one standard error; 0 = the raw drop;
-        see onnx_compress.budget)""")
+        the budget holds on data the search never saw (1.41: one standard error of the drop on a
+        fresh sample the size of the validation data; 0 = the raw drop; see onnx_compress.budget)""")
     objective: str | None = setting(None, kind="str", choices=("size", "latency", "balanced"), help="""
         what every quantize step pursues when int8 is smaller but slower on this CPU: replaces the
         objective of every quantize step of the recipe (default: each step's own; the presets

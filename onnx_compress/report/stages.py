@@ -82,7 +82,7 @@ class Report:
     def drop_bound(self) -> float:
         """The final drop plus its margin: what the budget was checked against."""
         se = self.final.drop_stderr
-        return self.final.drop + self.budget_margin * (se if se == se else 0.0)
+        return max(self.final.drop, 0.0) + self.budget_margin * (se if se == se else 0.0)
 
     @property
     def original(self) -> StageReport:

@@ -154,7 +154,7 @@ def choose_exclusions(
         logger.info("keeping %d node(s) float: drop %.5g (budget %.5g)", k, measured.drop, max_drop)
         if best is None or measured.drop < best[2].drop:
             best = (excluded, path, measured)
-        if measured.drop + margin * float(measured.details.get("stderr", 0.0)) <= max_drop:
+        if max(measured.drop, 0.0) + margin * float(measured.details.get("stderr", 0.0)) <= max_drop:
             return ExclusionOutcome(excluded, path, measured, True, tries)
         steps += 1
         step = 1 if steps <= 3 else k

@@ -121,10 +121,10 @@ class QuantizeSettings(BudgetAwareSettings):
         accuracy metric on the validation data: top1 (needs labels), cosine (against the input
         model's outputs), max_abs, auto (top1 with labels, else cosine), or (Python) a callable
         fn(outputs, labels) -> float, higher is better""")
-    budget_margin: float = setting(1.0, range=">= 0", metavar="Z", role=BUDGET, help="""
+    budget_margin: float = setting(1.41, range=">= 0", metavar="Z", role=BUDGET, help="""
         standard errors of the measured drop added before it is compared with max_drop (default
-        1.0, one standard error: the budget then holds beyond the validation samples; 0 = the raw
-        drop); the pipeline sets its own""")
+        1.41: one standard error of the drop on a fresh sample the size of the validation data,
+        see onnx_compress.budget; 0 = the raw drop); the pipeline sets its own""")
     sensitivity_samples: int = setting(64, range=">= 1", cli=False, help="""
         validation samples used to rank the nodes (the budget itself is always checked on all
         validation samples)""")

@@ -672,7 +672,7 @@ def keep_budget(inputs: Inputs, journal: Journal, current: Quantized) -> Budgete
         return Budgeted(current, None, False)
     evaluator = inputs.evaluator(plan.input_path, inputs.validation)
     measured = evaluator.evaluate(current.path)
-    over = s.max_drop is not None and measured.drop + s.budget_margin * float(
+    over = s.max_drop is not None and max(measured.drop, 0.0) + s.budget_margin * float(
         measured.details.get("stderr", 0.0)) > s.max_drop
     if s.analyze_sensitivity or (over and s.auto_exclude):
         with journal.timed("sensitivity ranking"):

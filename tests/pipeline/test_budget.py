@@ -167,3 +167,48 @@ def test_the_resolution_note_says_when_the_budget_is_finer_than_the_split():
     assert resolution_note("top1", 1.0, 269, 1.0) is None  # 0.74 <= 1.0: one lost image can hold
     assert resolution_note("top1", 0.5, 269, 0.0) is None  # the raw comparison: one image is 0.37 <= 0.5
     assert resolution_note("cosine", 0.001, 10, 1.0) is None and resolution_note("top1", None, 10, 1.0) is None
+
+
+def test_the_default_bound_is_for_a_fresh_sample_and_credits_no_gain():
+    """Default margin sqrt(2): one standard error of the drop on a new sample the size of the
+    validation data; a measured gain counts as no drop (the search would pick lucky splits)."""
+    from onnx_compress.budget import DEFAULT_MARGIN
+
+    budget = Budget(0.5)
+    assert budget.margin == DEFAULT_MARGIN == pytest.approx(2**0.5, abs=0.01)
+    one = 100 / 269
+    assert budget.bound(-one, one) == pytest.approx(DEFAULT_MARGIN * one)  # the gained image is not credited
+    assert not budget.holds(-one, one) and not budget.holds(one, one)
+    assert budget.holds(0.0, 0.35) and not budget.holds(0.0, 0.36)
+    assert budget.remaining(-1.0, 0.0) == pytest.approx(0.5)
+
+
+def _scores(margins, top):
+    out = np.zeros((len(margins), 10))
+    out[np.arange(len(margins)), top] = margins
+    return out
+
+
+def test_the_top1_standard_error_sees_score_shifts_that_changed_no_prediction():
+    """No prediction changes, but the candidate shifts the confident samples' gaps by -3 while
+    a fifth of the samples have margins below 3: the paired standard error is 0, the estimate
+    from the scores (every shift tried against every margin) is not."""
+    from onnx_compress.runtime.metrics import flip_rate_estimate, score
+
+    n = 250
+    labels = np.arange(n) % 10
+    margins = np.where(np.arange(n) % 5 == 0, 1.0, 6.0)  # 50 uncertain, 200 confident samples
+    reference = _scores(margins, labels)
+    candidate = _scores(np.where(margins > 3, margins - 3.0, margins), labels)  # still right everywhere
+    result = score("top1", {"y": reference}, {"y": candidate}, labels)
+    assert result.drop == 0 and result.details["agreement"] == 100 and result.details["stderr_paired"] == 0
+    expected = (50 / n) * (200 / n)  # an uncertain margin (1) meets a shift of -3
+    assert flip_rate_estimate(reference, candidate, n) == pytest.approx(expected)
+    assert result.details["changed_estimate"] == pytest.approx(100 * expected)
+    assert result.details["stderr"] == pytest.approx(np.sqrt(1e4 * expected / (n - 1)))
+    # probabilities are compared as logs: softmax outputs give the same estimate
+    softmax = lambda x: np.exp(x) / np.exp(x).sum(1, keepdims=True)  # noqa: E731
+    assert flip_rate_estimate(softmax(reference), softmax(candidate), n) == pytest.approx(expected)
+    # an unchanged candidate, or one shifting every gap by less than the smallest margin: no error
+    assert score("top1", {"y": reference}, {"y": reference}, labels).details["stderr"] == 0
+    assert flip_rate_estimate(reference, _scores(margins - 0.5, labels), n) == 0

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from onnx_compress.budget import DEFAULT_MARGIN
 from onnx_compress.errors import BudgetError, DataError
 from onnx_compress.pipeline import PipelineSettings, compress
 
@@ -77,10 +78,10 @@ def test_cli_compress_objective_time_budget_progress_and_uncertainty(cli, torch_
     report = json.loads(done.stdout)
     quantize = report["stages"][2]
     assert quantize["settings"]["objective"] == "size"  # the pipeline's objective replaces the preset's balanced
-    assert quantize["settings"]["budget_margin"] == 1.0
+    assert quantize["settings"]["budget_margin"] == DEFAULT_MARGIN
     assert quantize["decision"] == "applied" and report["summary"]["size_ratio"] > 3.5
     # the drop with its standard error and the bound the budget was checked against
     assert quantize["drop_stderr"] >= 0 and report["summary"]["drop_bound"] <= 0.5 + 1e-9
-    assert report["budget_margin"] == 1.0 and report["timings"]["time budget"] == 600
+    assert report["budget_margin"] == DEFAULT_MARGIN and report["timings"]["time budget"] == 600
     assert report["timings"]["total"] >= report["timings"]["passes (search trials, incl. their validation)"] > 0
     assert quantize["timings"]["trials"] == 1 and "last trial: speed guard" in quantize["timings"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from onnx_compress.budget import DEFAULT_MARGIN
 from onnx_compress.model_io import load_model
 from onnx_compress.passes.normalize import Normalize
 from onnx_compress.passes.prune import PruneStructured
@@ -44,8 +45,8 @@ def test_the_pipeline_refines_a_reduced_cut_within_the_budget(torch_seed_onnx, d
     refined = [t for t in stage.trials if t["note"].startswith("refine:")]
     assert refined and all(t["strength"] == stage.strength for t in refined)
     for trial in stage.trials:  # every trial, refined or not, judged by drop + margin x se
-        assert trial["holds"] == (trial["drop"] + trial["stderr"] <= 0.5 + 1e-9), trial
+        assert trial["holds"] == (max(trial["drop"], 0.0) + DEFAULT_MARGIN * trial["stderr"] <= 0.5 + 1e-9), trial
     kept = [t["note"].split()[1] for t in refined if t["holds"]]
     for name in kept:
         assert name in stage.reason
-    assert outcome.report.budget_met and outcome.report.final.drop + outcome.report.final.drop_stderr <= 0.5 + 1e-9
+    assert outcome.report.budget_met and outcome.report.drop_bound <= 0.5 + 1e-9

@@ -35,15 +35,21 @@ def static_result(seed_model, digits_nchw):
 def test_static_int8_keeps_top1_on_the_test_split_and_is_3_5x_smaller(static_result, seed_model, digits_nchw):
     result, _ = static_result
     assert result.modified and result.mode == "static"
-    assert result.quantized_op_types == {"Conv": 2, "Gemm": 2}
+    # the budget may keep the small fc2 float (one changed validation prediction is 0.37 +- 0.37
+    # points, over 0.5 with the budget's bound): then it is an exclusion with its reason
+    assert result.quantized_op_types in ({"Conv": 2, "Gemm": 2}, {"Conv": 2, "Gemm": 1})
+    kept = {node.name: node.reason for node in result.excluded}
+    assert set(kept) <= {"node_linear_1"} and all(reason == "sensitivity" for reason in kept.values()), kept
     score = validate(seed_model, result.model, digits_nchw.test, "top1")
     assert score.drop <= 0.5, score
     assert score.candidate > 95.0
     assert result.size_ratio >= 3.5, (result.size_before, result.size_after)
     ops = {node.op_type for node in result.model.graph}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    # every weight of the four layers is stored as int8
-    assert not {"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"} & _float_initializers(result.model)
+    # every weight of the layers it quantized is stored as int8 (fc1 is 91 % of the weights)
+    floats = _float_initializers(result.model)
+    assert not {"conv1.weight", "conv2.weight", "fc1.weight"} & floats
+    assert ("fc2.weight" in floats) == ("node_linear_1" in kept)
     # the report: accuracy on the validation data, the speed measured, the automatic choices explained
     assert result.accuracy["metric"] == "top1" and result.accuracy["drop"] <= 0.5
     assert result.speed is not None and result.speed.batch == 8 and result.speed.speedup > 0
