@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from onnx_compress.budget import Budget
 from onnx_compress.jsonable import jsonable
 
 __all__ = ["StageReport", "Report"]
@@ -82,7 +83,7 @@ class Report:
     def drop_bound(self) -> float:
         """The final drop plus its margin: what the budget was checked against."""
         se = self.final.drop_stderr
-        return max(self.final.drop, 0.0) + self.budget_margin * (se if se == se else 0.0)
+        return Budget(margin=self.budget_margin).bound(self.final.drop, se if se == se else 0.0)
 
     @property
     def original(self) -> StageReport:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnx_compress.budget import Budget
 from onnx_compress.errors import DataError
 from onnx_compress.passes.quantize.analysis import Candidate
 from onnx_compress.passes.quantize.result import NodeSensitivity
@@ -146,6 +147,7 @@ def choose_exclusions(
     k = min(_start(ranking, full_drop, max_drop), n - 1) if n > 1 else 0
     tries: list[dict[str, float]] = []
     best: tuple[list[str], Path, Score] | None = None
+    budget = Budget(margin=margin)
     steps = 0
     while 0 < k < n:
         excluded = [node.name for node in ranking[:k]]
@@ -154,7 +156,7 @@ def choose_exclusions(
         logger.info("keeping %d node(s) float: drop %.5g (budget %.5g)", k, measured.drop, max_drop)
         if best is None or measured.drop < best[2].drop:
             best = (excluded, path, measured)
-        if max(measured.drop, 0.0) + margin * float(measured.details.get("stderr", 0.0)) <= max_drop:
+        if budget.bound(measured.drop, float(measured.details.get("stderr", 0.0))) <= max_drop:
             return ExclusionOutcome(excluded, path, measured, True, tries)
         steps += 1
         step = 1 if steps <= 3 else k

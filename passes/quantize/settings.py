@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Literal
 
+from onnx_compress.budget import DEFAULT_MARGIN
 from onnx_compress.errors import SettingError
 from onnx_compress.passes.base import BudgetAwareSettings, jsonable
 from onnx_compress.setting import BUDGET, setting
@@ -121,7 +122,7 @@ class QuantizeSettings(BudgetAwareSettings):
         accuracy metric on the validation data: top1 (needs labels), cosine (against the input
         model's outputs), max_abs, auto (top1 with labels, else cosine), or (Python) a callable
         fn(outputs, labels) -> float, higher is better""")
-    budget_margin: float = setting(1.41, range=">= 0", metavar="Z", role=BUDGET, help="""
+    budget_margin: float = setting(DEFAULT_MARGIN, range=">= 0", metavar="Z", role=BUDGET, help="""
         standard errors of the measured drop added before it is compared with max_drop (default
         1.41: one standard error of the drop on a fresh sample the size of the validation data,
         see onnx_compress.budget; 0 = the raw drop); the pipeline sets its own""")

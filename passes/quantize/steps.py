@@ -31,6 +31,7 @@ import onnx
 import onnx_ir as ir
 from tqdm.auto import tqdm
 
+from onnx_compress.budget import Budget
 from onnx_compress.data import Dataset, InputSpec, input_specs, same_data
 from onnx_compress.errors import BudgetError, SettingError
 from onnx_compress.model_io import weights_nbytes
@@ -672,8 +673,8 @@ def keep_budget(inputs: Inputs, journal: Journal, current: Quantized) -> Budgete
         return Budgeted(current, None, False)
     evaluator = inputs.evaluator(plan.input_path, inputs.validation)
     measured = evaluator.evaluate(current.path)
-    over = s.max_drop is not None and max(measured.drop, 0.0) + s.budget_margin * float(
-        measured.details.get("stderr", 0.0)) > s.max_drop
+    over = s.max_drop is not None and Budget(margin=s.budget_margin).bound(
+        measured.drop, float(measured.details.get("stderr", 0.0))) > s.max_drop
     if s.analyze_sensitivity or (over and s.auto_exclude):
         with journal.timed("sensitivity ranking"):
             journal.ranking = _rank(inputs, plan)
