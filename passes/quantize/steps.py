@@ -673,8 +673,10 @@ def keep_budget(inputs: Inputs, journal: Journal, current: Quantized) -> Budgete
         return Budgeted(current, None, False)
     evaluator = inputs.evaluator(plan.input_path, inputs.validation)
     measured = evaluator.evaluate(current.path)
-    over = s.max_drop is not None and Budget(margin=s.budget_margin).bound(
-        measured.drop, float(measured.details.get("stderr", 0.0))) > s.max_drop
+    bound = Budget(margin=s.budget_margin).bound(measured.drop, float(measured.details.get("stderr", 0.0)))
+    over = s.max_drop is not None and bound > s.max_drop
+    # what the budget was compared with, for the messages below: the raw drop alone can be a gain
+    compared = f"drop {measured.drop:.4g} (bound {bound:.4g} with margin {s.budget_margin:g})"
     if s.analyze_sensitivity or (over and s.auto_exclude):
         with journal.timed("sensitivity ranking"):
             journal.ranking = _rank(inputs, plan)
@@ -683,7 +685,7 @@ def keep_budget(inputs: Inputs, journal: Journal, current: Quantized) -> Budgete
     if not over:
         return Budgeted(current, measured, False)
     if not s.auto_exclude:
-        journal.warnings.append(f"over budget: {evaluator.metric_name} drop {measured.drop:.4g} > max_drop "
+        journal.warnings.append(f"over budget: {evaluator.metric_name} {compared} > max_drop "
                                 f"{s.max_drop:.4g} (exclude='auto' would keep the most sensitive nodes float)")
         return Budgeted(current, measured, False)
 
@@ -698,15 +700,15 @@ def keep_budget(inputs: Inputs, journal: Journal, current: Quantized) -> Budgete
         return Stop(
             f"no quantization of this model keeps {evaluator.metric_name} within max_drop {s.max_drop:.4g} "
             f"without keeping every node float (all quantized: drop {measured.drop:.4g} +- "
-            f"{float(measured.details.get('stderr', 0.0)):.2g}; best tried: {best}; the budget holds when drop + "
-            f"{s.budget_margin:g} x standard error <= max_drop)", plan.mode)
+            f"{float(measured.details.get('stderr', 0.0)):.2g}; best tried: {best}; the budget holds when max(drop, 0) "
+            f"+ {s.budget_margin:g} x standard error <= max_drop)", plan.mode)
     by_name = {node.name: node for node in journal.ranking}
     plan = plan.excluding(
         (name, "sensitivity", f"quantized alone: {evaluator.metric_name} drop {by_name[name].drop:.4g}, "
          f"output error {by_name[name].output_error:.3g}", by_name[name].drop) for name in outcome.excluded)
     journal.choices.append(Choice(
         "exclude", f"{len(outcome.excluded)} kept float (most accuracy recovered per weight)",
-        f"all quantized: drop {measured.drop:.4g} > max_drop {s.max_drop:.4g}; with them float: "
+        f"all quantized: {compared} > max_drop {s.max_drop:.4g}; with them float: "
         f"{outcome.score.drop:.4g}"))  # type: ignore[union-attr]
     return Budgeted(Quantized(plan, outcome.path), outcome.score, True)  # type: ignore[arg-type]
 
