@@ -2,6 +2,7 @@
 
 Run:  python -m benchmarks recover [--cuts "FFN 50 %" "layers 6 -> 4"] [--minutes 20] [--export dynamo|torchscript]
                                    [--lr 3e-4] [--batch-size 16] [--match layers|auto|none] [--eval-steps 50] [--reuse]
+                                   [--qat] [--reconstruct]
 
 Per cut (``CUTS``: ``prune_transformer`` settings, importance on the calibration sentences;
 ``--ratios`` adds ``prune_structured`` FFN cuts with least-squares reconstruction) -> recovery
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: name -> prune_transformer settings (the names of ``bench_prune_transformer``'s table)
 CUTS: dict[str, dict[str, Any]] = {
     "FFN 25 %": {"ffn": 0.25},
+    "heads 25 %": {"heads": 0.25},
     "FFN 50 %": {"ffn": 0.5},
     "heads 50 %": {"heads": 0.5},
     "heads 25 % + FFN 25 %": {"heads": 0.25, "ffn": 0.25},
@@ -73,6 +75,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--match", choices=["layers", "auto", "none"], default="layers")
     parser.add_argument("--eval-steps", type=int, default=50, help="validation every this many steps")
     parser.add_argument("--reuse", action="store_true", help="reuse cut, recovered and int8 models already in the folder")
+    parser.add_argument("--qat", action="store_true",
+                        help="recover with quantization in the loop (the int8 steps' own choices: dynamic int8 here)")
+    parser.add_argument("--reconstruct", action="store_true",
+                        help="least-squares refit of each cut layer's output projection before recovery")
     parser.add_argument("--export", choices=["dynamo", "torchscript"], default="dynamo")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks")
@@ -90,6 +96,8 @@ def main(argv: list[str]) -> int:
     from onnx_compress.runtime import Runner, SessionSettings, compare_many
     from onnx_compress.stats import size_on_disk
     from onnx_compress.table import format_table
+    from onnx_compress.passes.quantize.settings import QuantizeSettings
+    from onnx_compress.training.qat import QatTarget
     from onnx_compress.training.recover import RecoverySettings, recover
 
     torch.set_num_threads(args.threads)
@@ -127,9 +135,11 @@ def main(argv: list[str]) -> int:
     normalized = Normalize()(load_model(fp32)).model
     recovery = RecoverySettings(epochs=10_000, lr=args.lr, batch_size=args.batch_size, max_minutes=args.minutes,
                                 patience=10_000, steps_per_epoch=args.eval_steps,
-                                match=() if args.match == "none" else (args.match,), device="cpu")
+                                match=() if args.match == "none" else (args.match,), device="cpu", qat=args.qat)
+    qat_target = QatTarget(QuantizeSettings(mode="auto"), calibration=True) if args.qat else None
     cuts: list[tuple[str, str, Any]] = [
-        (name, "".join(c if c.isalnum() else "_" for c in name), PruneTransformer(calibration=calib, **CUTS[name]))
+        (name, "".join(c if c.isalnum() else "_" for c in name) + ("_lsq" if args.reconstruct else ""),
+         PruneTransformer(calibration=calib, reconstruct=args.reconstruct, **CUTS[name]))
         for name in args.cuts]
     cuts += [(f"FFN -{ratio:.0%} (prune_structured, LS reconstruct)", f"ffn{ratio:g}",
               PruneStructured(ratio=ratio, reconstruct=True, calibration=calib)) for ratio in args.ratios]
@@ -139,16 +149,17 @@ def main(argv: list[str]) -> int:
             save_model(cut_pass(normalized).model, cut_path)
         rows[name] = {"path": cut_path, "speed": False}
         rows[f"{name} + int8"] = {"path": int8(cut_path, f"{stem}_int8")[0]}
-        rec_path = folder / f"{stem}_recovered.onnx"
+        rec_path = folder / f"{stem}_recovered{'_qat' if args.qat else ''}.onnx"
         start = time.perf_counter()
         if args.reuse and rec_path.exists():
             rows[f"{name} + recovered"] = {"path": rec_path, "speed": False}
         else:
-            recovered, result = recover(load_model(cut_path), normalized, train, val, recovery, progress=False)
+            recovered, result = recover(load_model(cut_path), normalized, train, val, recovery, progress=False,
+                                        qat_target=qat_target)
             save_model(recovered, rec_path)
             rows[f"{name} + recovered"] = {"path": rec_path, "speed": False, "recovery": result.as_dict(),
                                            "seconds": time.perf_counter() - start}
-        path, seconds = int8(rec_path, f"{stem}_recovered_int8")
+        path, seconds = int8(rec_path, rec_path.stem + "_int8")
         rows[f"{name} + recovered + int8"] = {"path": path, "seconds": seconds}
     for row in rows.values():
         row["cosine_mean"], row["cosine_min"] = quality(row["path"])
