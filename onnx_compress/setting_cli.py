@@ -92,7 +92,8 @@ def add_flags(parser: Any, cls: Any, names: str | None = None, *, exclusive: boo
         if flag in known:
             continue
         default = _default_text(field)
-        shown = default and meta.role != SEARCHED and "default" not in meta.help  # a searched strength is chosen
+        # a searched strength is chosen; a negated switch's flag is the opposite of its field's default
+        shown = default and meta.role != SEARCHED and not meta.negate and "default" not in meta.help
         help_text = meta.help + (f" (default {default})" if shown else "")
         options: dict[str, Any] = {"dest": _dest(flag), "default": None, "help": help_text.replace("%", "%%")}
         if meta.kind == "bool" and not meta.words:

@@ -16,7 +16,7 @@ from onnx_compress.jsonable import jsonable
 from onnx_compress.setting_cli import add_flags, given, load
 
 __all__ = ["Command", "command", "arg", "one_of", "add_input", "SHARED", "SESSION", "add_settings_flags",
-           "global_flags", "parse_dims", "session_settings", "emit", "protect_inputs"]
+           "global_flags", "parse_dims", "from_flags", "session_settings", "emit", "protect_inputs"]
 
 #: the inputs several commands take, declared once: a command names them (``"--json"``) or rewords
 #: one (``arg("--data", "calibration .npz ...")`` keeps the rest of its declaration)
@@ -138,10 +138,15 @@ def parse_dims(items: list[str] | None) -> dict[str, int]:
     return dims
 
 
+def from_flags(args: argparse.Namespace, spec: str) -> Any:
+    """The settings class ``spec`` (``"module:Class"``) built from its flags given (the rest: its defaults)."""
+    cls = load(spec)
+    return cls(**given(args, cls))
+
+
 def session_settings(args: argparse.Namespace) -> Any:
     """The :data:`SESSION` flags given, as ``SessionSettings``."""
-    cls = load(SESSION)
-    return cls(**given(args, cls))
+    return from_flags(args, SESSION)
 
 
 def emit(args: argparse.Namespace, payload: Mapping[str, Any], human: str, status: int = 0) -> int:

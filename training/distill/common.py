@@ -99,7 +99,6 @@ __all__ = [
     "PROB_FLOOR",
     "TeacherInputs",
     "DistillSettings",
-    "run_settings",
     "DistillHistory",
     "detect_output_kind",
     "resolve_output_kind",
@@ -168,16 +167,6 @@ class DistillSettings:
 
     def __post_init__(self) -> None:
         check_fields(self)
-
-
-def run_settings(settings: DistillSettings | None, defaults: DistillSettings,
-                 overrides: Mapping[str, Any]) -> DistillSettings:
-    """The settings of one ``distill`` call: ``settings`` (default: the trainer's ``defaults``) with the
-    settings given one by one as keyword arguments (``epochs=3``) on top, checked as a whole."""
-    unknown = sorted(set(overrides) - {field.name for field in dataclasses.fields(DistillSettings)})
-    if unknown:
-        raise TypeError(f"distill() got unexpected keyword arguments {unknown}")
-    return dataclasses.replace(settings or defaults, **overrides)
 
 
 @dataclasses.dataclass

@@ -45,6 +45,7 @@ import numpy as np
 from onnx_compress.data import Dataset, DataSource
 from onnx_compress.errors import SettingError
 from onnx_compress.optional import require
+from onnx_compress.setting import overridden
 from onnx_compress.training.distill import common
 from onnx_compress.training.distill.common import DistillHistory, DistillSettings, TeacherInputs
 from onnx_compress.training.distill.loop import train_epochs
@@ -186,7 +187,7 @@ def distill(teacher: Any, student: Any, train_data: DataSource, settings: Distil
         DataError, SettingError: bad data or settings, teacher and student with different
         numbers of outputs; all before the student's weights change.
     """
-    settings = common.run_settings(settings, DEFAULTS, overrides)
+    settings = overridden(settings or DEFAULTS, overrides, where="distill()")
     train, val = common.prepare_data(train_data, val_data, alpha=settings.alpha)
     tf, keras = _frameworks()
     if not isinstance(student, keras.Model):

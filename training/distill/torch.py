@@ -43,6 +43,7 @@ from onnx_compress.converters.torch.export import _eval_mode
 from onnx_compress.data import Dataset, DataSource
 from onnx_compress.errors import SettingError
 from onnx_compress.optional import require
+from onnx_compress.setting import overridden
 from onnx_compress.training.distill import common
 from onnx_compress.training.distill.common import DistillHistory, DistillSettings, TeacherInputs, Run
 from onnx_compress.training.distill.loop import train_epochs
@@ -192,7 +193,7 @@ def distill(teacher: Any, student: Any, train_data: DataSource, settings: Distil
             that does not fit the teacher. SettingError: a bad setting, teacher and student with
             different numbers of outputs. All before the student's weights change.
     """
-    settings = common.run_settings(settings, DEFAULTS, overrides)
+    settings = overridden(settings or DEFAULTS, overrides, where="distill()")
     train, val = common.prepare_data(train_data, val_data, alpha=settings.alpha)
     torch = require("torch", "distillation with PyTorch")
     if not isinstance(student, torch.nn.Module):
