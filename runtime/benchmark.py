@@ -33,14 +33,15 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from onnx_compress.errors import SettingError
+from onnx_compress.data import DataSource, load_data, synthetic_inputs
+from onnx_compress.errors import DataError, SettingError
 from onnx_compress.runtime.session import ModelSource, Runner, SessionSettings
 from onnx_compress.table import format_table
 
 #: untimed calls before each timed block, side by side (see the module docstring)
 SETTLE_MS = 150.0
 
-__all__ = ["Latency", "Comparison", "benchmark", "compare", "compare_many", "latency_table"]
+__all__ = ["Latency", "Comparison", "benchmark", "compare", "compare_many", "latency_table", "bench_feeds"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,20 @@ def latency_table(named: Sequence[tuple[object, Latency]]) -> str:
     """A row per (name, latency): median and p90 milliseconds per call, samples per second."""
     return format_table(["model", "median ms", "p90 ms", "samples/s"],
                         [[str(name), t.median_ms, t.p90_ms, t.throughput] for name, t in named])
+
+
+def bench_feeds(runner: Runner, data: DataSource | None, batch: int,
+                dims: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+    """The inputs one timed call gets: the first ``batch`` samples of ``data`` (checked against the
+    model's inputs), or seeded random inputs of that batch size when ``data`` is None (``dims``: the
+    sizes of symbolic axes other than the batch)."""
+    if data is None:
+        return synthetic_inputs(runner.input_specs, batch=batch, dims=dims)
+    dataset = load_data(data)
+    dataset.check_against(runner.input_specs)
+    if len(dataset) < batch:
+        raise DataError(f"--data has {len(dataset)} samples, fewer than --batch {batch}")
+    return {spec.name: dataset.inputs[spec.name][:batch] for spec in runner.input_specs}
 
 
 def _settle(runner: Runner, feeds: dict[str, np.ndarray], settle_ms: float) -> None:

@@ -76,21 +76,13 @@ example:
     arg("--warmup", "untimed warm-up runs per model", 10),
 ), settings=(SESSION,))
 def _bench(args: argparse.Namespace) -> int:
-    from onnx_compress.data import Dataset, load_data, synthetic_inputs
-    from onnx_compress.errors import DataError
-    from onnx_compress.runtime.benchmark import benchmark, compare, latency_table
+    from onnx_compress.data import Dataset
+    from onnx_compress.runtime.benchmark import bench_feeds, benchmark, compare, latency_table
     from onnx_compress.runtime.session import Runner
 
     settings = session_settings(args)
     runner = Runner(args.model, settings)
-    if args.data is None:
-        feeds = synthetic_inputs(runner.input_specs, batch=args.batch, dims=parse_dims(args.dim))
-    else:
-        data = load_data(args.data)
-        data.check_against(runner.input_specs)
-        if len(data) < args.batch:
-            raise DataError(f"--data has {len(data)} samples, fewer than --batch {args.batch}")
-        feeds = {spec.name: data.inputs[spec.name][: args.batch] for spec in runner.input_specs}
+    feeds = bench_feeds(runner, args.data, args.batch, parse_dims(args.dim))
     note = f"batch {args.batch}, {runner.providers[0]}, {args.runs}"
     if args.vs is None:
         latency = benchmark(runner, feeds, runs=args.runs, warmup=args.warmup)
