@@ -36,6 +36,8 @@ REFERENCE_CLASSES = {
     "recover": "onnx_compress.training.recover:RecoverySettings",
     "compress (the pipeline)": "onnx_compress.pipeline:PipelineSettings",
     "distill": "onnx_compress.training.distill.common:DistillSettings",
+    "export": "onnx_compress.converters.settings:ExportSettings",
+    "deploy (Triton)": "onnx_compress.runtime.deploy.triton:TritonSettings",
 }
 BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
 

@@ -54,19 +54,21 @@ def _export_torch(args: argparse.Namespace) -> int:
     return emit(args, result.as_dict(), result.table())
 
 
-def _export_tensorflow(args: argparse.Namespace, directory: bool) -> int:
+def _export_tensorflow(args: argparse.Namespace) -> int:
+    """``export keras`` and ``export saved-model`` (``args.framework``): both go through tf2onnx."""
     from onnx_compress.converters.tensorflow.export import export_keras
 
-    source = Path(args.source)
+    source, directory = Path(args.source), args.framework == "saved-model"
     if source.is_dir() and not directory:
         raise SettingError(f"{source} is a directory; use `onnx-compress export saved-model` for SavedModels")
     if directory and not source.is_dir():
         raise ModelLoadError(f"not a SavedModel directory: {source}")
-    result = export_keras(source, args.output, from_flags(args, _EXPORT), unsafe_load=getattr(args, "unsafe_load", False))
+    unsafe = getattr(args, "unsafe_load", False)
+    result = export_keras(source, args.output, from_flags(args, _EXPORT), unsafe_load=unsafe)
     return emit(args, result.as_dict(), result.table())
 
 
-@command("export keras", """\
+_export_keras = command("export keras", """\
 a Keras 3 model saved as .keras
 
 Export a .keras file to ONNX via tf2onnx and check parity in ONNX Runtime. It is loaded with safe_mode:
@@ -78,12 +80,10 @@ example:
     arg("source", "the .keras file", metavar="MODEL.keras"),
     arg("--unsafe-load", "allow layers that run arbitrary code (Lambda); only for trusted files", False),
     arg("-o"),
-), settings=(_EXPORT,))
-def _export_keras(args: argparse.Namespace) -> int:
-    return _export_tensorflow(args, directory=False)
+), settings=(_EXPORT,))(_export_tensorflow)
 
 
-@command("export saved-model", """\
+_export_saved_model = command("export saved-model", """\
 a TensorFlow SavedModel directory
 
 Export a SavedModel directory (its serving_default signature, whose input and output names the ONNX model
@@ -91,9 +91,7 @@ keeps) to ONNX via tf2onnx, then check parity in ONNX Runtime.
 
 example:
   onnx-compress export saved-model exported_model/ -o m.onnx
-""", (arg("source", "the SavedModel directory", metavar="DIR"), arg("-o")), settings=(_EXPORT,))
-def _export_saved_model(args: argparse.Namespace) -> int:
-    return _export_tensorflow(args, directory=True)
+""", (arg("source", "the SavedModel directory", metavar="DIR"), arg("-o")), settings=(_EXPORT,))(_export_tensorflow)
 
 
 COMMANDS = [Command("export", __doc__), _export_torch, _export_keras, _export_saved_model]

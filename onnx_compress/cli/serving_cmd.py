@@ -8,7 +8,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from onnx_compress.cli.common import SESSION, arg, command, emit, from_flags, session_settings
+from onnx_compress.cli.common import SESSION, arg, command, emit, from_flags
 from onnx_compress.setting_cli import given, load
 
 _TRITON = "onnx_compress.runtime.deploy.triton:TritonSettings"
@@ -36,9 +36,7 @@ def _deploy(args: argparse.Namespace) -> int:
     from onnx_compress.runtime.deploy import deploy_triton
     from onnx_compress.runtime.deploy.kserve import deploy_kserve, kserve_settings
 
-    kserve = None  # checked before writing anything
-    if args.kserve is not None:
-        kserve = kserve_settings(args.model, args.name, **given(args, load(_KSERVE)))
+    kserve = None if args.kserve is None else kserve_settings(args.model, args.name, **given(args, load(_KSERVE)))
     deployment = deploy_triton(args.model, args.triton, args.name, from_flags(args, _TRITON))
     human, payload = f"{deployment.summary()}\n\n{deployment.config_path}:\n{deployment.config}", deployment.as_dict()
     if kserve is not None:
@@ -65,7 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
     from onnx_compress.runtime.serve import ServeSettings, serve
 
     settings = ServeSettings(**given(args, ServeSettings),
-                             session=dataclasses.replace(session_settings(args), spinning=False),
+                             session=dataclasses.replace(from_flags(args, SESSION), spinning=False),
                              log_level="debug" if getattr(args, "debug", False) else "info")
     logging.getLogger("onnx_compress.runtime.serve").setLevel(logging.INFO)  # say what is served, where
     serve(args.source, settings)

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from onnx_compress.cli.common import arg, command, emit, from_flags, protect_inputs
+from onnx_compress.cli.common import NOTHING_TO_DO_EXIT, arg, command, emit, from_flags, protect_inputs
 
 _DISTILL_SETTINGS = "onnx_compress.training.distill.common:DistillSettings"
 _EXPORT_SETTINGS = "onnx_compress.converters.settings:ExportSettings"
@@ -74,10 +74,10 @@ def _recover(args: argparse.Namespace) -> int:
     settings = from_flags(args, "onnx_compress.training.recover:RecoverySettings")
     model, result = recover(args.model, args.teacher, args.data, args.val, settings, progress=not args.no_progress)
     if result.world_size > 1 and os.environ.get("RANK", "0") != "0":
-        return 0 if result.improved else 3  # under torchrun only rank 0 writes and reports
+        return 0 if result.improved else NOTHING_TO_DO_EXIT  # under torchrun only rank 0 writes and reports
     if not result.improved:
         report = f"{result.table()}\n\n{result.summary()}; nothing written"
-        return emit(args, {"output": None, **result.as_dict()}, report, 3)
+        return emit(args, {"output": None, **result.as_dict()}, report, NOTHING_TO_DO_EXIT)
     save_model(model, args.output, protected=protected)
     note = f"\ninterrupted: wrote the best epoch so far (epoch {result.best_epoch})" if result.interrupted else ""
     sys.stderr.write(note.lstrip("\n") + "\n" if note else "")

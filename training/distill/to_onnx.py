@@ -49,7 +49,8 @@ class DistilledStudent:
     def as_dict(self) -> dict[str, Any]:
         payload = {"output": str(self.output), "history": self.history.as_dict(), "export": self.export.as_dict()}
         for role, path, stats in (("teacher", self.teacher_path, self.teacher), ("student", self.output, self.student)):
-            payload[role] = {"path": str(path), "params": stats.params, "macs": stats.macs, "size_bytes": stats.size_bytes}
+            payload[role] = {"path": str(path), "params": stats.params, "macs": stats.macs,
+                             "size_bytes": stats.size_bytes}
         return payload
 
     def table(self) -> str:
