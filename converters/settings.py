@@ -25,9 +25,9 @@ KERAS_OPSET = 17
 class ExportSettings:
     """What every exporter takes (each field's help text is its declaration below)."""
 
-    input_names: tuple[str, ...] = setting((), kind="names", metavar="NAME", help="""
+    input_names: tuple[str, ...] | None = setting((), kind="names", optional=True, metavar="NAME", help="""
         ONNX input names (default: 'input' for one input)""")
-    output_names: tuple[str, ...] = setting((), kind="names", metavar="NAME", help="""
+    output_names: tuple[str, ...] | None = setting((), kind="names", optional=True, metavar="NAME", help="""
         ONNX output names (default: 'output' for one output)""")
     opset: int | None = setting(None, kind="int", range=">= 1", metavar="OPSET", help=f"""
         ONNX opset (default: {TORCH_OPSET} for torch, {KERAS_OPSET} for keras/saved-model)""")

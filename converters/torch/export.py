@@ -231,7 +231,7 @@ def export_torch(module: Any, example_inputs: Any, path: str | os.PathLike[str],
     if opset < 18:
         raise SettingError(f"opset must be >= 18 for the PyTorch dynamo exporter, got {opset}")
     inputs = _as_tuple(example_inputs, torch)
-    names_in = list(settings.input_names) or _default_input_names(module, len(inputs))
+    names_in = list(settings.input_names or ()) or _default_input_names(module, len(inputs))
     if len(names_in) != len(inputs):
         raise SettingError(f"{len(names_in)} input_names given for {len(inputs)} example inputs")
 
