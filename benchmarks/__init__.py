@@ -7,12 +7,25 @@ writes ``artifacts/benchmarks/<topic>.json``. ``python -m benchmarks`` runs them
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from onnx_compress.jsonable import jsonable
+
+#: where every benchmark writes its ``<topic>.json`` unless ``--out`` says otherwise
+RESULTS = Path(__file__).resolve().parents[1] / "artifacts" / "benchmarks"
+
+
+def parser(topic: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of ``python -m benchmarks <topic>`` (``doc``'s first line describes it) with the flags
+    every benchmark takes: ``--threads`` (ONNX Runtime intra-op threads) and ``--out``."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks {topic}", description=doc.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"output folder (writes {topic}.json there)")
+    return parser
 
 
 def environment() -> dict[str, Any]:

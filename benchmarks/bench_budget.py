@@ -17,17 +17,15 @@ Writes ``artifacts/benchmarks/budget.json``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import environment, write_results
+from benchmarks import environment, parser as benchmark_parser, write_results
 from onnx_compress.budget import DEFAULT_MARGIN
 
-ROOT = Path(__file__).resolve().parents[1]
 
 MAX_DROP = 0.5
 
@@ -124,18 +122,16 @@ def summary(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks budget", description=__doc__.splitlines()[0])
+    parser = benchmark_parser("budget", __doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="training/split seeds")
     parser.add_argument("--only", choices=["torch", "keras"], action="append", help="one model (default both)")
     parser.add_argument("--margin", type=float, nargs="+", default=[DEFAULT_MARGIN],
                         help=f"budget margins in standard errors to compare (default {DEFAULT_MARGIN:g}, the budget's)")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     parser.add_argument("--preset", choices=["small", "tiny"], default="small",
                         help="small (default) or tiny (recovery training on the split's training part; slow)")
     parser.add_argument("--reuse", action="store_true",
                         help="compress the models an earlier run trained in --out (the split is redrawn from the "
                              "seed) instead of training again")
-    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks", help="output folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from onnx_compress.table import format_table

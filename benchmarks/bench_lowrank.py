@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 
-from benchmarks import write_results
+from benchmarks import parser as benchmark_parser, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
 ENERGIES = (0.99, 0.95, 0.90)
 
 
@@ -154,15 +153,12 @@ def _table(rows: list[dict[str, Any]], fidelity: list[str], speed: list[str]) ->
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks lowrank", description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    parser = benchmark_parser("lowrank", __doc__)
     parser.add_argument("--runs", type=int, default=200, help="interleaved runs per latency comparison (default 200)")
     parser.add_argument("--max-errors", type=float, nargs="*", default=[0.1, 0.2],
                         help="data-aware max_error variants for MiniLM (default 0.1 0.2)")
     parser.add_argument("--skip-minilm", action="store_true", help="only the seed CNN")
     parser.add_argument("--skip-cnn", action="store_true", help="only MiniLM")
-    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks",
-                        help="output folder (writes lowrank.json there)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

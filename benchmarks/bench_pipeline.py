@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Any
 
 
-from benchmarks import environment, write_results
+from benchmarks import environment, parser as benchmark_parser, write_results
 from benchmarks.bench_quantize import _ort_default, cosines, export_minilm_variant
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _variants(fp32: Path, folder: Path, calib: Any, outcome_path: Path, label: str,
@@ -179,7 +178,7 @@ def _print(results: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks pipeline", description=__doc__.splitlines()[0])
+    parser = benchmark_parser("pipeline", __doc__)
     parser.add_argument("--only", choices=["torch", "keras", "minilm", "minilm-ts"], action="append",
                         help="run only these models (repeatable; default all four; minilm-ts: the TorchScript "
                              "export with last_hidden_state)")
@@ -188,8 +187,6 @@ def main(argv: list[str]) -> int:
                         help="MiniLM budget: largest drop of the mean cosine on validation sentences (default 0.01)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed CNNs: the training seed and the digits split (default 0; others: fresh models)")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
-    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks", help="output folder")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

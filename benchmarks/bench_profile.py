@@ -38,10 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import environment, write_results
+from benchmarks import environment, parser as benchmark_parser, write_results
 from benchmarks.bench_quantize import cosines, export_minilm_variant
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -276,14 +275,12 @@ def _print(results: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks profile", description=__doc__.splitlines()[0])
+    parser = benchmark_parser("profile", __doc__)
     parser.add_argument("--only", choices=["minilm", "minilm-ts"], action="append",
                         help="one export (repeatable; default both)")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     parser.add_argument("--cpu-runs", type=int, default=20, help="calls per model for the CPU-time column")
     parser.add_argument("--small", type=Path, default=None,
                         help="a `compress --preset small` output of the (single) --only export to profile too")
-    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks", help="output folder")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -35,10 +35,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import write_results
+from benchmarks import parser as benchmark_parser, write_results
 
 
-ROOT = Path(__file__).resolve().parents[1]
 RATIOS = (0.25, 0.5, 0.75)
 
 
@@ -161,13 +160,10 @@ def _minilm_rows(args: argparse.Namespace, settings: Any) -> list[dict[str, Any]
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks prune", description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    parser = benchmark_parser("prune", __doc__)
     parser.add_argument("--runs", type=int, default=300, help="timed runs per model at batch 1 (default 300)")
     parser.add_argument("--skip-keras", action="store_true", help="skip the Keras seed CNN")
     parser.add_argument("--skip-minilm", action="store_true", help="skip MiniLM")
-    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks",
-                        help="output folder (writes prune.json there)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from onnx_compress.runtime import SessionSettings

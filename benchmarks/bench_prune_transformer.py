@@ -35,9 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import environment, write_results
+from benchmarks import environment, parser as benchmark_parser, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
 
 #: (name, PruneTransformer settings)
 CUTS: list[tuple[str, dict[str, Any]]] = [
@@ -159,15 +158,13 @@ def run(args: argparse.Namespace, recover: Recover | None = None) -> dict[str, A
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks prune_transformer", description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    parser = benchmark_parser("prune_transformer", __doc__)
     parser.add_argument("--runs", type=int, default=30, help="timed calls per model and batch size (default 30)")
     parser.add_argument("--exports", default="dynamo,torchscript", help="dynamo, torchscript or both (default)")
     parser.add_argument("--recover", metavar="MODULE:FUNCTION",
                         help="recovery step: FUNCTION(pruned_path) -> recovered_path (calib.npz and the fp32 "
                              "model lie next to pruned_path)")
     parser.add_argument("--only", nargs="+", metavar="CUT", help="run only these cuts (names as in the table)")
-    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks", help="results folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     recover = _load_recover(args.recover) if args.recover else None

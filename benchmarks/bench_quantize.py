@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any
 
 
-from benchmarks import environment, write_results
+from benchmarks import environment, parser as benchmark_parser, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -229,13 +228,11 @@ def _print(results: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks quantize", description=__doc__.splitlines()[0])
+    parser = benchmark_parser("quantize", __doc__)
     parser.add_argument("--only", choices=["cnn", "minilm", "minilm-ts"], default=None,
                         help="run one of the benchmarks (minilm-ts: the TorchScript export, last_hidden_state)")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     parser.add_argument("--max-drop", type=float, default=0.004,
                         help="ours on MiniLM: largest drop of the mean cosine on the validation sentences")
-    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks", help="output folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     folder = args.out / "quantize"

@@ -36,7 +36,6 @@ else built from the samples (torch). Writes ``artifacts/benchmarks/serve.json``.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import http.client
 import os
@@ -51,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import write_results
+from benchmarks import parser as benchmark_parser, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -331,19 +330,16 @@ def _grpc_tensor(name: str, array: np.ndarray):
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks serve", description=__doc__.splitlines()[0])
+    parser = benchmark_parser("serve", __doc__)
     parser.add_argument("--seed-cnn", type=Path, default=ROOT / "artifacts" / "torch" / "seed_cnn.onnx")
     parser.add_argument("--minilm", type=Path, default=ROOT / "artifacts" / "minilm" / "minilm.onnx")
     parser.add_argument("--models", default="seed_cnn,minilm", help="models to measure (default seed_cnn,minilm)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
     parser.add_argument("--requests", type=int, default=200, help="requests per client per phase (default 200)")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (default 1)")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     parser.add_argument("--baseline-site", type=Path, default=None,
                         help="a folder with another onnx-compress installed (pip install --target): its server "
                              "is measured side by side as 'baseline HTTP'")
-    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks",
-                        help="output folder (writes serve.json there)")
     args = parser.parse_args(argv)
 
     import onnxruntime as ort

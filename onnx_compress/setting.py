@@ -26,12 +26,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from onnx_compress.errors import SettingError
 
-__all__ = ["Setting", "setting", "declared", "check_fields", "json_schema", "PLAIN", "SEARCHED", "BUDGET"]
+__all__ = ["Setting", "setting", "declared", "check_fields", "overridden", "json_schema", "PLAIN", "SEARCHED",
+           "BUDGET"]
 
 PLAIN, SEARCHED, BUDGET = "plain", "searched by the budget", "budget-aware"
 #: the kinds of value a setting holds; ``names`` is a tuple of non-empty strings, ``any`` is checked by its class
@@ -147,6 +148,15 @@ def check_fields(obj: Any) -> None:
         checked = meta.check(field.name, value)
         if checked is not value:
             object.__setattr__(obj, field.name, checked)
+
+
+def overridden(settings: Any, overrides: Mapping[str, Any], *, where: str) -> Any:
+    """``settings`` with single settings given as keyword arguments (``epochs=3``) put on top, checked
+    again; a name that is no field of its class is a TypeError, as for any unknown keyword of ``where``."""
+    unknown = sorted(set(overrides) - {field.name for field in dataclasses.fields(settings)})
+    if unknown:
+        raise TypeError(f"{where} got unexpected keyword arguments {unknown}")
+    return dataclasses.replace(settings, **overrides) if overrides else settings
 
 
 def json_schema(cls: Any) -> dict[str, Any]:

@@ -36,6 +36,8 @@ REFERENCE_CLASSES = {
     "recover": "onnx_compress.training.recover:RecoverySettings",
     "compress (the pipeline)": "onnx_compress.pipeline:PipelineSettings",
     "distill": "onnx_compress.training.distill.common:DistillSettings",
+    "export": "onnx_compress.converters.settings:ExportSettings",
+    "deploy (Triton)": "onnx_compress.runtime.deploy.triton:TritonSettings",
 }
 BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
 
@@ -92,7 +94,8 @@ def add_flags(parser: Any, cls: Any, names: str | None = None, *, exclusive: boo
         if flag in known:
             continue
         default = _default_text(field)
-        shown = default and meta.role != SEARCHED and "default" not in meta.help  # a searched strength is chosen
+        # a searched strength is chosen; a negated switch's flag is the opposite of its field's default
+        shown = default and meta.role != SEARCHED and not meta.negate and "default" not in meta.help
         help_text = meta.help + (f" (default {default})" if shown else "")
         options: dict[str, Any] = {"dest": _dest(flag), "default": None, "help": help_text.replace("%", "%%")}
         if meta.kind == "bool" and not meta.words:

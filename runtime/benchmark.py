@@ -28,19 +28,23 @@ CNN's int8 latency). Settled blocks read each model as it runs alone in its own 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
-from onnx_compress.errors import SettingError
+from onnx_compress.data import Dataset, DataSource, load_data, synthetic_inputs
+from onnx_compress.errors import DataError, SettingError
 from onnx_compress.runtime.session import ModelSource, Runner, SessionSettings
 from onnx_compress.table import format_table
 
 #: untimed calls before each timed block, side by side (see the module docstring)
 SETTLE_MS = 150.0
 
-__all__ = ["Latency", "Comparison", "benchmark", "compare", "compare_many", "latency_table"]
+__all__ = ["Latency", "Comparison", "benchmark", "compare", "compare_many", "latency_table", "bench_feeds",
+           "BenchReport", "bench_files"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +98,20 @@ def latency_table(named: Sequence[tuple[object, Latency]]) -> str:
     """A row per (name, latency): median and p90 milliseconds per call, samples per second."""
     return format_table(["model", "median ms", "p90 ms", "samples/s"],
                         [[str(name), t.median_ms, t.p90_ms, t.throughput] for name, t in named])
+
+
+def bench_feeds(runner: Runner, data: DataSource | None, batch: int,
+                dims: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+    """The inputs one timed call gets: the first ``batch`` samples of ``data`` (checked against the
+    model's inputs), or seeded random inputs of that batch size when ``data`` is None (``dims``: the
+    sizes of symbolic axes other than the batch)."""
+    if data is None:
+        return synthetic_inputs(runner.input_specs, batch=batch, dims=dims)
+    dataset = load_data(data)
+    dataset.check_against(runner.input_specs)
+    if len(dataset) < batch:
+        raise DataError(f"--data has {len(dataset)} samples, fewer than --batch {batch}")
+    return {spec.name: dataset.inputs[spec.name][:batch] for spec in runner.input_specs}
 
 
 def _settle(runner: Runner, feeds: dict[str, np.ndarray], settle_ms: float) -> None:
@@ -200,3 +218,53 @@ def compare(
     a, b = compare_many([model_a, model_b], feeds, runs=runs, warmup=warmup, settings=settings, rounds=rounds,
                         settle_ms=settle_ms)
     return Comparison(a=a, b=b)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchReport:
+    """What :func:`bench_files` measured: ``model`` alone, or side by side with ``vs`` (then
+    ``speedup`` = median of ``vs`` / median of ``model``: above 1, ``model`` is faster)."""
+
+    model: Path
+    vs: Path | None
+    provider: str
+    batch: int
+    runs: int
+    latency: Latency
+    vs_latency: Latency | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        return None if self.vs_latency is None else self.vs_latency.median_ms / self.latency.median_ms
+
+    def as_dict(self) -> dict[str, object]:
+        if self.vs_latency is None:
+            return {"model": str(self.model), "provider": self.provider, **self.latency.as_dict()}
+        return {"model": str(self.model), "vs": str(self.vs), "provider": self.provider,
+                "model_latency": self.latency.as_dict(), "vs_latency": self.vs_latency.as_dict(),
+                "speedup": self.speedup}
+
+    def text(self) -> str:
+        """The latency table, then how the runs were made (and the speedup, side by side)."""
+        note = f"batch {self.batch}, {self.provider}, {self.runs}"
+        if self.vs is None or self.vs_latency is None or self.speedup is None:
+            return f"{latency_table([(self.model, self.latency)])}\n({note} runs)"
+        return (f"{latency_table([(self.model, self.latency), (self.vs, self.vs_latency)])}\n{self.model} is "
+                f"{self.speedup:.2f}x {'faster' if self.speedup >= 1 else 'SLOWER'} than {self.vs} (speedup = "
+                f"median {self.vs.name} / median {self.model.name}; {note} interleaved runs)")
+
+
+def bench_files(model: str | os.PathLike[str], vs: str | os.PathLike[str] | None = None, data: DataSource | None = None,
+                *, batch: int = 1, dims: Mapping[str, int] | None = None, runs: int = 100, warmup: int = 10,
+                settings: SessionSettings | None = None) -> BenchReport:
+    """Time ``model`` on :func:`bench_feeds` (``data`` or random inputs of ``batch`` samples), alone or,
+    with ``vs``, side by side with it in one interleaved run (:func:`compare`)."""
+    runner = Runner(model, settings)
+    feeds = bench_feeds(runner, data, batch, dims)
+    if vs is None:
+        latency = benchmark(runner, feeds, runs=runs, warmup=warmup)
+        return BenchReport(Path(model), None, runner.providers[0], batch, runs, latency)
+    other = Runner(vs, settings)
+    Dataset(inputs=feeds).check_against(other.input_specs, what=f"inputs for {vs}")
+    result = compare(other, runner, feeds, runs=runs, warmup=warmup)
+    return BenchReport(Path(model), Path(vs), runner.providers[0], batch, runs, result.b, result.a)

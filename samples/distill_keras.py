@@ -21,7 +21,6 @@ its ONNX Runtime predictions are checked against Keras'.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 
@@ -32,6 +31,7 @@ import numpy as np  # noqa: E402
 
 import onnx_compress as oc  # noqa: E402
 from onnx_compress.samples import distill_report, seed_keras_cnn  # noqa: E402
+from onnx_compress.samples.script import script_args  # noqa: E402
 from onnx_compress.training.distill.tensorflow import distill  # noqa: E402
 from onnx_compress.training.narrow.tensorflow import narrow_student  # noqa: E402
 from onnx_compress.runtime import Runner, SessionSettings  # noqa: E402
@@ -45,9 +45,7 @@ def _copy(model: keras.Model) -> keras.Model:
 
 
 def main() -> None:
-    args = distill_report.parser(__doc__.splitlines()[0], epochs=10, out="artifacts/distill_keras").parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = script_args(distill_report.parser(__doc__, epochs=10, out="artifacts/distill_keras"))
     start = time.perf_counter()
 
     teacher, splits = seed_keras_cnn.trained_model(epochs=10, seed=0)

@@ -21,7 +21,6 @@ accuracy is checked against PyTorch's.
 from __future__ import annotations
 
 import copy
-import logging
 import time
 
 import numpy as np
@@ -29,16 +28,15 @@ import torch
 
 import onnx_compress as oc
 from onnx_compress.samples import distill_report, seed_torch_cnn
+from onnx_compress.samples.script import script_args
 from onnx_compress.training.distill.torch import distill
 from onnx_compress.training.narrow.torch import narrow_student
 from onnx_compress.runtime import Runner, SessionSettings
 
 
 def main() -> None:
-    args = distill_report.parser(__doc__.splitlines()[0], epochs=12, out="artifacts/distill_torch").parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = script_args(distill_report.parser(__doc__, epochs=12, out="artifacts/distill_torch"))
     torch.set_num_threads(2)
-    args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
     teacher, splits = seed_torch_cnn.trained_model(epochs=12, seed=0)

@@ -16,27 +16,22 @@ Text data: real English sentences taken from the docstrings of the Python standa
 
 from __future__ import annotations
 
-import argparse
-import logging
-from pathlib import Path
 
 import torch
 
 import onnx_compress as oc
 from onnx_compress.samples.minilm import export_minilm, load_embedder, sentences, text_dataset
+from onnx_compress.samples.script import script_args, script_parser
 
 
 def main() -> None:
     from onnx_compress.runtime import Runner, SessionSettings, benchmark
     from onnx_compress.table import format_table, human_bytes, human_count
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("artifacts/minilm"), help="output folder")
+    parser = script_parser(__doc__, "artifacts/minilm")
     parser.add_argument("--sequence", type=int, default=64, help="tokens per sentence (default 64)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = script_args(parser)
     torch.set_num_threads(2)
-    args.out.mkdir(parents=True, exist_ok=True)
 
     onnx_path = args.out / "minilm.onnx"
     export = export_minilm(onnx_path, sequence=args.sequence)

@@ -17,12 +17,10 @@ both models measured side by side (batch 8, sequence 64, ``--threads`` intra-op 
 
 from __future__ import annotations
 
-import argparse
-import logging
 import time
-from pathlib import Path
 
 from onnx_compress.samples import minilm
+from onnx_compress.samples.script import script_args, script_parser
 from onnx_compress.model_io import load_model, save_model
 from onnx_compress.passes import Normalize, Quantize
 from onnx_compress.runtime import Runner, SessionSettings, compare
@@ -32,16 +30,13 @@ from onnx_compress.table import format_table, human_bytes
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("artifacts/minilm"), help="output folder")
+    parser = script_parser(__doc__, "artifacts/minilm")
     parser.add_argument("--sequence", type=int, default=64, help="tokens per sentence (default 64)")
     parser.add_argument("--max-drop", type=float, default=0.004,
                         help="largest allowed drop of the mean embedding cosine on the validation sentences")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     parser.add_argument("--batch", type=int, default=8, help="sentences per call when timing (default 8)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = script_args(parser)
 
     fp32_path = args.out / "minilm.onnx"
     minilm.export_minilm(fp32_path, sequence=args.sequence)

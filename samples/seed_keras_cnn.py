@@ -12,26 +12,21 @@ and prints a table. The data splits are written as
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import onnx_compress as oc  # noqa: E402
 from onnx_compress.samples.seed_keras_cnn import predict, trained_model  # noqa: E402
 from onnx_compress.samples.seed_quantize import report  # noqa: E402
+from onnx_compress.samples.script import script_args, script_parser  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("artifacts/keras"), help="output folder")
+    parser = script_parser(__doc__, "artifacts/keras")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = script_args(parser)
 
     start = time.perf_counter()
     model, splits = trained_model(args.epochs)

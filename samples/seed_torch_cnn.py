@@ -15,26 +15,21 @@ the CLI can be tried on them (``onnx-compress validate ... --data artifacts/torc
 
 from __future__ import annotations
 
-import argparse
-import logging
 import time
-from pathlib import Path
 
 import torch
 
 import onnx_compress as oc
 from onnx_compress.samples.seed_quantize import report
+from onnx_compress.samples.script import script_args, script_parser
 from onnx_compress.samples.seed_torch_cnn import SimpleModel, predict, trained_model  # noqa: F401 (FILE.py:SimpleModel)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("artifacts/torch"), help="output folder")
+    parser = script_parser(__doc__, "artifacts/torch")
     parser.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = script_args(parser)
     torch.set_num_threads(2)
-    args.out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
     model, splits = trained_model(args.epochs)

@@ -102,3 +102,30 @@ def test_recipe_schema_covers_every_pass_and_preset():
         for entry in preset["passes"]:
             (name, settings), = entry.items()
             assert set(settings or {}) <= set(steps[name][name]["properties"]), (name, settings)
+
+
+def test_overridden_puts_keyword_settings_on_top_and_checks_them_again():
+    from onnx_compress.converters.settings import ExportSettings
+    from onnx_compress.setting import overridden
+
+    base = ExportSettings(opset=17)
+    changed = overridden(base, {"atol": 1e-3, "input_names": ["x"]}, where="export_keras()")
+    assert (changed.opset, changed.atol, changed.input_names) == (17, 1e-3, ("x",))  # lists become tuples
+    assert overridden(base, {}, where="export_keras()") is base
+    with pytest.raises(TypeError, match=r"export_keras\(\) got unexpected keyword arguments \['opset_version'\]"):
+        overridden(base, {"opset_version": 18}, where="export_keras()")
+    with pytest.raises(SettingError, match="atol must be a number >= 0, got -1"):
+        overridden(base, {"atol": -1.0}, where="export_keras()")
+
+
+def test_distill_takes_settings_and_keyword_settings_and_refuses_unknown_ones_before_training():
+    from onnx_compress.training.distill import tensorflow as keras_distill, torch as torch_distill
+    from onnx_compress.training.distill.common import DistillSettings
+
+    assert torch_distill.DEFAULTS == DistillSettings()  # the class defaults are the PyTorch trainer's
+    assert keras_distill.DEFAULTS.batch_size != DistillSettings().batch_size  # Keras declares its own once
+    for distill in (torch_distill.distill, keras_distill.distill):
+        with pytest.raises(TypeError, match=r"unexpected keyword arguments \['epoch'\]"):
+            distill(object(), object(), {}, epoch=3)
+        with pytest.raises(SettingError, match="alpha must be a number in"):
+            distill(object(), object(), {}, DistillSettings(epochs=1), alpha=2.0)

@@ -37,17 +37,20 @@ import numpy as np
 import onnx_ir as ir
 
 from onnx_compress.converters.parity import ExportResult, ParityCheck, check_parity
+from onnx_compress.converters.settings import KERAS_OPSET, ExportSettings
 from onnx_compress.data import InputSpec, synthetic_inputs
 from onnx_compress.errors import one_line, ExportError, ModelLoadError, SettingError, UnsafeModelError
 from onnx_compress.model_io import save_model, staged_output
 from onnx_compress.optional import require
 from onnx_compress.runtime.session import Runner, SessionSettings
+from onnx_compress.setting import overridden
 
 __all__ = ["export_keras", "load_keras_model", "DEFAULT_OPSET"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 17
+#: the default opset (declared in :mod:`onnx_compress.converters.settings`)
+DEFAULT_OPSET = KERAS_OPSET
 
 
 @dataclasses.dataclass
@@ -218,24 +221,19 @@ def _refuse_unconverted_ops(proto: Any) -> None:
         raise ExportError(f"tf2onnx could not convert these TensorFlow ops to ONNX: {listed}{hint}")
 
 
-def export_keras(
-    model_or_path: Any,
-    path: str | os.PathLike[str],
-    *,
-    input_names: Sequence[str] | None = None,
-    output_names: Sequence[str] | None = None,
-    example_inputs: Any = None,
-    dynamic_batch: bool = True,
-    opset: int = DEFAULT_OPSET,
-    atol: float = 1e-4,
-    rtol: float = 1e-4,
-    unsafe_load: bool = False,
-) -> ExportResult:
+def export_keras(model_or_path: Any, path: str | os.PathLike[str], settings: ExportSettings | None = None, *,
+                 example_inputs: Any = None, unsafe_load: bool = False, **overrides: Any) -> ExportResult:
     """Export a Keras model (object or ``.keras`` file) or a SavedModel directory to ONNX.
 
-    See the module docstring for names, parity and safety. Raises ExportError / ParityError /
-    UnsafeModelError / ModelLoadError with a one-line reason.
+    ``settings``: names, opset (default :data:`KERAS_OPSET`), batch axis and parity tolerance, an
+    :class:`~onnx_compress.converters.settings.ExportSettings`; ``**overrides`` sets single ones on
+    top of it (``opset=17``). See the module docstring for names, parity and safety. Raises
+    ExportError / ParityError / UnsafeModelError / ModelLoadError with a one-line reason.
     """
+    settings = overridden(settings or ExportSettings(), overrides, where="export_keras()")
+    opset, dynamic_batch = settings.opset or KERAS_OPSET, settings.dynamic_batch
+    atol, rtol = settings.atol, settings.rtol
+    input_names, output_names = settings.input_names or None, settings.output_names or None
     tf = require("tensorflow", "exporting a TensorFlow/Keras model")
     tf2onnx = require("tf2onnx", "exporting a TensorFlow/Keras model")
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)

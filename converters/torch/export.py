@@ -4,8 +4,8 @@ How
     ``torch.onnx.export`` with the dynamo exporter (``torch.export`` + onnxscript), which is the
     exporter PyTorch maintains. The batch axis (axis 0 of every input) is dynamic by default
     (one shared ``torch.export.Dim`` named ``batch``); inputs and outputs get explicit names.
-    The default opset, 18, is the newest that every tool downstream handles (ONNX Runtime's
-    quantizer and tf2onnx both support it).
+    The default opset, 18 (:data:`~onnx_compress.converters.settings.TORCH_OPSET`), is the newest
+    that every tool downstream handles (ONNX Runtime's quantizer and tf2onnx both support it).
 
 Training mode
     The module is exported in eval mode (dropout off, batch norm on running statistics) and
@@ -42,16 +42,19 @@ import numpy as np
 import onnx_ir as ir
 
 from onnx_compress.converters.parity import ExportResult, ParityCheck, check_parity
+from onnx_compress.converters.settings import TORCH_OPSET, ExportSettings
 from onnx_compress.errors import one_line, ExportError, SettingError
 from onnx_compress.model_io import EXTERNAL_DATA_THRESHOLD_BYTES, staged_output
 from onnx_compress.optional import require
 from onnx_compress.runtime.session import Runner, SessionSettings
+from onnx_compress.setting import overridden
 
 __all__ = ["export_torch", "DEFAULT_OPSET"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 18
+#: the default opset (declared in :mod:`onnx_compress.converters.settings`)
+DEFAULT_OPSET = TORCH_OPSET
 #: the second batch size the dynamic-batch parity check runs at
 _SECOND_BATCH = 3
 
@@ -199,35 +202,28 @@ def _param_bytes(module: Any) -> int:
     )
 
 
-def export_torch(
-    module: Any,
-    example_inputs: Any,
-    path: str | os.PathLike[str],
-    *,
-    input_names: Sequence[str] | None = None,
-    output_names: Sequence[str] | None = None,
-    dynamic_batch: bool = True,
-    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
-    opset: int = DEFAULT_OPSET,
-    atol: float = 1e-4,
-    rtol: float = 1e-4,
-) -> ExportResult:
+def export_torch(module: Any, example_inputs: Any, path: str | os.PathLike[str], settings: ExportSettings | None = None,
+                 *, dynamic_axes: Mapping[str, Mapping[int, str]] | None = None, **overrides: Any) -> ExportResult:
     """Export ``module`` to ONNX at ``path`` and check parity in ONNX Runtime.
 
     Args:
         module: a ``torch.nn.Module``.
         example_inputs: a tensor (or numpy array) or a tuple of them, batch axis first.
         path: the output ``.onnx`` file; its folder must exist.
-        input_names, output_names: ONNX names; see the module docstring for the defaults.
-        dynamic_batch: make axis 0 of every input dynamic (checked at a second batch size).
+        settings: names (see the module docstring for the defaults), opset (default
+            :data:`TORCH_OPSET`; >= 18 for the dynamo exporter), dynamic batch axis (axis 0 of every
+            input, checked at a second batch size) and parity tolerance: an
+            :class:`~onnx_compress.converters.settings.ExportSettings`; ``**overrides`` sets single
+            ones on top of it (``opset=18, input_names=["x"]``).
         dynamic_axes: more dynamic axes, by input name: ``{"input_ids": {1: "sequence"}}``;
             axes with the same name share one dimension.
-        opset: the ONNX opset to target (>= 18 for the dynamo exporter).
-        atol, rtol: parity tolerance (see :mod:`onnx_compress.converters.parity`).
 
     Raises:
         ExportError: the exporter failed. ParityError: ONNX Runtime disagrees with PyTorch.
     """
+    settings = overridden(settings or ExportSettings(), overrides, where="export_torch()")
+    opset, dynamic_batch = settings.opset or TORCH_OPSET, settings.dynamic_batch
+    atol, rtol = settings.atol, settings.rtol
     torch = require("torch", "exporting a PyTorch model")
     require("onnxscript", "the PyTorch ONNX exporter")
     if not isinstance(module, torch.nn.Module):
@@ -235,7 +231,7 @@ def export_torch(
     if opset < 18:
         raise SettingError(f"opset must be >= 18 for the PyTorch dynamo exporter, got {opset}")
     inputs = _as_tuple(example_inputs, torch)
-    names_in = list(input_names) if input_names else _default_input_names(module, len(inputs))
+    names_in = list(settings.input_names or ()) or _default_input_names(module, len(inputs))
     if len(names_in) != len(inputs):
         raise SettingError(f"{len(names_in)} input_names given for {len(inputs)} example inputs")
 
@@ -250,8 +246,8 @@ def export_torch(
             ) from exc
         outputs, dict_names = _flatten_outputs(raw_outputs, torch)
         expected = [o.detach().cpu().numpy() for o in outputs]
-        if output_names:
-            names_out = list(output_names)
+        if settings.output_names:
+            names_out = list(settings.output_names)
         elif dict_names:
             names_out = dict_names
         else:

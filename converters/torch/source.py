@@ -84,9 +84,15 @@ def load_weights(module: Any, weights: Path, source: str) -> None:
         raise ModelLoadError(f"{weights} does not fit {source}: {one_line(exc)}") from exc
 
 
-def example_inputs(shapes: list[tuple[int, ...]], dtypes: list[str]) -> tuple[Any, ...]:
+def example_inputs(shapes: list[tuple[int, ...]] | None, dtypes: list[str] | None = None) -> tuple[Any, ...]:
     """Example tensors for an export, one per input, seeded: ``randn`` for float dtypes, integers in
-    [0, 100) for the others (token ids, indices). ``dtypes`` are torch names (``float32``, ``int64``)."""
+    [0, 100) for the others (token ids, indices). ``dtypes`` are torch names (``float32``, ``int64``),
+    one per shape (default: all ``float32``)."""
+    if not shapes:
+        raise SettingError("--input-shape is required (e.g. --input-shape 1x1x28x28), once per input")
+    dtypes = dtypes or ["float32"] * len(shapes)
+    if len(dtypes) != len(shapes):
+        raise SettingError("give one --input-dtype per --input-shape, or none")
     torch = require("torch", "exporting a PyTorch model")
     generator = torch.Generator().manual_seed(0)
     examples = []

@@ -15,8 +15,8 @@ from onnx_compress.errors import SettingError
 from onnx_compress.jsonable import jsonable
 from onnx_compress.setting_cli import add_flags, given, load
 
-__all__ = ["Command", "command", "arg", "one_of", "add_input", "SHARED", "SESSION", "add_settings_flags",
-           "global_flags", "parse_dims", "session_settings", "emit", "protect_inputs"]
+__all__ = ["Command", "command", "arg", "one_of", "add_input", "SHARED", "SESSION", "NOTHING_TO_DO_EXIT",
+           "add_settings_flags", "global_flags", "parse_dims", "from_flags", "emit", "protect_inputs"]
 
 #: the inputs several commands take, declared once: a command names them (``"--json"``) or rewords
 #: one (``arg("--data", "calibration .npz ...")`` keeps the rest of its declaration)
@@ -37,6 +37,9 @@ SHARED: dict[str, dict[str, Any]] = {
 Handler = Callable[[argparse.Namespace], int]
 #: the generated ONNX Runtime session flags (--provider, --threads)
 SESSION = "onnx_compress.runtime.session:SessionSettings"
+#: exit status when nothing was written: quantize left the model as it is (already quantized, nothing
+#: quantizable, slower), recover found no epoch better than the compressed model
+NOTHING_TO_DO_EXIT = 3
 
 
 def arg(name: str, help: str | None = None, default: Any = None, **options: Any) -> dict[str, Any]:
@@ -138,9 +141,9 @@ def parse_dims(items: list[str] | None) -> dict[str, int]:
     return dims
 
 
-def session_settings(args: argparse.Namespace) -> Any:
-    """The :data:`SESSION` flags given, as ``SessionSettings``."""
-    cls = load(SESSION)
+def from_flags(args: argparse.Namespace, spec: str) -> Any:
+    """The settings class ``spec`` (``"module:Class"``) built from its flags given (the rest: its defaults)."""
+    cls = load(spec)
     return cls(**given(args, cls))
 
 

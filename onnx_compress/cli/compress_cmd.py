@@ -16,7 +16,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from onnx_compress.cli.common import SESSION, arg, command, emit, one_of, protect_inputs, session_settings
+from onnx_compress.cli.common import SESSION, arg, command, emit, from_flags, one_of, protect_inputs
 from onnx_compress.recipe import preset_names
 from onnx_compress.setting_cli import given
 
@@ -47,7 +47,7 @@ def _compress(args: argparse.Namespace) -> int:
     pipeline_log = logging.getLogger("onnx_compress.pipeline")
     if pipeline_log.getEffectiveLevel() > logging.INFO:
         pipeline_log.setLevel(logging.INFO)  # one progress line per stage, with its time, on stderr
-    settings = PipelineSettings(**given(args, PipelineSettings), session=session_settings(args))
+    settings = PipelineSettings(**given(args, PipelineSettings), session=from_flags(args, SESSION))
     outcome = compress(args.model, args.recipe if args.recipe is not None else args.preset, calib=args.data,
                        val=args.val, metric=args.metric, max_drop=args.max_drop, report_dir=args.report,
                        settings=settings, train=args.train)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from onnx_compress.cli.common import Command, arg, command, emit
+from onnx_compress.cli.common import Command, arg, command, emit, from_flags
 from onnx_compress.errors import ModelLoadError, SettingError
 
 
@@ -21,21 +20,8 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return dims
 
 
-#: the flags every framework takes (:func:`_common` reads them)
-_COMMON = (
-    arg("-o"),
-    arg("--input-names", "ONNX input names (default: 'input' for one input)", nargs="+", metavar="NAME"),
-    arg("--output-names", "ONNX output names (default: 'output' for one output)", nargs="+", metavar="NAME"),
-    arg("--opset", "ONNX opset (default: 18 for torch, 17 for keras/saved-model)", type=int),
-    arg("--static-batch", "keep the example's batch size fixed instead of a dynamic batch axis", False),
-    arg("--atol", "parity: absolute tolerance (default 1e-4)", 1e-4),
-    arg("--rtol", "parity: tolerance relative to the largest output magnitude (default 1e-4)", 1e-4),
-)
-
-
-def _common(args: argparse.Namespace) -> dict[str, Any]:
-    return {"input_names": args.input_names, "output_names": args.output_names,
-            "dynamic_batch": not args.static_batch, "atol": args.atol, "rtol": args.rtol}
+#: the settings every exporter takes (their flags are generated from the declaration)
+_EXPORT = "onnx_compress.converters.settings:ExportSettings"
 
 
 @command("export torch", """\
@@ -54,39 +40,35 @@ example:
         metavar="SHAPE"),
     arg("--input-dtype", "example input dtype (default float32); once per input", action="append", metavar="DTYPE"),
     arg("--weights", "a state_dict checkpoint (.pt) to load, read with weights_only=True", type=Path, metavar="CKPT"),
-    *_COMMON,
-))
+    arg("-o"),
+), settings=(_EXPORT,))
 def _export_torch(args: argparse.Namespace) -> int:
     from onnx_compress.converters.torch.export import export_torch
     from onnx_compress.converters.torch.source import example_inputs, load_weights, torch_module
 
-    if not args.input_shape:
-        raise SettingError("--input-shape is required (e.g. --input-shape 1x1x28x28), once per input")
-    dtypes = args.input_dtype or ["float32"] * len(args.input_shape)
-    if len(dtypes) != len(args.input_shape):
-        raise SettingError("give one --input-dtype per --input-shape, or none")
+    inputs = example_inputs(args.input_shape, args.input_dtype)  # checked before FILE.py runs
     module = torch_module(args.source, "exporting a PyTorch model")
     if args.weights is not None:
         load_weights(module, args.weights, args.source)
-    result = export_torch(module, example_inputs(args.input_shape, dtypes), args.output, opset=args.opset or 18,
-                          **_common(args))
+    result = export_torch(module, inputs, args.output, from_flags(args, _EXPORT))
     return emit(args, result.as_dict(), result.table())
 
 
-def _export_tensorflow(args: argparse.Namespace, directory: bool) -> int:
+def _export_tensorflow(args: argparse.Namespace) -> int:
+    """``export keras`` and ``export saved-model`` (``args.framework``): both go through tf2onnx."""
     from onnx_compress.converters.tensorflow.export import export_keras
 
-    source = Path(args.source)
+    source, directory = Path(args.source), args.framework == "saved-model"
     if source.is_dir() and not directory:
         raise SettingError(f"{source} is a directory; use `onnx-compress export saved-model` for SavedModels")
     if directory and not source.is_dir():
         raise ModelLoadError(f"not a SavedModel directory: {source}")
-    result = export_keras(source, args.output, opset=args.opset or 17, unsafe_load=getattr(args, "unsafe_load", False),
-                          **_common(args))
+    unsafe = getattr(args, "unsafe_load", False)
+    result = export_keras(source, args.output, from_flags(args, _EXPORT), unsafe_load=unsafe)
     return emit(args, result.as_dict(), result.table())
 
 
-@command("export keras", """\
+_export_keras = command("export keras", """\
 a Keras 3 model saved as .keras
 
 Export a .keras file to ONNX via tf2onnx and check parity in ONNX Runtime. It is loaded with safe_mode:
@@ -97,13 +79,11 @@ example:
 """, (
     arg("source", "the .keras file", metavar="MODEL.keras"),
     arg("--unsafe-load", "allow layers that run arbitrary code (Lambda); only for trusted files", False),
-    *_COMMON,
-))
-def _export_keras(args: argparse.Namespace) -> int:
-    return _export_tensorflow(args, directory=False)
+    arg("-o"),
+), settings=(_EXPORT,))(_export_tensorflow)
 
 
-@command("export saved-model", """\
+_export_saved_model = command("export saved-model", """\
 a TensorFlow SavedModel directory
 
 Export a SavedModel directory (its serving_default signature, whose input and output names the ONNX model
@@ -111,9 +91,7 @@ keeps) to ONNX via tf2onnx, then check parity in ONNX Runtime.
 
 example:
   onnx-compress export saved-model exported_model/ -o m.onnx
-""", (arg("source", "the SavedModel directory", metavar="DIR"), *_COMMON))
-def _export_saved_model(args: argparse.Namespace) -> int:
-    return _export_tensorflow(args, directory=True)
+""", (arg("source", "the SavedModel directory", metavar="DIR"), arg("-o")), settings=(_EXPORT,))(_export_tensorflow)
 
 
 COMMANDS = [Command("export", __doc__), _export_torch, _export_keras, _export_saved_model]

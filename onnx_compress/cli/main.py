@@ -33,8 +33,8 @@ COMMAND_MODULES = "export measure compress serving pass train".split()
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The parser; the settings flags of the command named in ``argv`` are generated (the others
-    would import every pass's settings, seconds for a ``--help``)."""
+    """The parser; the settings flags of the command named in ``argv`` (and of its framework) are
+    generated (the others would import every pass's settings, seconds for a ``--help``)."""
     parser = argparse.ArgumentParser(prog="onnx-compress", description=__doc__, parents=[global_flags()],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"onnx-compress {__version__}")
@@ -44,9 +44,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
             added = command.add_to(groups[command.name.rpartition(" ")[0]])
             if command.run is None:  # a group: "export torch", "export keras", ...
                 groups[command.name] = added.add_subparsers(dest="framework", metavar="FRAMEWORK", required=True)
-    name = next((arg for arg in (sys.argv[1:] if argv is None else argv) if arg in groups[""].choices), None)
-    if name is not None:
-        add_settings_flags(groups[""].choices[name])
+    group = ""  # the command named in argv, then its framework ("export torch")
+    for word in sys.argv[1:] if argv is None else argv:
+        if group in groups and word in groups[group].choices:
+            add_settings_flags(groups[group].choices[word])
+            group = f"{group} {word}".lstrip()
     return parser
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnx_compress.cli.common import SESSION, arg, command, emit, parse_dims, session_settings
+from onnx_compress.cli.common import SESSION, arg, command, emit, from_flags, parse_dims
 
 
 @command("inspect", """\
@@ -20,14 +20,11 @@ example:
   onnx-compress inspect minilm.onnx --dim sequence=128
 """, (arg("model", "the ONNX model"), "--batch", "--dim"))
 def _inspect(args: argparse.Namespace) -> int:
-    from onnx_compress.model_io import load_model
-    from onnx_compress.passes.prune.transformer.detect import find_structure, prepare
+    from onnx_compress.passes.prune.transformer.detect import structure_of
     from onnx_compress.stats import model_stats
 
     stats = model_stats(args.model, batch=args.batch, dims=parse_dims(args.dim))
-    model = load_model(args.model)
-    prepare(model)
-    structure = find_structure(model)
+    structure = structure_of(args.model)
     human = stats.table(str(args.model), args.batch) + (f"\n\n{structure.table()}" if structure.layers else "")
     return emit(args, {**stats.as_dict(), "transformer": structure.as_dict() if structure.layers else None}, human)
 
@@ -53,7 +50,7 @@ def _validate(args: argparse.Namespace) -> int:
     from onnx_compress.runtime.validate import validate
 
     result = validate(args.reference, args.candidate, args.data, args.metric, batch_size=args.batch_size,
-                      settings=session_settings(args))
+                      settings=from_flags(args, SESSION))
     return emit(args, result.as_dict(), result.table())
 
 
@@ -76,34 +73,11 @@ example:
     arg("--warmup", "untimed warm-up runs per model", 10),
 ), settings=(SESSION,))
 def _bench(args: argparse.Namespace) -> int:
-    from onnx_compress.data import Dataset, load_data, synthetic_inputs
-    from onnx_compress.errors import DataError
-    from onnx_compress.runtime.benchmark import benchmark, compare, latency_table
-    from onnx_compress.runtime.session import Runner
+    from onnx_compress.runtime.benchmark import bench_files
 
-    settings = session_settings(args)
-    runner = Runner(args.model, settings)
-    if args.data is None:
-        feeds = synthetic_inputs(runner.input_specs, batch=args.batch, dims=parse_dims(args.dim))
-    else:
-        data = load_data(args.data)
-        data.check_against(runner.input_specs)
-        if len(data) < args.batch:
-            raise DataError(f"--data has {len(data)} samples, fewer than --batch {args.batch}")
-        feeds = {spec.name: data.inputs[spec.name][: args.batch] for spec in runner.input_specs}
-    note = f"batch {args.batch}, {runner.providers[0]}, {args.runs}"
-    if args.vs is None:
-        latency = benchmark(runner, feeds, runs=args.runs, warmup=args.warmup)
-        return emit(args, {"model": str(args.model), "provider": runner.providers[0], **latency.as_dict()},
-                    f"{latency_table([(args.model, latency)])}\n({note} runs)")
-    other = Runner(args.vs, settings)
-    Dataset(inputs=feeds).check_against(other.input_specs, what=f"inputs for {args.vs}")
-    result = compare(other, runner, feeds, runs=args.runs, warmup=args.warmup)
-    payload = {"model": str(args.model), "vs": str(args.vs), "provider": runner.providers[0],
-               "model_latency": result.b.as_dict(), "vs_latency": result.a.as_dict(), "speedup": result.speedup}
-    return emit(args, payload, f"{latency_table([(args.model, result.b), (args.vs, result.a)])}\n{args.model} is "
-                f"{result.speedup:.2f}x {'faster' if result.speedup >= 1 else 'SLOWER'} than {args.vs} (speedup = "
-                f"median {args.vs.name} / median {args.model.name}; {note} interleaved runs)")
+    report = bench_files(args.model, args.vs, args.data, batch=args.batch, dims=parse_dims(args.dim), runs=args.runs,
+                         warmup=args.warmup, settings=from_flags(args, SESSION))
+    return emit(args, report.as_dict(), report.text())
 
 
 COMMANDS = [_inspect, _validate, _bench]

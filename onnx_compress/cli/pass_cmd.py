@@ -5,36 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from onnx_compress.cli.common import arg, command, emit, parse_dims, protect_inputs
+from onnx_compress.cli.common import NOTHING_TO_DO_EXIT, arg, command, emit, parse_dims, protect_inputs
 from onnx_compress.errors import SettingError
 from onnx_compress.setting_cli import given
 from onnx_compress.table import human_bytes
-
-
-def _run_pass(args: argparse.Namespace, compression_pass: Any, *, fold_batchnorm: bool = True,
-              write_unchanged: bool = True) -> tuple[Any, Any]:
-    """Normalize ``args.model`` (as ``compress`` does), run the pass on it and write the result to
-    ``args.output`` (unless it is unchanged and ``write_unchanged`` is false); returns the normalization
-    result and the pass result. The input file is never modified."""
-    from onnx_compress.model_io import load_model, save_model
-    from onnx_compress.passes.normalize import Normalize
-
-    protected = protect_inputs(args)
-    normalization = Normalize(fold_batchnorm=fold_batchnorm)(load_model(args.model))
-    result = compression_pass(normalization.model)
-    if result.modified or write_unchanged:
-        save_model(result.model, args.output, protected=protected)
-    return normalization, result
-
-
-def _normalize_notes(payload: dict[str, Any], normalization: Any, size_before: int, size_after: int,
-                     what: str) -> list[str]:
-    """The lines about normalization and file growth (``NormalizeResult.lines``); adds the
-    ``normalize`` summary and the ``warnings`` to the JSON ``payload``."""
-    notes = normalization.lines(size_before, size_after, what)
-    payload["normalize"] = normalization.summary()
-    payload["warnings"] = [line for line in notes if line.startswith("WARNING")]
-    return notes
 
 
 _TRANSFORMER = ("--heads", "--ffn", "--layers")
@@ -100,20 +74,21 @@ examples:
              "onnx_compress.passes.prune.transformer:PruneTransformerSettings"))
 def _prune(args: argparse.Namespace) -> int:
     from onnx_compress.data import load_data
+    from onnx_compress.single_pass import apply_pass
     from onnx_compress.stats import model_stats
 
     protect_inputs(args)  # before the work, not after it
     prune_pass = _build_pass(args, load_data(args.data) if args.data is not None else None)
     dims = parse_dims(args.dim)
     before = model_stats(args.model, batch=args.batch, dims=dims)
-    normalization, result = _run_pass(args, prune_pass, fold_batchnorm=args.importance != "bn")
-    after = model_stats(args.output, batch=args.batch, dims=dims)
+    run = apply_pass(args.model, prune_pass, args.output, fold_batchnorm=args.importance != "bn")
+    result, after = run.result, model_stats(args.output, batch=args.batch, dims=dims)
     mode = prune_pass.name.removeprefix("prune_")
     counts = [{key: getattr(stats, key) for key in ("params", "macs", "macs_unknown_nodes", "size_bytes")}
               for stats in (before, after)]
     payload = {"input": str(args.model), "output": str(args.output), "mode": mode, "before": counts[0],
-               "after": counts[1], "result": result.as_dict()}
-    notes = _normalize_notes(payload, normalization, before.size_bytes, after.size_bytes, "the pruned model")
+               "after": counts[1], "result": result.as_dict(), **run.summary("the pruned model")}
+    notes = run.notes("the pruned model")
     gzip = (result.compressed_before, result.compressed_after) if mode == "unstructured" else None
     human = [before.change_table(after, str(args.model), args.batch, gzip), *result.lines()]
     return emit(args, payload, "\n".join([*human, *(["", *notes] if notes else []), "", f"wrote {args.output}"]))
@@ -140,7 +115,7 @@ example:
              _LOWRANK_SETTINGS))
 def _lowrank(args: argparse.Namespace) -> int:
     from onnx_compress.passes.lowrank import LowRank
-    from onnx_compress.stats import size_on_disk
+    from onnx_compress.single_pass import apply_pass
 
     if args.data is None and args.max_error is not None:
         raise SettingError("--max-error is measured on calibration activations: give --data calib.npz "
@@ -148,20 +123,16 @@ def _lowrank(args: argparse.Namespace) -> int:
     if args.data is None and args.method in ("whitened", "asvd"):
         raise SettingError(f"--method {args.method} is data-aware: give --data calib.npz (or use --method svd)")
     lowrank = LowRank(calibration=args.data, **given(args, LowRank.Settings))  # settings are checked before any work
-    normalization, result = _run_pass(args, lowrank)
-    size_before, size_after = size_on_disk(args.model), size_on_disk(args.output)
+    run = apply_pass(args.model, lowrank, args.output)
+    result, size_before, size_after = run.result, run.size_before, run.size_after or 0
     payload = {"model": str(args.model), "output": str(args.output), "size_before": size_before,
-               "size_after": size_after, **result.as_dict()}
+               "size_after": size_after, **result.as_dict(), **run.summary("the factored model")}
     lines = [*result.lines()]
     lines[-1] += f"; size {human_bytes(size_before)} -> {human_bytes(size_after)}; wrote {args.output}"
     if not result.modified:
         lines.append("no layer was factored: the output is the normalized input model")
-    lines += _normalize_notes(payload, normalization, size_before, size_after, "the factored model")
+    lines += run.notes("the factored model")
     return emit(args, payload, "\n".join(lines))
-
-
-#: exit status when the model was left as it is (already quantized, nothing quantizable, slower)
-NOTHING_TO_DO_EXIT = 3
 
 
 @command("quantize", """\
@@ -184,10 +155,11 @@ examples:
 ), settings=("onnx_compress.passes.quantize.settings:QuantizeSettings",))
 def _quantize(args: argparse.Namespace) -> int:
     from onnx_compress.passes.quantize import Quantize
+    from onnx_compress.single_pass import apply_pass
 
-    protect_inputs(args)
     quantize = Quantize(calibration=args.data, validation=args.val, **given(args, Quantize.Settings))
-    normalized, result = _run_pass(args, quantize, write_unchanged=False)
+    run = apply_pass(args.model, quantize, args.output, write_unchanged=False)
+    normalized, result = run.normalization, run.result
     payload = {"input": str(args.model), "output": str(args.output) if result.modified else None,
                "normalize": normalized.summary(), **result.as_dict()}
     lines = [f"{args.model}: normalized ({normalized.summary()})", *result.lines(),

@@ -4,25 +4,14 @@ back towards its original)."""
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
-from onnx_compress.cli.common import arg, command, emit, protect_inputs
-from onnx_compress.errors import ModelLoadError, SettingError
-from onnx_compress.setting_cli import given, load
+from onnx_compress.cli.common import NOTHING_TO_DO_EXIT, arg, command, emit, from_flags, protect_inputs
 
 _DISTILL_SETTINGS = "onnx_compress.training.distill.common:DistillSettings"
-
-
-def _input_order(student: Any, names: list[str]) -> list[str]:
-    """The data's arrays in the order of ``forward``'s parameters (export passes them positionally)."""
-    params = [p.name for p in inspect.signature(student.forward).parameters.values()]
-    if len(names) > 1 and not set(names) <= set(params):
-        raise SettingError(f"the data's arrays {names} must be named like the student's forward() parameters {params}")
-    return sorted(names, key=params.index) if len(names) > 1 else names
+_EXPORT_SETTINGS = "onnx_compress.converters.settings:ExportSettings"
 
 
 @command("distill", """\
@@ -47,41 +36,16 @@ example:
     arg("--teacher-layout", "transpose the data for the teacher, e.g. NCHW->NHWC for a teacher exported from Keras",
         metavar="FROM->TO"),
     arg("--teacher-output", "the teacher output holding the class scores (default: its first output)", metavar="NAME"),
-    arg("--opset", "ONNX opset of the exported student", 18),
-    arg("--atol", "export parity: absolute tolerance (default 1e-4)", 1e-4),
-    arg("--rtol", "export parity: tolerance relative to the largest output (default 1e-4)", 1e-4),
     "--no-progress",
-), settings=(_DISTILL_SETTINGS,))
+), settings=(_DISTILL_SETTINGS, (_EXPORT_SETTINGS, "opset atol rtol")))
 def _distill(args: argparse.Namespace) -> int:
-    from onnx_compress.converters.torch.export import export_torch
-    from onnx_compress.converters.torch.source import torch_module
-    from onnx_compress.data import load_data
-    from onnx_compress.model_io import check_output_path, model_files
-    from onnx_compress.optional import require
-    from onnx_compress.stats import model_stats
-    from onnx_compress.training.distill.torch import distill
+    from onnx_compress.training.distill.to_onnx import distill_to_onnx
 
-    # Everything that can be wrong is checked before the training starts.
-    if args.teacher.suffix.lower() != ".onnx":
-        raise ModelLoadError(f"--teacher must be an .onnx file, got {args.teacher}")
-    check_output_path(args.output, model_files(args.teacher))  # missing / unreadable teacher fails here
-    data = load_data(args.data)
-    val = None if args.val is None else load_data(args.val)
-    student = torch_module(args.student, "distilling into a PyTorch student", SettingError)
-    order = _input_order(student, list(data.names))
-    student, history = distill(args.teacher, student, data, **given(args, load(_DISTILL_SETTINGS)), val_data=val,
-                               device=args.device, teacher_inputs=args.teacher_layout,
-                               teacher_output=args.teacher_output, progress=not args.no_progress)
-    torch = require("torch", "exporting the student")
-    example = tuple(torch.from_numpy(data.inputs[name][:1]) for name in order)
-    export = export_torch(student, example, args.output, input_names=order, opset=args.opset, atol=args.atol,
-                          rtol=args.rtol)
-    teacher, student_stats = model_stats(args.teacher), model_stats(args.output)
-    payload = {"output": str(args.output), "history": history.as_dict(), "export": export.as_dict()}
-    for role, path, stats in (("teacher", args.teacher, teacher), ("student", args.output, student_stats)):
-        payload[role] = {"path": str(path), "params": stats.params, "macs": stats.macs, "size_bytes": stats.size_bytes}
-    summary = history.summary_table(teacher, student_stats, export.max_abs_error, args.output)
-    return emit(args, payload, f"{history.table()}\n\n{summary}")
+    result = distill_to_onnx(args.teacher, args.student, args.data, args.output, from_flags(args, _DISTILL_SETTINGS),
+                             export=from_flags(args, _EXPORT_SETTINGS),
+                             val_data=args.val, device=args.device, teacher_inputs=args.teacher_layout,
+                             teacher_output=args.teacher_output, progress=not args.no_progress)
+    return emit(args, result.as_dict(), result.table())
 
 
 @command("recover", """\
@@ -104,16 +68,16 @@ example:
 ), settings=("onnx_compress.training.recover:RecoverySettings",))
 def _recover(args: argparse.Namespace) -> int:
     from onnx_compress.model_io import save_model
-    from onnx_compress.training.recover import RecoverySettings, recover
+    from onnx_compress.training.recover import recover
 
     protected = protect_inputs(args, args.teacher)
-    settings = RecoverySettings(**given(args, RecoverySettings))
+    settings = from_flags(args, "onnx_compress.training.recover:RecoverySettings")
     model, result = recover(args.model, args.teacher, args.data, args.val, settings, progress=not args.no_progress)
     if result.world_size > 1 and os.environ.get("RANK", "0") != "0":
-        return 0 if result.improved else 3  # under torchrun only rank 0 writes and reports
+        return 0 if result.improved else NOTHING_TO_DO_EXIT  # under torchrun only rank 0 writes and reports
     if not result.improved:
         report = f"{result.table()}\n\n{result.summary()}; nothing written"
-        return emit(args, {"output": None, **result.as_dict()}, report, 3)
+        return emit(args, {"output": None, **result.as_dict()}, report, NOTHING_TO_DO_EXIT)
     save_model(model, args.output, protected=protected)
     note = f"\ninterrupted: wrote the best epoch so far (epoch {result.best_epoch})" if result.interrupted else ""
     sys.stderr.write(note.lstrip("\n") + "\n" if note else "")

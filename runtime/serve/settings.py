@@ -26,8 +26,8 @@ class ServeSettings:
     host: str = setting("127.0.0.1", help="""
         the address to bind (default 127.0.0.1: this machine only; 0.0.0.0: every interface)""")
     port: int = setting(8000, range="[1, 65535]", help="the HTTP port: REST v1/v2 and /metrics")
-    grpc_port: int | None = setting(8001, kind="int", range="[1, 65535]", optional=True, metavar="PORT",
-                                    help="the gRPC v2 port (default 8001; None, on the command line 0: no gRPC)")
+    grpc_port: int | None = setting(8001, kind="int", range="[0, 65535]", optional=True, metavar="PORT",
+                                    help="the gRPC v2 port (default 8001; 0 or None: no gRPC)")
     max_request_bytes: int = setting(_DEFAULT_MAX_REQUEST_BYTES, range=">= 1", cli=False, help="""
         the largest request body (413 above it) and gRPC message accepted""")
     concurrency: int | None = setting(None, kind="int", range=">= 1", help="""
@@ -38,9 +38,17 @@ class ServeSettings:
     log_level: str = setting("info", cli=False, help="the log level of this package's loggers")
     access_log: bool = setting(True, flag="--no-access-log", negate=True, help="""
         log one line per request (uvicorn's access log, KServe's latency line); --no-access-log: do not""")
+    #: max_request_bytes in MiB (the command line's unit): when given, it sets max_request_bytes
+    max_request_mb: float | None = setting(None, kind="float", range="> 0", metavar="MB", help=f"""
+        largest request body / gRPC message accepted, in MiB; larger ones get 413 (default
+        {_DEFAULT_MAX_REQUEST_BYTES / 2**20:g})""")
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.grpc_port == 0:
+            object.__setattr__(self, "grpc_port", None)
+        if self.max_request_mb is not None:
+            object.__setattr__(self, "max_request_bytes", int(self.max_request_mb * 2**20))
         if self.grpc_port == self.port:
             raise SettingError(f"port and grpc_port must differ, both are {self.port}")
         if not self.host:

@@ -22,7 +22,7 @@ import onnx_compress as oc
 from onnx_compress.errors import PassRefusedError, SettingError
 from onnx_compress.model_io import load_model
 from onnx_compress.passes import Normalize, PruneStructured
-from onnx_compress.passes.prune.rules import align_dims
+from onnx_compress.passes.prune.rules import RuleContext, align_dims, coupling_of
 from onnx_compress.runtime import Runner, SessionSettings, detect_cpu
 
 
@@ -526,3 +526,25 @@ def test_dynamic_matmul_contraction_couples_both_projections():
     assert group.widths == {"proj_a": (6, 4), "proj_b": (6, 4)} and group.units_before == 6
     x = np.random.default_rng(8).standard_normal((2, 5, 8)).astype(np.float32)
     np.testing.assert_allclose(_run(result.model, {"x": x})[0], _run(model, {"x": x})[0], atol=1e-5)
+
+
+def test_a_rule_refuses_a_node_whose_shapes_are_unknown_naming_the_value():
+    x = ir.Value(name="x", shape=None)
+    y = ir.Value(name="y", shape=ir.Shape([1, 4]))
+    relu = ir.Node("", "Relu", [x], num_outputs=1)
+    norm = ir.Node("", "InstanceNormalization", [y, y, y], num_outputs=1)  # rank 2 is enough
+    pool = ir.Node("", "GlobalAveragePool", [ir.Value(name="v", shape=ir.Shape([4]))], num_outputs=1)
+    reshape = ir.Node("", "Reshape", [y, ir.Value(name="target")], num_outputs=1)
+    reshape.outputs[0].name = "r"
+    concat = ir.Node("", "Concat", [y, x], attributes=[ir.AttrInt64("axis", 1)], num_outputs=1)
+    concat.outputs[0].shape = ir.Shape([1, 8])
+    split = ir.Node("", "Split", [y], attributes=[ir.AttrInt64("axis", 1)], num_outputs=2)
+    nodes = [relu, norm, pool, reshape, concat, split]
+    graph = ir.Graph([x, y], [out for node in nodes for out in node.outputs], nodes=nodes, opset_imports={"": 18})
+    ctx = RuleContext(ir.Model(graph, ir_version=9))
+    reasons = [coupling_of(node, ctx).default_reason for node in nodes]
+    assert reasons[0] == "the shape of 'x' is unknown"
+    assert reasons[1] == "InstanceNormalization normalizes per channel of axis 1 only"  # rank 2: the rule runs
+    assert reasons[2] == "the shape of 'v' is unknown"  # rank 1 < the 2 a pool needs
+    assert reasons[3] == "the shape of 'r' is unknown"  # the first unknown of input 0, output 0
+    assert reasons[4:] == ["an input of Concat has an unknown shape", "an output of Split has an unknown shape"]

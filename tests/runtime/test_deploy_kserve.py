@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from onnx_compress.errors import SettingError
-from onnx_compress.runtime.deploy.kserve import WHEEL, KServeSettings, deploy_kserve, kserve_manifests
+from onnx_compress.runtime.deploy.kserve import WHEEL, KServeSettings, deploy_kserve, kserve_manifests, kserve_settings
 
 SCHEMA = Path(__file__).with_name("kserve_schema.py")
 
@@ -132,3 +132,11 @@ def test_deploy_kserve_writes_readable_yaml(tmp_path):
     loaded = yaml.safe_load((tmp_path / "out" / "digits-triton.yaml").read_text())
     assert loaded == kserve_manifests(SETTINGS)["digits-triton.yaml"]
     json.dumps(deployment.as_dict())
+
+
+def test_kserve_settings_name_the_services_after_the_model_and_need_a_storage_uri():
+    settings = kserve_settings(Path("models/Digits_CNN.v2.onnx"), storage_uri="s3://bucket/repo", cpu="500m")
+    assert (settings.name, settings.triton_name, settings.cpu) == ("digits-cnn-v2", "digits-cnn-v2-triton", "500m")
+    assert kserve_settings("m.onnx", "My_Model", storage_uri="pvc://claim/m").name == "my-model"
+    with pytest.raises(SettingError, match="--kserve needs --storage-uri"):
+        kserve_settings("m.onnx")

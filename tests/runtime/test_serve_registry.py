@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 import onnx_compress as oc
-from onnx_compress.errors import ModelLoadError, UnsafeModelError
+from onnx_compress.errors import ModelLoadError, SettingError, UnsafeModelError
 from onnx_compress.runtime import SessionSettings, deploy_triton
 from onnx_compress.runtime.serve.registry import load_models
 
@@ -107,3 +107,8 @@ def test_server_sessions_do_not_spin_and_settings_survive_the_server_process():
     with pytest.raises(Exception, match="must differ"):
         ServeSettings(port=9000, grpc_port=9000)
     assert ServeSettings(grpc_port=None).grpc_port is None
+    assert ServeSettings(grpc_port=0).grpc_port is None  # 0: no gRPC, as on the command line
+    half = ServeSettings(max_request_mb=0.5)
+    assert half.max_request_bytes == 2**19 and ServeSettings.from_json(half.to_json()) == half
+    with pytest.raises(SettingError, match="max_request_mb must be a number > 0"):
+        ServeSettings(max_request_mb=0.0)

@@ -109,6 +109,7 @@ __all__ = [
     "teacher_feeds",
     "is_onnx_model",
     "OnnxTeacher",
+    "pick_teacher",
     "collect_outputs",
     "check_class_outputs",
     "check_labels",
@@ -119,6 +120,8 @@ __all__ = [
     "TeacherOutputs",
     "run_teacher",
     "start_history",
+    "Run",
+    "start_run",
 ]
 
 logger = logging.getLogger(__name__)
@@ -537,6 +540,21 @@ class OnnxTeacher:
         return self.runner.run(self.check(feeds), outputs=[self.output])[0]
 
 
+def pick_teacher(teacher: Any, *, native: type, run_native: Callable[[Any], Callable[[Batch], np.ndarray]],
+                 accepted: str, framework: str, gpu: bool, output: str | None) -> Callable[[Batch], np.ndarray]:
+    """How the teacher is run: an ONNX model in ONNX Runtime (its CUDA provider when training on a GPU,
+    ``output`` naming the class scores), or a model of the student's ``framework`` (an instance of
+    ``native``, run by ``run_native``); anything else is refused, naming what is ``accepted``."""
+    if is_onnx_model(teacher):
+        return OnnxTeacher(teacher, provider="auto" if gpu else "cpu", output=output)
+    if isinstance(teacher, native):
+        if output is not None:
+            raise SettingError(f"teacher_output names an ONNX output; a {framework} teacher has one output")
+        return run_native(teacher)
+    raise SettingError(f"teacher must be {accepted} or an ONNX model (path or onnx_ir.Model), "
+                       f"got {type(teacher).__name__}")
+
+
 def collect_outputs(
     predict: Callable[[Batch], np.ndarray],
     data: Dataset,
@@ -625,3 +643,26 @@ def start_history(settings: DistillSettings, teacher: TeacherOutputs, *, student
     logger.info("distilling: teacher outputs %s, student outputs %s, %d samples, device %s",
                 teacher.kind, student_kind, len(train), device)
     return history
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What training starts from: the student's output kind, the teacher's outputs, its soft targets
+    at the run's temperature, and the (empty) history."""
+
+    student_kind: OutputKind
+    teacher: TeacherOutputs
+    targets: np.ndarray
+    history: DistillHistory
+
+
+def start_run(predict: Callable[[Batch], np.ndarray], probe: np.ndarray, train: Dataset, val: Dataset | None,
+              transform: Callable[[Batch], Batch], settings: DistillSettings, *, device: str, progress: bool) -> Run:
+    """Everything between the student's first outputs (``probe``, from :func:`probe_student`) and
+    training, the same in both trainers: the student's output kind, the teacher run once
+    (:func:`run_teacher`: its classes must be the student's), the soft targets and the history."""
+    student_kind = resolve_output_kind(probe, settings.student_outputs, who="student")
+    teacher = run_teacher(predict, train, val, transform, settings, student_classes=probe.shape[1], progress=progress)
+    targets = soft_targets(to_log_space(teacher.train, teacher.kind), settings.temperature)
+    history = start_history(settings, teacher, student_kind=student_kind, device=device, train=train, val=val)
+    return Run(student_kind, teacher, targets, history)

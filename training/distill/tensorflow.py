@@ -45,25 +45,12 @@ import numpy as np
 from onnx_compress.data import Dataset, DataSource
 from onnx_compress.errors import SettingError
 from onnx_compress.optional import require
-from onnx_compress.training.distill.common import (
-    PROB_FLOOR,
-    DistillHistory,
-    DistillSettings,
-    OnnxTeacher,
-    TeacherInputs,
-    is_onnx_model,
-    prepare_data,
-    probe_student,
-    resolve_output_kind,
-    run_teacher,
-    soft_targets,
-    start_history,
-    teacher_feeds,
-    to_log_space,
-)
+from onnx_compress.setting import overridden
+from onnx_compress.training.distill import common
+from onnx_compress.training.distill.common import DistillHistory, DistillSettings, TeacherInputs
 from onnx_compress.training.distill.loop import train_epochs
 
-__all__ = ["distill", "distillation_loss", "resolve_device"]
+__all__ = ["distill", "distillation_loss", "resolve_device", "DEFAULTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +115,7 @@ def _student_log_space(out: Any, kind: str, tf: Any) -> Any:
             logger.debug("using the logits Keras attached to the student's softmax output")
             return logits
         logger.debug("student outputs probabilities without attached logits: using log(max(p, tiny))")
-        return tf.math.log(tf.maximum(out, PROB_FLOOR))
+        return tf.math.log(tf.maximum(out, common.PROB_FLOOR))
     return out
 
 
@@ -172,37 +159,26 @@ def _load_teacher(teacher: Any, keras: Any) -> Any:
     return teacher
 
 
-def distill(
-    teacher: Any,
-    student: Any,
-    train_data: DataSource,
-    *,
-    epochs: int = 10,
-    temperature: float = 4.0,
-    alpha: float = 0.5,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    val_data: DataSource | None = None,
-    device: str = "auto",
-    teacher_inputs: TeacherInputs = None,
-    teacher_output: str | None = None,
-    teacher_outputs: str = "auto",
-    student_outputs: str = "auto",
-    seed: int = 0,
-    progress: bool = True,
-) -> tuple[Any, DistillHistory]:
+#: the settings when none are given: this trainer's epochs, learning rate and batch size, the other
+#: fields as :class:`DistillSettings` declares them
+DEFAULTS = DistillSettings(epochs=10, lr=1e-3, batch_size=64)
+
+
+def distill(teacher: Any, student: Any, train_data: DataSource, settings: DistillSettings | None = None, *,
+            val_data: DataSource | None = None, device: str = "auto", teacher_inputs: TeacherInputs = None,
+            teacher_output: str | None = None, progress: bool = True, **overrides: Any) -> tuple[Any, DistillHistory]:
     """Train the Keras ``student`` to imitate ``teacher`` (and the labels); return it with its history.
 
-    Loss: ``(1 - alpha) * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + alpha * CE(z_s, y)`` —
-    the KL divergence between the softened teacher and student outputs, scaled by ``T^2``, plus
-    the hard-label loss weighted by ``alpha`` (the KL term takes the remaining ``1 - alpha``).
+    The loss is the PyTorch trainer's (:func:`onnx_compress.training.distill.torch.distill`; stated
+    in full in :mod:`onnx_compress.training.distill.common`).
 
     Args:
         teacher: a ``keras.Model``, a ``.keras`` file (loaded with safe_mode), or an ONNX model
             (path, ``onnx_ir.Model`` or ``onnx.ModelProto``) run in ONNX Runtime, e.g. a PyTorch
             model exported to ONNX (then usually ``teacher_inputs="NHWC->NCHW"``).
         student: the ``keras.Model`` to train in place, e.g. from ``narrow_student``.
-        Other arguments: as :func:`onnx_compress.training.distill.torch.distill`.
+        Other arguments: as :func:`onnx_compress.training.distill.torch.distill`; the settings
+            default to :data:`DEFAULTS`.
 
     Returns:
         ``(student, history)``.
@@ -211,43 +187,29 @@ def distill(
         DataError, SettingError: bad data or settings, teacher and student with different
         numbers of outputs; all before the student's weights change.
     """
-    settings = DistillSettings(epochs=epochs, temperature=temperature, alpha=alpha, lr=lr,
-                               batch_size=batch_size, seed=seed, teacher_outputs=teacher_outputs,
-                               student_outputs=student_outputs)
-    train, val = prepare_data(train_data, val_data, alpha=settings.alpha)
+    settings = overridden(settings or DEFAULTS, overrides, where="distill()")
+    train, val = common.prepare_data(train_data, val_data, alpha=settings.alpha)
     tf, keras = _frameworks()
     if not isinstance(student, keras.Model):
         raise SettingError(f"student must be a keras.Model, got {type(student).__name__}")
     train_device = resolve_device(device)
-    transform = teacher_feeds(teacher_inputs)
+    transform = common.teacher_feeds(teacher_inputs)
     teacher = _load_teacher(teacher, keras)
 
     with tf.device(train_device):
         infer = _inference_fn(student, train, tf)
-        probe = probe_student(lambda: _student_outputs(infer, train.take(min(len(train), 32)), settings.batch_size))
+        probe = common.probe_student(
+            lambda: _student_outputs(infer, train.take(min(len(train), 32)), settings.batch_size))
         if not student.trainable_variables:
             raise SettingError("the student has no trainable variables")
-        student_kind = resolve_output_kind(probe, settings.student_outputs, who="student")
-
-        if is_onnx_model(teacher):
-            predict = OnnxTeacher(teacher, provider="cpu" if "CPU" in train_device else "auto", output=teacher_output)
-        elif isinstance(teacher, keras.Model):
-            if teacher_output is not None:
-                raise SettingError("teacher_output names an ONNX output; a Keras teacher has one output")
-            predict = _keras_teacher(teacher, tf)
-        else:
-            raise SettingError(
-                f"teacher must be a keras.Model, a .keras file or an ONNX model (path or onnx_ir.Model), "
-                f"got {type(teacher).__name__}"
-            )
-        teacher_out = run_teacher(predict, train, val, transform, settings, student_classes=probe.shape[1],
-                                  progress=progress)
-        targets = soft_targets(to_log_space(teacher_out.train, teacher_out.kind), settings.temperature)
-        history = start_history(settings, teacher_out, student_kind=student_kind, device=train_device,
-                                train=train, val=val)
-        _train(student, train, val, targets, teacher_out.val, settings, history, student_kind,
+        predict = common.pick_teacher(teacher, native=keras.Model, run_native=lambda m: _keras_teacher(m, tf),
+                                      accepted="a keras.Model, a .keras file", framework="Keras",
+                                      gpu="CPU" not in train_device, output=teacher_output)
+        run = common.start_run(predict, probe, train, val, transform, settings, device=train_device,
+                               progress=progress)
+        _train(student, train, val, run.targets, run.teacher.val, settings, run.history, run.student_kind,
                infer, tf, keras, progress)
-    return student, history
+    return student, run.history
 
 
 def _train(student: Any, train: Dataset, val: Dataset | None, targets: np.ndarray, raw_teacher_val: np.ndarray | None,

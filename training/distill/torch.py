@@ -43,25 +43,12 @@ from onnx_compress.converters.torch.export import _eval_mode
 from onnx_compress.data import Dataset, DataSource
 from onnx_compress.errors import SettingError
 from onnx_compress.optional import require
-from onnx_compress.training.distill.common import (
-    DistillHistory,
-    DistillSettings,
-    OnnxTeacher,
-    TeacherInputs,
-    TeacherOutputs,
-    is_onnx_model,
-    prepare_data,
-    probe_student,
-    resolve_output_kind,
-    run_teacher,
-    soft_targets,
-    start_history,
-    teacher_feeds,
-    to_log_space,
-)
+from onnx_compress.setting import overridden
+from onnx_compress.training.distill import common
+from onnx_compress.training.distill.common import DistillHistory, DistillSettings, TeacherInputs, Run
 from onnx_compress.training.distill.loop import train_epochs
 
-__all__ = ["distill", "distillation_loss", "resolve_device"]
+__all__ = ["distill", "distillation_loss", "resolve_device", "DEFAULTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,50 +136,27 @@ def _student_log_space(out: Any, kind: str, torch: Any) -> Any:
 
 
 def _prepare(teacher: Any, student: Any, train: Dataset, val: Dataset | None, settings: DistillSettings,
-             transform: Any, teacher_output: str | None, device: Any, torch: Any,
-             progress: bool) -> tuple[str, TeacherOutputs]:
+             transform: Any, teacher_output: str | None, device: Any, torch: Any, progress: bool) -> Run:
     """Everything before training: probe the student, run the teacher once, check they fit."""
     # The student first (cheap): does it run on the data, and what does it output?
-    probe = probe_student(
+    probe = common.probe_student(
         lambda: _student_outputs(student, train.take(min(len(train), 32)), device, settings.batch_size, torch))
-    student_kind = resolve_output_kind(probe, settings.student_outputs, who="student")
-
     # The teacher once, over the training and validation data.
-    if is_onnx_model(teacher):
-        predict = OnnxTeacher(teacher, provider="cpu" if device.type == "cpu" else "auto", output=teacher_output)
-    elif isinstance(teacher, torch.nn.Module):
-        if teacher_output is not None:
-            raise SettingError("teacher_output names an ONNX output; a PyTorch teacher returns one tensor")
-        predict = _torch_teacher(teacher, torch)
-    else:
-        raise SettingError(
-            f"teacher must be a torch.nn.Module or an ONNX model (path or onnx_ir.Model), got {type(teacher).__name__}"
-        )
+    predict = common.pick_teacher(teacher, native=torch.nn.Module, run_native=lambda m: _torch_teacher(m, torch),
+                                  accepted="a torch.nn.Module", framework="PyTorch", gpu=device.type != "cpu",
+                                  output=teacher_output)
     with _eval_mode(teacher) if isinstance(teacher, torch.nn.Module) else contextlib.nullcontext():
-        outputs = run_teacher(predict, train, val, transform, settings, student_classes=probe.shape[1],
-                              progress=progress)
-    return student_kind, outputs
+        return common.start_run(predict, probe, train, val, transform, settings, device=str(device),
+                                progress=progress)
 
 
-def distill(
-    teacher: Any,
-    student: Any,
-    train_data: DataSource,
-    *,
-    epochs: int = 12,
-    temperature: float = 4.0,
-    alpha: float = 0.5,
-    lr: float = 2e-3,
-    batch_size: int = 32,
-    val_data: DataSource | None = None,
-    device: str = "auto",
-    teacher_inputs: TeacherInputs = None,
-    teacher_output: str | None = None,
-    teacher_outputs: str = "auto",
-    student_outputs: str = "auto",
-    seed: int = 0,
-    progress: bool = True,
-) -> tuple[Any, DistillHistory]:
+#: the settings when none are given: :class:`DistillSettings`' own defaults are this trainer's
+DEFAULTS = DistillSettings()
+
+
+def distill(teacher: Any, student: Any, train_data: DataSource, settings: DistillSettings | None = None, *,
+            val_data: DataSource | None = None, device: str = "auto", teacher_inputs: TeacherInputs = None,
+            teacher_output: str | None = None, progress: bool = True, **overrides: Any) -> tuple[Any, DistillHistory]:
     """Train ``student`` to imitate ``teacher`` (and the labels); return it with its history.
 
     Loss: ``(1 - alpha) * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + alpha * CE(z_s, y)`` —
@@ -206,8 +170,11 @@ def distill(
         train_data: an ``.npz`` path, a :class:`~onnx_compress.data.Dataset`, a dict of arrays or
             an iterable of dicts; keyed by the student's input names, plus ``labels`` (needed
             when ``alpha > 0``).
-        epochs, temperature, alpha, lr, batch_size, seed: see
-            :class:`~onnx_compress.training.distill.common.DistillSettings`.
+        settings: the hyper-parameters, a
+            :class:`~onnx_compress.training.distill.common.DistillSettings` (default :data:`DEFAULTS`);
+            ``**overrides`` sets single ones on top of it (``epochs=3, lr=1e-3``): ``epochs``,
+            ``temperature``, ``alpha``, ``lr``, ``batch_size``, ``seed``, ``teacher_outputs``
+            (``auto`` detected, ``logits``, ``log_probs`` or ``probs``) and ``student_outputs``.
         val_data: held-out data evaluated after every epoch (top-1 with labels, agreement with
             the teacher in every case).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
@@ -215,8 +182,6 @@ def distill(
             conversion such as ``"NCHW->NHWC"`` (a teacher exported from Keras teaching an NCHW
             student) or a callable ``batch -> feeds``.
         teacher_output: the ONNX teacher's output to distill from (default: the first).
-        teacher_outputs, student_outputs: ``auto`` (detected), ``logits``, ``log_probs`` or
-            ``probs``.
         progress: show a progress bar per epoch on stderr.
 
     Returns:
@@ -228,10 +193,8 @@ def distill(
             that does not fit the teacher. SettingError: a bad setting, teacher and student with
             different numbers of outputs. All before the student's weights change.
     """
-    settings = DistillSettings(epochs=epochs, temperature=temperature, alpha=alpha, lr=lr,
-                               batch_size=batch_size, seed=seed, teacher_outputs=teacher_outputs,
-                               student_outputs=student_outputs)
-    train, val = prepare_data(train_data, val_data, alpha=settings.alpha)
+    settings = overridden(settings or DEFAULTS, overrides, where="distill()")
+    train, val = common.prepare_data(train_data, val_data, alpha=settings.alpha)
     torch = require("torch", "distillation with PyTorch")
     if not isinstance(student, torch.nn.Module):
         raise SettingError(f"student must be a torch.nn.Module, got {type(student).__name__}")
@@ -240,26 +203,21 @@ def distill(
         raise SettingError("the student has no trainable parameters")
     train_device = resolve_device(device)
     home_device = _module_device(student, torch)
-    transform = teacher_feeds(teacher_inputs)
+    transform = common.teacher_feeds(teacher_inputs)
 
     student.to(train_device)
     try:
-        student_kind, teacher_out = _prepare(
-            teacher, student, train, val, settings, transform, teacher_output, train_device, torch, progress)
+        run = _prepare(teacher, student, train, val, settings, transform, teacher_output, train_device, torch, progress)
     except BaseException:
         student.to(home_device)
         raise
-
-    targets = torch.from_numpy(soft_targets(to_log_space(teacher_out.train, teacher_out.kind), settings.temperature))
-    history = start_history(settings, teacher_out, student_kind=student_kind, device=str(train_device),
-                            train=train, val=val)
     try:
-        _train(student, train, val, targets, teacher_out.val, settings, history, student_kind,
-               train_device, torch, progress)
+        _train(student, train, val, torch.from_numpy(run.targets), run.teacher.val, settings, run.history,
+               run.student_kind, train_device, torch, progress)
     finally:
         student.eval()
         student.to(home_device)
-    return student, history
+    return student, run.history
 
 
 def _train(student: Any, train: Dataset, val: Dataset | None, targets: Any, raw_teacher_val: np.ndarray | None,

@@ -38,6 +38,7 @@ alone; nothing is guessed.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter
 from collections.abc import Iterable
 
@@ -55,6 +56,7 @@ __all__ = [
     "TransformerStructure",
     "find_structure",
     "prepare",
+    "structure_of",
 ]
 
 _DEFAULT = ("", "ai.onnx")
@@ -712,6 +714,16 @@ def prepare(model: ir.Model) -> None:
 
     common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     common_passes.ShapeInferencePass(strict_mode=False)(model)
+
+
+def structure_of(model: ir.Model | str | os.PathLike[str]) -> TransformerStructure:
+    """The encoder layers of a model file (or of a copy of an ``onnx_ir.Model``): :func:`prepare`,
+    then :func:`find_structure`; what ``onnx-compress inspect`` shows."""
+    from onnx_compress.model_io import load_model
+
+    work = model.clone() if isinstance(model, ir.Model) else load_model(model)
+    prepare(work)
+    return find_structure(work)
 
 
 def find_structure(model: ir.Model) -> TransformerStructure:
