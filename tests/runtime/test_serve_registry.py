@@ -6,13 +6,13 @@ import shutil
 
 import onnx
 import pytest
+import tritonclient  # noqa: F401  (required: [serve] installs it; missing fails loudly, never a skip)
 
 import onnx_compress as oc
 from onnx_compress.errors import ModelLoadError, SettingError, UnsafeModelError
 from onnx_compress.runtime import SessionSettings, deploy_triton
 from onnx_compress.runtime.serve.registry import load_models
 
-pytest.importorskip("tritonclient")
 CPU = SessionSettings(provider="cpu", intra_op_threads=1)
 
 
