@@ -36,6 +36,14 @@ def test_cli_recover_bad_input_is_one_line(cli, pruned_torch_seed, torch_seed_on
     assert not out.exists()
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child, before exec: SIGINT back to its default. A test run started in the background
+    (``nohup make test &``: the shell ignores SIGINT for background jobs) passes the ignored SIGINT on
+    to the child, and Python then rightly installs no KeyboardInterrupt handler: Ctrl-C could not
+    reach the command, and the test would fail for a reason that is not the product's."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_keeps_the_best_epoch_so_far(pruned_torch_seed, torch_seed_onnx, digits_files, tmp_path):
     files = digits_files["NCHW"]
     out = tmp_path / "interrupted.onnx"
@@ -43,7 +51,8 @@ def test_ctrl_c_keeps_the_best_epoch_so_far(pruned_torch_seed, torch_seed_onnx, 
     proc = subprocess.Popen([str(script), "-v", "recover", str(pruned_torch_seed), "--teacher", str(torch_seed_onnx),
                              "--data", str(files["train"]), "--val", str(files["val"]), "-o", str(out),
                              "--epochs", "200", "--patience", "200", "--lr", "3e-3", "--no-progress"],
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ.copy(),
+                            preexec_fn=_ctrl_c_as_in_a_terminal)
     seen = []
     deadline = time.monotonic() + 240
     for line in proc.stderr:  # type: ignore[union-attr]
