@@ -49,23 +49,25 @@ def _commands(inp: Path, out: Path) -> dict[str, list[str]]:
         "compress": ["compress", m, "-o", str(out / "c.onnx"), "--preset", "small", "--data", calib,
                      "--val", val, "--max-drop", "1", "--bench-runs", "3", "--search-steps", "2", "--json"],
         "deploy": ["deploy", m, "--triton", str(out / "repo"), "--name", "seed", "--json"],
+        "recover": ["recover", m, "--teacher", m, "--data", calib, "--val", val, "--epochs", "1", "--no-progress",
+                    "-o", str(out / "r.onnx"), "--json"],
         "distill": ["distill", "--teacher", m, "--student", f"{inp / 'student.py'}:make_student", "--data", calib,
                     "--val", val, "--epochs", "1", "--no-progress", "-o", str(out / "s.onnx"), "--json"],
     }
 
 
-# ``serve`` is left to the serving rewrite (runtime/serve/ is being replaced)
+# ``serve`` runs until Ctrl-C: tests/runtime/test_serve.py (the CLI test) hashes the model it serves
 @pytest.mark.parametrize("command", ["inspect", "validate", "bench", "quantize", "prune", "lowrank",
-                                     "compress", "deploy", "distill"])
+                                     "compress", "deploy", "distill", "recover"])
 def test_command_leaves_inputs_unchanged(command, inputs, tmp_path, capsys):
     before = _digest(inputs)
     status = main(_commands(inputs, tmp_path)[command])
     captured = capsys.readouterr()
-    assert status in (0, 3), captured.err  # 3: quantize had nothing to do
+    assert status in (0, 3), captured.err  # 3: quantize had nothing to do, recover no better epoch
     assert _digest(inputs) == before
 
 
-@pytest.mark.parametrize("command", ["quantize", "prune", "lowrank", "compress", "distill"])
+@pytest.mark.parametrize("command", ["quantize", "prune", "lowrank", "compress", "distill", "recover"])
 def test_output_over_the_input_is_refused(command, inputs, capsys):
     before = _digest(inputs)
     args = _commands(inputs, inputs)[command]

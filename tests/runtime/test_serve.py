@@ -10,6 +10,7 @@ the same session settings.
 
 from __future__ import annotations
 
+import hashlib
 import gzip
 import http.client
 import json
@@ -333,6 +334,7 @@ def test_serve_cli_serves_http_and_grpc_and_stops_on_ctrl_c(torch_seed_onnx, ref
     port, grpc_port = free_port(), free_port()
     script = Path(sys.executable).parent / "onnx-compress"
     log = tmp_path / "serve.log"
+    served = hashlib.sha256(Path(torch_seed_onnx).read_bytes()).hexdigest()  # serve leaves its input unchanged
     with open(log, "w") as stderr:
         process = subprocess.Popen([str(script), "serve", str(torch_seed_onnx), "--port", str(port),
                                     "--grpc-port", str(grpc_port), "--threads", "1", "--name", "seed"],
@@ -369,6 +371,7 @@ def test_serve_cli_serves_http_and_grpc_and_stops_on_ctrl_c(torch_seed_onnx, ref
     text = log.read_text()
     assert status == 0, text
     assert f"serving seed v1 on http://127.0.0.1:{port}, gRPC 127.0.0.1:{grpc_port}" in text and "Traceback" not in text
+    assert hashlib.sha256(Path(torch_seed_onnx).read_bytes()).hexdigest() == served
 
 
 def test_deploy_and_serve_help_explain_every_flag(capsys):
