@@ -38,7 +38,8 @@ class ServeSettings:
     log_level: str = setting("info", cli=False, help="the log level of this package's loggers")
     access_log: bool = setting(True, flag="--no-access-log", negate=True, help="""
         log one line per request (uvicorn's access log, KServe's latency line); --no-access-log: do not""")
-    #: max_request_bytes in MiB (the command line's unit): when given, it sets max_request_bytes
+    #: max_request_bytes in MiB (the command line's unit): when given, it sets max_request_bytes and is
+    #: then cleared, so the settings hold the limit once (a later ``replace(max_request_bytes=...)`` holds)
     max_request_mb: float | None = setting(None, kind="float", range="> 0", metavar="MB", help=f"""
         largest request body / gRPC message accepted, in MiB; larger ones get 413 (default
         {_DEFAULT_MAX_REQUEST_BYTES / 2**20:g})""")
@@ -49,6 +50,7 @@ class ServeSettings:
             object.__setattr__(self, "grpc_port", None)
         if self.max_request_mb is not None:
             object.__setattr__(self, "max_request_bytes", int(self.max_request_mb * 2**20))
+            object.__setattr__(self, "max_request_mb", None)
         if self.grpc_port == self.port:
             raise SettingError(f"port and grpc_port must differ, both are {self.port}")
         if not self.host:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import onnx
@@ -110,5 +111,6 @@ def test_server_sessions_do_not_spin_and_settings_survive_the_server_process():
     assert ServeSettings(grpc_port=0).grpc_port is None  # 0: no gRPC, as on the command line
     half = ServeSettings(max_request_mb=0.5)
     assert half.max_request_bytes == 2**19 and ServeSettings.from_json(half.to_json()) == half
+    assert dataclasses.replace(half, max_request_bytes=1024).max_request_bytes == 1024  # the limit is held once
     with pytest.raises(SettingError, match="max_request_mb must be a number > 0"):
         ServeSettings(max_request_mb=0.0)
