@@ -33,7 +33,9 @@ What (onnxscript's ``ort_fusions`` rules, composed here)
     quantization reaches them. The packed ``Attention`` node could only be quantized as
     ``QAttention``, which has no input for the additive attention bias that the fused graph
     carries, so ONNX Runtime's quantizer leaves it float (MiniLM measured: 30.8 MB and 1.73x at
-    batch 1 packed, 22.9 MB and 2.25x with ``mha``).
+    batch 1 packed, 22.9 MB and 2.25x with ``mha``). Dynamic int8 packs each layer itself, after
+    choosing which projections to quantize, where it can prove that bias to be the padding mask
+    (``passes/quantize/attention_pack.py``): then the layer becomes one int8 ``QAttention``.
 
 Limits
     Fused operators are in the ``com.microsoft`` domain: the result runs in ONNX Runtime (CPU,

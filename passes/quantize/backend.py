@@ -85,6 +85,8 @@ class QuantConfig:
     all_candidates: tuple[str, ...] = ()
     #: static mode: ``(tensor, lo, hi)`` ranges that replace calibration's (QAT; see ``ranges.py``)
     activation_ranges: tuple[tuple[str, float, float], ...] = ()
+    #: dynamic mode: pack fused attention into ``QAttention`` where provable (``attention_pack.py``)
+    pack_attention: bool = True
 
 
 class Workspace:
@@ -345,7 +347,33 @@ def _static(src: Path, dst: Path, config: QuantConfig, reader_factory, workspace
         workspace.calibrated_op_types = frozenset(op_types)
 
 
-def _dynamic(src: Path, dst: Path, config: QuantConfig, present_ops: frozenset[str] = frozenset()) -> None:
+def _pack_attention(src: Path, config: QuantConfig, workspace: Workspace) -> tuple[Path, tuple[str, ...]]:
+    """``src`` with its fused attention packed for ``QAttention`` (``attention_pack.py``) and the
+    packed nodes' names; ``src`` itself and none when no layer qualifies or the packed float model
+    does not compute the same outputs (logged)."""
+    from onnx_compress.passes.quantize.attention_pack import pack_attention, parity_problem
+
+    excluded, only = set(config.exclude), set(config.only)
+    quantizable = "MatMul" in _gemm_as_matmul(config.op_types)
+
+    def quantized(name: str) -> bool:
+        return quantizable and name not in excluded and (not only or name in only)
+
+    model = workspace.read(src)
+    done = pack_attention(model, quantized)
+    for name, why in done.skipped:
+        logger.debug("attention %s not packed: %s", name, why)
+    if not done.packed:
+        return src, ()
+    problem = parity_problem(workspace.read(src), model, done.mask)
+    if problem is not None:
+        logger.warning("attention not packed for QAttention: the packed model %s", problem)
+        return src, ()
+    return workspace.write(model, "packed-attention"), done.packed
+
+
+def _dynamic(src: Path, dst: Path, config: QuantConfig, present_ops: frozenset[str] = frozenset(),
+             packed: tuple[str, ...] = ()) -> None:
     from onnxruntime.quantization import quantize_dynamic
 
     extra: dict[str, object] = {"MatMulConstBOnly": True}
@@ -353,14 +381,17 @@ def _dynamic(src: Path, dst: Path, config: QuantConfig, present_ops: frozenset[s
         extra["EnableSubgraph"] = True  # quantize the weight ops inside If / Loop / Scan bodies too
     if config.fused:
         extra["DefaultTensorType"] = onnx.TensorProto.FLOAT
+    op_types = _gemm_as_matmul(config.op_types)
+    if packed and "Attention" not in op_types:
+        op_types.append("Attention")
     quantize_dynamic(
         str(src),
         str(dst),
-        op_types_to_quantize=_gemm_as_matmul(config.op_types),
+        op_types_to_quantize=op_types,
         per_channel=config.per_channel,
         reduce_range=config.reduce_range,
         weight_type=_quant_type(config.weight_type),
-        nodes_to_quantize=_expand_gemm_names(config.only) or None,
+        nodes_to_quantize=_expand_gemm_names(tuple(config.only) + (packed if config.only else ())) or None,
         nodes_to_exclude=_expand_gemm_names(config.exclude) or None,
         use_external_data_format=config.large,
         extra_options=extra,
@@ -421,7 +452,10 @@ def quantize_file(src: Path, dst: Path, config: QuantConfig, *, workspace: Works
             if config.mode == "static":
                 _static(src, dst, config, reader_factory, workspace, present_ops)
             elif config.mode == "dynamic":
-                _dynamic(src, dst, config, present_ops)
+                packed: tuple[str, ...] = ()
+                if config.pack_attention and "MultiHeadAttention" in present_ops:
+                    src, packed = _pack_attention(src, config, workspace)
+                _dynamic(src, dst, config, present_ops, packed)
             elif config.mode == "weight_only":
                 _weight_only(src, dst, config)
             elif config.mode == "fp16":

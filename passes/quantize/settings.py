@@ -113,6 +113,11 @@ class QuantizeSettings(BudgetAwareSettings):
         transformer-like models with calibration data (the channel ranges) and validation data,
         try the strengths of smooth.ALPHA_CHOICES and keep the best on the validation data, or
         none if none beats plain int8; off; or a strength in (0, 1) applied as it is""")
+    pack_attention: bool = setting(True, help="""
+        dynamic mode: pack each fused attention layer (Q/K/V MatMuls + MultiHeadAttention) into one
+        int8 QAttention when its three projections are quantized and its attention bias is provably
+        the padding mask (or absent); default on (all-MiniLM-L6-v2, 2 threads, AVX-512 VNNI: batch
+        1 1.9x -> 2.4x the fp32 speed, batch 8 +3-4 %, same cosine)""")
     max_drop: float | None = setting(None, kind="float", range=">= 0", metavar="X", role=BUDGET, help="""
         the largest metric drop allowed on the validation data (points for top1, 1 - mean cosine
         for cosine); with exclude auto the most sensitive nodes stay float until it holds; None

@@ -237,6 +237,7 @@ class Plan:
             large=self.large,
             all_candidates=tuple(self.candidates),
             activation_ranges=self.activation_ranges,
+            pack_attention=s.pack_attention,
         )
 
     def summary_of_excluded(self) -> str:
@@ -775,6 +776,11 @@ def report(inputs: Inputs, journal: Journal, handed: Verdict) -> QuantizeResult 
         return Stop(f"ONNX Runtime's {plan.mode} quantizer converted none of the candidates", plan.mode)
     model = inputs.workspace.read(path)
     counts = collections.Counter(plan.candidates[name].op_type for name in quantized)
+    packed = sum(node.op_type == "QAttention" for node in out_proto.graph.node)
+    if packed and plan.mode == "dynamic" and inputs.settings.pack_attention:
+        journal.choices.append(Choice("pack_attention", f"{packed} QAttention", (
+            "each layer's Q/K/V MatMuls and MultiHeadAttention packed into one int8 QAttention (its "
+            "attention bias proven to be the padding mask, or absent; attention_pack.py)")))
     result = QuantizeResult(
         model=model,
         modified=True,

@@ -106,7 +106,8 @@ def _real_token_cosine(reference, candidate, data) -> np.ndarray:
 
 def test_keras_encoder_dynamic_int8_runs_on_the_fused_graph(keras_encoder_onnx, keras_encoder_data):
     """A Keras/tf2onnx encoder (LayerNorm as GlobalAveragePool moments) is recognised as a
-    transformer, fused (MultiHeadAttention, Gelu) before dynamic int8, every projection int8."""
+    transformer, fused (attention, Gelu) before dynamic int8, every projection int8 (Q/K/V inside
+    one QAttention per layer: its mask bias is proven to be the padding mask)."""
     from onnx_compress.samples import keras_encoder
 
     from onnx_compress.passes import Normalize
@@ -119,8 +120,8 @@ def test_keras_encoder_dynamic_int8_runs_on_the_fused_graph(keras_encoder_onnx, 
     mode = next(c for c in result.choices if c.setting == "mode")
     assert "query x key" in mode.reason  # recognised by its attention, not by a LayerNormalization op
     ops = op_histogram(result.model)
-    assert ops["com.microsoft::MultiHeadAttention"] == 2 and ops["com.microsoft::Gelu"] == 2
-    assert result.quantized_op_types.get("MatMul") == 12 and ops.get("MatMulInteger", 0) == 12
+    assert ops["com.microsoft::QAttention"] == 2 and ops["com.microsoft::Gelu"] == 2
+    assert result.quantized_op_types.get("MatMul") == 12 and ops.get("MatMulInteger", 0) == 6
     assert result.accuracy["details"]["tokens"] == int(keras_encoder_data["val"].inputs["attention_mask"].sum())
     test = keras_encoder.token_dataset(100, seed=3)
     cos = _real_token_cosine(model, result.model, test)
@@ -131,7 +132,8 @@ def test_keras_encoder_dynamic_int8_runs_on_the_fused_graph(keras_encoder_onnx, 
 @pytest.mark.slow
 def test_torchscript_minilm_dynamic_int8_on_the_fused_graph(minilm_ts_onnx, minilm_texts):
     """The TorchScript MiniLM (last_hidden_state) gets the same fused dynamic int8 as the dynamo
-    export: six MultiHeadAttention, all 36 projections int8, mean cosine >= 0.99 on real tokens."""
+    export: six QAttention (Q/K/V packed, the exporter's mask bias proven the padding mask), all 36
+    projections int8, mean cosine >= 0.99 on real tokens."""
     from onnx_compress.samples import minilm
 
     from onnx_compress.passes import Normalize
@@ -142,7 +144,7 @@ def test_torchscript_minilm_dynamic_int8_on_the_fused_graph(minilm_ts_onnx, mini
                       metric="cosine", max_drop=0.01, threads=2, guard="warn")(model)
     assert result.modified and result.mode == "dynamic"
     ops = op_histogram(result.model)
-    assert ops["com.microsoft::MultiHeadAttention"] == 6
+    assert ops["com.microsoft::QAttention"] == 6 and "com.microsoft::MultiHeadAttention" not in ops
     assert result.quantized_op_types.get("MatMul") == 36
     assert "real tokens" in result.accuracy["scope"]
     test = minilm.text_dataset(minilm.sentences(600)[400:600], sequence=64)
