@@ -118,6 +118,13 @@ class QuantizeSettings(BudgetAwareSettings):
         int8 QAttention when its three projections are quantized and its attention bias is provably
         the padding mask (or absent); default on (all-MiniLM-L6-v2, 2 threads, AVX-512 VNNI: batch
         1 1.9x -> 2.4x the fp32 speed, batch 8 +3-4 %, same cosine)""")
+    skip_padding: bool = setting(True, help="""
+        dynamic mode: run every per-token layer (projections, feed-forward, GELU, norms) on the
+        real tokens only, gathered by the padding mask, when every attention layer provably masks
+        padded keys; default on: per-token outputs are then 0 at padded positions and unchanged on
+        real tokens, every other output unchanged (checked on probe inputs before quantizing;
+        all-MiniLM-L6-v2, sequence 64, 39 % real tokens, 2 threads, AVX-512 VNNI: batch 8 2.2x
+        -> 3.3x the fp32 speed; without padding the gathers cost a few percent)""")
     max_drop: float | None = setting(None, kind="float", range=">= 0", metavar="X", role=BUDGET, help="""
         the largest metric drop allowed on the validation data (points for top1, 1 - mean cosine
         for cosine); with exclude auto the most sensitive nodes stay float until it holds; None

@@ -238,6 +238,7 @@ class Plan:
             all_candidates=tuple(self.candidates),
             activation_ranges=self.activation_ranges,
             pack_attention=s.pack_attention,
+            skip_padding=s.skip_padding,
         )
 
     def summary_of_excluded(self) -> str:
@@ -781,6 +782,15 @@ def report(inputs: Inputs, journal: Journal, handed: Verdict) -> QuantizeResult 
         journal.choices.append(Choice("pack_attention", f"{packed} QAttention", (
             "each layer's Q/K/V MatMuls and MultiHeadAttention packed into one int8 QAttention (its "
             "attention bias proven to be the padding mask, or absent; attention_pack.py)")))
+    from onnx_compress.passes.quantize.skip_padding import NODE_PREFIX
+
+    gathers = [n for n in out_proto.graph.node if n.name.startswith(NODE_PREFIX) and n.op_type == "Gather"]
+    if gathers and plan.mode == "dynamic" and inputs.settings.skip_padding:
+        mask = next((n.input[0] for n in out_proto.graph.node
+                     if n.name.startswith(NODE_PREFIX) and n.op_type == "Reshape"), "the mask")
+        journal.choices.append(Choice("skip_padding", f"on ({mask!s})", (
+            f"per-token layers run on the real tokens of {mask!r} only ({len(gathers)} Gather nodes added to gather and restore rows): per-token "
+            "outputs are 0 at padded positions, unchanged on real tokens (quantize/skip_padding.py)")))
     result = QuantizeResult(
         model=model,
         modified=True,

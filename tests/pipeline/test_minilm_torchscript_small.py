@@ -36,3 +36,5 @@ def test_small_preset_on_the_torchscript_minilm(minilm_ts_onnx, minilm_texts, tm
     kinds = {node.op_type for node in outcome.model.graph}
     assert "MatMulInteger" in kinds or "DynamicQuantizeMatMul" in kinds
     assert "QAttention" in kinds  # Q/K/V + attention packed: the exporter's mask bias proven the padding mask
+    # per-token layers on real tokens only: padded positions of last_hidden_state are 0
+    assert "NonZero" in kinds and (got[~real] == 0).all() and not (expected[~real] == 0).all()

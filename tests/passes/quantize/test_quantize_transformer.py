@@ -121,6 +121,7 @@ def test_keras_encoder_dynamic_int8_runs_on_the_fused_graph(keras_encoder_onnx, 
     assert "query x key" in mode.reason  # recognised by its attention, not by a LayerNormalization op
     ops = op_histogram(result.model)
     assert ops["com.microsoft::QAttention"] == 2 and ops["com.microsoft::Gelu"] == 2
+    assert ops["NonZero"] == 1  # per-token layers on real tokens only (skip_padding, on by default)
     assert result.quantized_op_types.get("MatMul") == 12 and ops.get("MatMulInteger", 0) == 6
     assert result.accuracy["details"]["tokens"] == int(keras_encoder_data["val"].inputs["attention_mask"].sum())
     test = keras_encoder.token_dataset(100, seed=3)
@@ -145,6 +146,7 @@ def test_torchscript_minilm_dynamic_int8_on_the_fused_graph(minilm_ts_onnx, mini
     assert result.modified and result.mode == "dynamic"
     ops = op_histogram(result.model)
     assert ops["com.microsoft::QAttention"] == 6 and "com.microsoft::MultiHeadAttention" not in ops
+    assert next(c for c in result.choices if c.setting == "skip_padding").value == "on (attention_mask)"
     assert result.quantized_op_types.get("MatMul") == 36
     assert "real tokens" in result.accuracy["scope"]
     test = minilm.text_dataset(minilm.sentences(600)[400:600], sequence=64)
