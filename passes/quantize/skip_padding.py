@@ -39,14 +39,17 @@ What changes
     one that reads padded positions it changes, and the caller's parity check refuses that.
 
 Limits
-    Every attention node (``MultiHeadAttention``, ``Attention``) must have a padding mask from
-    one 2-D graph input: an ``attention_bias`` proven to be the key-padding bias
+    Every attention node (``MultiHeadAttention``, ``Attention``, ``QAttention``) must have a
+    padding mask from one 2-D graph input, named ``attention_mask`` (the input the metrics read
+    real tokens from: with another name a per-token output's zeros at padded positions would
+    count as errors in every comparison): an ``attention_bias`` proven to be the key-padding bias
     (``attention_pack.key_padding_source``), a ``key_padding_mask`` graph input, or ``Attention``'s
     2-D ``mask_index`` cast from one. A layer without a mask attends to padded positions, so the
     model is left as it is. Only main-graph values of shape ``[B, S, D]`` (``B``, ``S`` the mask's
     axes by ONNX Runtime's symbolic shape inference, or the shapes the model carries where that
-    fails; ``D`` a number) are packed: a layer written through a ``Reshape`` to 2-D (Keras'
-    ``Tensordot``) stays on the full layout. A per-token region without a matrix product is not
+    fails; ``D`` a number), and their rows ``[B*S, D]`` (a layer written through a ``Reshape`` to
+    2-D, as Keras' ``Tensordot``: such a ``Reshape`` becomes the identity on packed rows). A
+    per-token region without a matrix product is not
     worth its gathers and is left alone. Models with control flow are left as they are. The
     speed gained is the padding's share: on unpadded batches the gathers cost a few percent.
 """
@@ -59,7 +62,8 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnx_compress.passes.fuse.shapes import infer_symbolic
+from onnx_compress.passes.fuse.shapes import _monomial, _product, infer_symbolic
+from onnx_compress.runtime.metrics import MASK_INPUT
 
 __all__ = ["NODE_PREFIX", "SkippedPadding", "attention_mask", "parity_problem", "skip_padding"]
 
@@ -153,7 +157,12 @@ def attention_mask(model: ir.Model) -> tuple[ir.Value | None, str]:
         masks[mask.name or ""] = mask
     if len(masks) != 1:
         return None, f"the attention layers use {len(masks)} different masks"
-    return next(iter(masks.values())), ""
+    mask = next(iter(masks.values()))
+    if mask.name != MASK_INPUT:
+        return None, (f"the padding mask is the input {mask.name!r}: per-token outputs are compared on real "
+                      f"tokens only for an input named {MASK_INPUT!r}, so zeros at padded positions would "
+                      "count as errors")
+    return mask, ""
 
 
 def _rank_at_most_one(value: ir.Value, shapes: dict[str, list]) -> bool:
@@ -177,6 +186,9 @@ def _per_token(node: ir.Node, token: dict[str, int], shapes: dict[str, list]) ->
             continue
         if out.name not in token and (list(out.uses()) or out.is_graph_output()):
             return False
+    if key == ("", "Reshape"):  # [B, S, D] <-> [B*S, D]: the same rows, so the identity on packed rows
+        data, out = node.inputs[0], node.outputs[0]
+        return data is not None and data.name in token and out.name in token and token[data.name] == token[out.name]
     if key in _ELEMENTWISE or key == ("", "DynamicQuantizeLinear"):
         others = [v for v in node.inputs if v is not None and v.name not in token]
         return all(_rank_at_most_one(v, shapes) for v in others)
@@ -211,19 +223,29 @@ def _shapes(model: ir.Model) -> dict[str, list]:
     return shapes
 
 
-def _token_values(model: ir.Model, mask: ir.Value, shapes: dict[str, list]) -> dict[str, int]:
-    """Name -> width ``D`` of every main-graph value of shape ``[B, S, D]`` (the mask's axes)."""
+def _token_values(model: ir.Model, mask: ir.Value, shapes: dict[str, list]) -> tuple[dict[str, int], set[str]]:
+    """Name -> width ``D`` of every main-graph value of shape ``[B, S, D]`` (the mask's axes) or
+    ``[B*S, D]`` (the rows of one: a ``Reshape`` to 2-D as Keras' ``Tensordot`` writes it), and
+    the names of the latter."""
     axes = shapes.get(mask.name or "") or [d if isinstance(d, int) else getattr(d, "value", None)
                                            for d in mask.shape or ()]
     if len(axes) != 2 or any(a is None for a in axes):
-        return {}
+        return {}, set()
+    monomials = [_monomial(a) for a in axes]
+    rows_dim = _product(monomials) if all(m is not None for m in monomials) else None  # type: ignore[arg-type]
     token: dict[str, int] = {}
+    rows: set[str] = set()
     for node in model.graph:
         for out in node.outputs:
             dims = shapes.get(out.name or "")
-            if dims is not None and len(dims) == 3 and dims[:2] == axes and isinstance(dims[2], int):
+            if dims is None or not dims or not isinstance(dims[-1], int):
+                continue
+            if len(dims) == 3 and dims[:2] == axes:
                 token[out.name or ""] = dims[2]
-    return token
+            elif len(dims) == 2 and rows_dim is not None and _monomial(dims[0]) == rows_dim:
+                token[out.name or ""] = dims[1]
+                rows.add(out.name or "")
+    return token, rows
 
 
 def _components(region: list[ir.Node]) -> list[list[ir.Node]]:
@@ -284,12 +306,16 @@ class _Builder:
         packed.name = f"{value.name}_tokens"
         return packed
 
-    def unpack(self, packed: ir.Value, width: int, dtype: ir.DataType, name: str) -> ir.Value:
+    def unpack(self, packed: ir.Value, width: int, dtype: ir.DataType, name: str, *, rows: bool = False) -> ir.Value:
+        """``packed``'s rows back at their positions, 0 at padded ones: ``[B, S, width]``, or
+        ``[B*S, width]`` with ``rows``."""
         self.unpacks += 1
         zero = self._const(f"{name}_padding_row", np.zeros((1, width), dtype.numpy()))
-        rows = self._node("Gather", [self._node("Concat", [packed, zero], axis=0), self.inverse], axis=0)
+        full = self._node("Gather", [self._node("Concat", [packed, zero], axis=0), self.inverse], axis=0)
+        if rows:
+            return full
         shape = self._node("Concat", [self.layout, self._const(f"{name}_width", np.array([width], np.int64))], axis=0)
-        return self._node("Reshape", [rows, shape])
+        return self._node("Reshape", [full, shape])
 
 
 def skip_padding(model: ir.Model) -> SkippedPadding:
@@ -301,7 +327,7 @@ def skip_padding(model: ir.Model) -> SkippedPadding:
     if mask is None:
         return SkippedPadding(reason=why)
     shapes = _shapes(model)
-    token = _token_values(model, mask, shapes)
+    token, rows = _token_values(model, mask, shapes)
     region = [node for node in model.graph if _per_token(node, token, shapes)]
     region = [n for group in _components(region) if any(_key(n) in _MATMULS for n in group) for n in group]
     if not region:
@@ -321,8 +347,11 @@ def skip_padding(model: ir.Model) -> SkippedPadding:
         attributes = dict(node.attributes)
         if _key(node) in _NORMS:
             attributes["axis"] = ir.AttrInt64("axis", -1)
-        new = ir.Node(node.domain, node.op_type, inputs, attributes=attributes.values(),
-                      num_outputs=len(node.outputs), name=f"{node.name}_tokens", overload=node.overload)
+        if _key(node) == ("", "Reshape"):
+            new = ir.Node("", "Identity", inputs[:1], name=f"{node.name}_tokens")
+        else:
+            new = ir.Node(node.domain, node.op_type, inputs, attributes=attributes.values(),
+                          num_outputs=len(node.outputs), name=f"{node.name}_tokens", overload=node.overload)
         model.graph.insert_before(node, new)
         globals_ = _GLOBAL_OUTPUTS.get(_key(node), ())
         for index, (old, out) in enumerate(zip(node.outputs, new.outputs)):
@@ -336,7 +365,8 @@ def skip_padding(model: ir.Model) -> SkippedPadding:
             packed[id(old)] = out
             outside = [u for u in old.uses() if id(u.node) not in members]
             if outside or old.is_graph_output():
-                full = build.unpack(out, token[old.name], old.dtype or ir.DataType.FLOAT, old.name or "value")
+                full = build.unpack(out, token[old.name], old.dtype or ir.DataType.FLOAT, old.name or "value",
+                                    rows=old.name in rows)
                 full.type, full.shape = old.type, old.shape
                 for use in outside:
                     use.node.replace_input_with(use.idx, full)

@@ -44,14 +44,15 @@ def test_per_token_layers_run_on_real_tokens_only_with_the_same_outputs(fused_en
     done = skip_padding(model)
     assert done.mask == "attention_mask" and not done.reason
     # per layer: the attention projections (Q/K/V and output with MultiHeadAttention, the output
-    # one with Attention, whose Q/K/V are inside it), the residual Sums and LayerNorms. Gathered:
-    # the word and position embeddings, each attention's output, each FFN's output (Keras writes
-    # its FFN through Reshape to 2-D, Tensordot, which stays on the full layout); restored: each
-    # attention's inputs (3 or 1), each FFN's input, the graph output.
+    # one with Attention, whose Q/K/V are inside it), the FFN (Keras writes it as Tensordot:
+    # Reshape to rows, MatMul, Reshape back; the Reshapes become the identity on packed rows), its
+    # Gelu, the residual Sums and LayerNorms. Gathered: the word and position embeddings, each
+    # attention's output; restored: each attention's inputs (3 or 1) and the graph output.
     tokens = collections.Counter(n.op_type for n in model.graph if (n.name or "").endswith("_tokens"))
-    assert tokens["MatMul"] == (2 if packed_attention else 8) and tokens["LayerNormalization"] == 5
-    assert done.nodes == (12 if packed_attention else 18)
-    assert (done.packs, done.unpacks) == (6, 5 if packed_attention else 9)
+    assert tokens["MatMul"] == (6 if packed_attention else 12) and tokens["LayerNormalization"] == 5
+    assert tokens["Gelu"] == 2 and tokens["Identity"] == 8
+    assert done.nodes == (26 if packed_attention else 32)
+    assert (done.packs, done.unpacks) == (4, 3 if packed_attention else 7)
     added = collections.Counter(n.op_type for n in model.graph if (n.name or "").startswith(NODE_PREFIX))
     assert added["NonZero"] == 1 and added["CumSum"] == 1 and added["Gather"] == done.packs + done.unpacks
     assert parity_problem(reference, model, "attention_mask") is None
@@ -122,3 +123,12 @@ def test_dynamic_int8_skips_padding_and_says_so(keras_encoder_onnx, keras_encode
     reference = _outputs(model, data)
     skipped = cosine_per_sample(reference[real], got[real]).mean()
     assert skipped >= cosine_per_sample(reference[real], plain[real]).mean() - 5e-4 and skipped >= 0.999
+
+
+def test_a_mask_the_metrics_do_not_read_is_refused(fused_encoder):
+    """Zeros at padded positions are invisible only to comparisons that know the padding mask: the
+    metrics read it from an input named attention_mask, so a mask named otherwise is refused."""
+    model = _copy(fused_encoder)
+    next(v for v in model.graph.inputs if v.name == "attention_mask").name = "input_mask"
+    done = skip_padding(model)
+    assert done.nodes == 0 and "'input_mask'" in done.reason and "named 'attention_mask'" in done.reason
