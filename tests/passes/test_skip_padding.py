@@ -132,3 +132,13 @@ def test_a_mask_the_metrics_do_not_read_is_refused(fused_encoder):
     next(v for v in model.graph.inputs if v.name == "attention_mask").name = "input_mask"
     done = skip_padding(model)
     assert done.nodes == 0 and "'input_mask'" in done.reason and "named 'attention_mask'" in done.reason
+
+
+def test_a_batch_without_any_real_token_runs(fused_encoder):
+    """No real token at all: the packed rows are empty, every per-token layer runs on 0 rows, and
+    the output is 0 everywhere (the positions are all padded), not an error."""
+    model = _copy(fused_encoder)
+    assert skip_padding(model).nodes > 0
+    ids = np.zeros((2, 32), np.int32)
+    out = Runner(model).run({"input_ids": ids, "attention_mask": np.zeros((2, 32), np.int32)})[0]
+    assert out.shape == (2, 32, 64) and np.all(out == 0)
