@@ -88,7 +88,7 @@ class QuantConfig:
     #: dynamic mode: pack fused attention into ``QAttention`` where provable (``attention_pack.py``)
     pack_attention: bool = True
     #: dynamic mode: run per-token layers on real tokens only where provable (``quantize/skip_padding.py``)
-    skip_padding: bool = False
+    skip_padding: bool = True
 
 
 class Workspace:
@@ -101,7 +101,7 @@ class Workspace:
         self.calibrated_op_types: frozenset[str] = frozenset()
         #: float model file -> its padding-skipped form (``_skip_padding``), so the trials of one
         #: call that quantize the same float model prove and rewrite it once
-        self.padding_skipped: dict[tuple[str, int, int], tuple[Path, int]] = {}
+        self.padding_skipped: dict[tuple[str, int, int], Path] = {}
 
     def path(self, stem: str) -> Path:
         """A fresh model path in the workspace."""
@@ -377,25 +377,25 @@ def _pack_attention(src: Path, config: QuantConfig, workspace: Workspace) -> tup
     return workspace.write(model, "packed-attention"), done.packed
 
 
-def _skip_padding(src: Path, workspace: Workspace) -> tuple[Path, int]:
-    """``src`` rewritten to run its per-token layers on real tokens only (``quantize/skip_padding.py``)
-    and how many nodes were; ``src`` and 0 when it cannot be proven or the rewritten float model
-    does not compute the same outputs on real tokens (logged)."""
+def _skip_padding(src: Path, workspace: Workspace) -> Path:
+    """``src`` rewritten to run its per-token layers on real tokens only (``quantize/skip_padding.py``);
+    ``src`` itself when that cannot be proven or the rewritten float model does not compute the
+    same outputs on real tokens (logged)."""
     from onnx_compress.passes.quantize.skip_padding import parity_problem, skip_padding
 
     stat = src.stat()
     key = (str(src), stat.st_size, stat.st_mtime_ns)
-    if key in workspace.padding_skipped and workspace.padding_skipped[key][0].exists():
+    if key in workspace.padding_skipped and workspace.padding_skipped[key].exists():
         return workspace.padding_skipped[key]
     model = workspace.read(src)
     done = skip_padding(model)
-    outcome: tuple[Path, int] = (src, 0)
+    outcome = src
     if not done.nodes:
         logger.info("padding not skipped: %s", done.reason)
     elif (problem := parity_problem(workspace.read(src), model, done.mask or "")) is not None:
         logger.warning("padding not skipped: the rewritten model %s", problem)
     else:
-        outcome = (workspace.write(model, "skip-padding"), done.nodes)
+        outcome = workspace.write(model, "skip-padding")
     workspace.padding_skipped[key] = outcome
     return outcome
 
@@ -484,7 +484,7 @@ def quantize_file(src: Path, dst: Path, config: QuantConfig, *, workspace: Works
                 if config.pack_attention and "MultiHeadAttention" in present_ops:
                     src, packed = _pack_attention(src, config, workspace)
                 if config.skip_padding and present_ops & {"MultiHeadAttention", "Attention"}:
-                    src, _ = _skip_padding(src, workspace)
+                    src = _skip_padding(src, workspace)
                 _dynamic(src, dst, config, present_ops, packed)
             elif config.mode == "weight_only":
                 _weight_only(src, dst, config)

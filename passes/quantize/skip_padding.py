@@ -227,8 +227,7 @@ def _token_values(model: ir.Model, mask: ir.Value, shapes: dict[str, list]) -> t
     """Name -> width ``D`` of every main-graph value of shape ``[B, S, D]`` (the mask's axes) or
     ``[B*S, D]`` (the rows of one: a ``Reshape`` to 2-D as Keras' ``Tensordot`` writes it), and
     the names of the latter."""
-    axes = shapes.get(mask.name or "") or [d if isinstance(d, int) else getattr(d, "value", None)
-                                           for d in mask.shape or ()]
+    axes = shapes.get(mask.name or "", [])  # graph inputs are in ``shapes`` (see _shapes)
     if len(axes) != 2 or any(a is None for a in axes):
         return {}, set()
     monomials = [_monomial(a) for a in axes]
@@ -380,7 +379,6 @@ def skip_padding(model: ir.Model) -> SkippedPadding:
     logger.info("skip padding: %d per-token nodes run on real tokens only (%d packs, %d unpacks)",
                 len(region), build.packs, build.unpacks)
     return SkippedPadding(nodes=len(region), packs=build.packs, unpacks=build.unpacks, mask=mask.name)
-
 
 
 def parity_problem(original: ir.Model, rewritten: ir.Model, mask: str, *, tolerance: float = 1e-4) -> str | None:

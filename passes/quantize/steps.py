@@ -783,14 +783,14 @@ def report(inputs: Inputs, journal: Journal, handed: Verdict) -> QuantizeResult 
             "each layer's Q/K/V MatMuls and MultiHeadAttention packed into one int8 QAttention (its "
             "attention bias proven to be the padding mask, or absent; attention_pack.py)")))
     from onnx_compress.passes.quantize.skip_padding import NODE_PREFIX
+    from onnx_compress.runtime.metrics import MASK_INPUT
 
-    gathers = [n for n in out_proto.graph.node if n.name.startswith(NODE_PREFIX) and n.op_type == "Gather"]
+    gathers = sum(n.name.startswith(NODE_PREFIX) and n.op_type == "Gather" for n in out_proto.graph.node)
     if gathers and plan.mode == "dynamic" and inputs.settings.skip_padding:
-        mask = next((n.input[0] for n in out_proto.graph.node
-                     if n.name.startswith(NODE_PREFIX) and n.op_type == "Reshape"), "the mask")
-        journal.choices.append(Choice("skip_padding", f"on ({mask!s})", (
-            f"per-token layers run on the real tokens of {mask!r} only ({len(gathers)} Gather nodes added to gather and restore rows): per-token "
-            "outputs are 0 at padded positions, unchanged on real tokens (quantize/skip_padding.py)")))
+        journal.choices.append(Choice("skip_padding", f"on ({MASK_INPUT})", (
+            f"per-token layers run on the real tokens of {MASK_INPUT!r} only ({gathers} Gather nodes added to "
+            "gather and restore rows): per-token outputs are 0 at padded positions, unchanged on real tokens "
+            "(quantize/skip_padding.py)")))
     result = QuantizeResult(
         model=model,
         modified=True,
