@@ -110,7 +110,7 @@ def bench_feeds(runner: Runner, data: DataSource | None, batch: int,
     dataset = load_data(data)
     dataset.check_against(runner.input_specs)
     if len(dataset) < batch:
-        raise DataError(f"--data has {len(dataset)} samples, fewer than --batch {batch}")
+        raise DataError(f"the data has {len(dataset)} samples, fewer than the batch of {batch}")
     return {spec.name: dataset.inputs[spec.name][:batch] for spec in runner.input_specs}
 
 

@@ -53,7 +53,7 @@ import re
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["infer_symbolic", "symbolic_shapes", "resolve_reshapes"]
+__all__ = ["infer_symbolic", "symbolic_shapes", "resolve_reshapes", "Monomial", "monomial", "monomial_product"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,10 @@ def symbolic_shapes(model: ir.Model, shapes: dict[str, Dims]) -> int:
 Monomial = tuple[int, tuple[str, ...]]  # c * s1 * s2 * ...
 
 
-def _monomial(dim: int | str | None) -> Monomial | None:
+def monomial(dim: int | str | None) -> Monomial | None:
+    """A dim as ``(c, (s1, s2, ...))`` = ``c * s1 * s2 ...`` (names sorted), so equal products compare
+    equal: ``"batch*sequence"`` and ``"sequence*batch"`` give ``(1, ("batch", "sequence"))``, ``64`` gives
+    ``(64, ())``. An expression other than a product (``"sequence+1"``) is one opaque symbol; None stays None."""
     if dim is None:
         return None
     if isinstance(dim, int):
@@ -140,7 +143,8 @@ def _monomial(dim: int | str | None) -> Monomial | None:
     return (coef, tuple(sorted(names)))
 
 
-def _product(items: list[Monomial]) -> Monomial:
+def monomial_product(items: list[Monomial]) -> Monomial:
+    """The product of monomials: coefficients multiplied, symbol names concatenated and sorted."""
     coef, names = 1, []
     for c, n in items:
         coef *= c
@@ -179,7 +183,7 @@ def _evaluate_shapes(model: ir.Model, shapes: dict[str, Dims]) -> dict[str, list
             dims = shapes.get(node.inputs[0].name or "")
             if dims is None and node.inputs[0].shape is not None:
                 dims = [d if isinstance(d, int) else getattr(d, "value", None) for d in node.inputs[0].shape]
-            monomials = [_monomial(d) for d in dims] if dims is not None else None
+            monomials = [monomial(d) for d in dims] if dims is not None else None
             if monomials is not None and all(m is not None for m in monomials):
                 start = node.attributes.get("start")
                 end = node.attributes.get("end")
@@ -191,7 +195,7 @@ def _evaluate_shapes(model: ir.Model, shapes: dict[str, Dims]) -> dict[str, list
         elif op == "Concat" and inputs and all(i is not None for i in inputs):
             result = [m for i in inputs for m in i]  # type: ignore[union-attr]
         elif op == "ReduceProd" and len(node.inputs) == 1 and inputs[0] is not None:
-            result = [_product(inputs[0])]
+            result = [monomial_product(inputs[0])]
         elif op == "Gather" and len(inputs) == 2 and inputs[0] is not None and inputs[1] is not None:
             axis = node.attributes.get("axis")
             if axis is None or axis.as_int() == 0:
@@ -211,7 +215,7 @@ def _evaluate_shapes(model: ir.Model, shapes: dict[str, Dims]) -> dict[str, list
 
 def _evaluated_output(in_dims: Dims, target: list[Monomial]) -> Dims | None:
     """The output dims of Reshape(in_dims, target) by ONNX's rules (0 copies, -1 infers)."""
-    inputs = [_monomial(d) for d in in_dims]
+    inputs = [monomial(d) for d in in_dims]
     if any(m is None for m in inputs):
         return None
     out: list[Monomial | None] = []
@@ -227,8 +231,8 @@ def _evaluated_output(in_dims: Dims, target: list[Monomial]) -> Dims | None:
     if out.count(None) > 1:
         return None
     if None in out:
-        total = _product(inputs)  # type: ignore[arg-type]
-        rest = _product([m for m in out if m is not None])
+        total = monomial_product(inputs)  # type: ignore[arg-type]
+        rest = monomial_product([m for m in out if m is not None])
         names = list(total[1])
         for name in rest[1]:
             if name not in names:

@@ -62,7 +62,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnx_compress.passes.fuse.shapes import _monomial, _product, infer_symbolic
+from onnx_compress.passes.fuse.shapes import infer_symbolic, monomial, monomial_product
 from onnx_compress.runtime.metrics import MASK_INPUT
 
 __all__ = ["NODE_PREFIX", "SkippedPadding", "attention_mask", "parity_problem", "skip_padding"]
@@ -230,8 +230,8 @@ def _token_values(model: ir.Model, mask: ir.Value, shapes: dict[str, list]) -> t
     axes = shapes.get(mask.name or "", [])  # graph inputs are in ``shapes`` (see _shapes)
     if len(axes) != 2 or any(a is None for a in axes):
         return {}, set()
-    monomials = [_monomial(a) for a in axes]
-    rows_dim = _product(monomials) if all(m is not None for m in monomials) else None  # type: ignore[arg-type]
+    monomials = [monomial(a) for a in axes]
+    rows_dim = monomial_product(monomials) if all(m is not None for m in monomials) else None  # type: ignore[arg-type]
     token: dict[str, int] = {}
     rows: set[str] = set()
     for node in model.graph:
@@ -241,7 +241,7 @@ def _token_values(model: ir.Model, mask: ir.Value, shapes: dict[str, list]) -> t
                 continue
             if len(dims) == 3 and dims[:2] == axes:
                 token[out.name or ""] = dims[2]
-            elif len(dims) == 2 and rows_dim is not None and _monomial(dims[0]) == rows_dim:
+            elif len(dims) == 2 and rows_dim is not None and monomial(dims[0]) == rows_dim:
                 token[out.name or ""] = dims[1]
                 rows.add(out.name or "")
     return token, rows

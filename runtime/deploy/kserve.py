@@ -110,7 +110,8 @@ def kserve_settings(model: PathLike, name: str | None = None, storage_uri: str |
     file's stem): the InferenceServices are named after it as a DNS-1035 label (lowercased, ``_`` and
     ``.`` as ``-``); ``storage_uri`` is required; ``values``: the other :class:`KServeSettings`."""
     if storage_uri is None:
-        raise SettingError("--kserve needs --storage-uri: where the repository will be uploaded (s3://..., pvc://...)")
+        raise SettingError("KServe manifests need storage_uri (CLI: --storage-uri): where the repository will be "
+                           "uploaded (s3://..., pvc://...)")
     service = (name or Path(model).stem).lower().replace("_", "-").replace(".", "-")
     return KServeSettings(name=service, storage_uri=storage_uri, **values)
 

@@ -119,7 +119,7 @@ def test_deploy_cli_refuses_a_bad_manifest_request_in_one_line_before_writing(to
               "--kserve", str(tmp_path / "k8s")]
     for extra, message in [(["--storage-uri", "s3://b/m", "--memory", "2GB"], "memory '2GB'"),
                            (["--storage-uri", "s3://b/m", "--name", "9lives"], "'9lives' is not a DNS-1035"),
-                           ([], "--kserve needs --storage-uri")]:
+                           ([], "need storage_uri (CLI: --storage-uri)")]:
         done = subprocess.run(script + extra, capture_output=True, text=True, timeout=300)
         assert done.returncode != 0 and message in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
