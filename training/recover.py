@@ -211,12 +211,21 @@ def _auto_match(student: ir.Model, teacher: ir.Model) -> list[str]:
 
 
 def _layer_outputs(student: ir.Model, teacher: ir.Model) -> list[str]:
-    """The residual-stream output of every encoder layer of ``student`` that ``teacher`` has by name."""
+    """The residual-stream output of every encoder layer of ``student`` that ``teacher`` has by name.
+
+    Raises DataError when ``student`` has no encoder layer the detection reads. A student with layers
+    but none to match (one layer left, whose output the detection finds only by comparing it with
+    the layer before: the graph output stands for it) gives an empty list: the outputs alone are
+    then matched."""
     from onnx_compress.passes.prune.transformer.detect import find_structure, prepare
 
     work = student.clone()
     prepare(work)
-    names = [str(layer.output.name) for layer in find_structure(work).layers if layer.output is not None]
+    layers = find_structure(work).layers
+    if not layers:
+        raise DataError("match 'layers': the student has no encoder layer the detection reads (not a transformer "
+                        "encoder, or a form prune_transformer does not read); match values by name instead")
+    names = [str(layer.output.name) for layer in layers if layer.output is not None]
     theirs = {str(v.name) for node in teacher.graph for v in node.outputs if v is not None}
     return [name for name in names if name in theirs]
 
@@ -387,10 +396,11 @@ def recover(
         logger.info("matching %d intermediate values: %s", len(match), match[:6])
     elif match == ["layers"]:
         match = _layer_outputs(student_model, teacher_model)
-        if not match:
-            raise DataError("match 'layers': no encoder layer outputs found that both graphs have (not a "
-                            "transformer the detection reads, or the value names differ)")
-        logger.info("matching the outputs of %d encoder layers: %s", len(match), match)
+        if match:
+            logger.info("matching the outputs of %d encoder layers: %s", len(match), match)
+        else:
+            logger.warning("match 'layers': no encoder layer output that the teacher has under the same name, "
+                           "besides the graph outputs; matching the outputs only")
 
     from onnx_compress.training.distributed import from_env
 

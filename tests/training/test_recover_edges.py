@@ -16,7 +16,7 @@ import torch
 from onnx import TensorProto, helper
 
 from onnx_compress.data import Dataset
-from onnx_compress.errors import UnsupportedModelError
+from onnx_compress.errors import DataError, UnsupportedModelError
 from onnx_compress.model_io import load_model
 from onnx_compress.training import losses
 from onnx_compress.training.recover import RecoverySettings, recover
@@ -37,6 +37,20 @@ def test_an_op_the_bridge_cannot_train_is_refused_by_name_before_training():
     val = Dataset(inputs={"x": rng.normal(size=(8, 3)).astype(np.float32)})
     with pytest.raises(UnsupportedModelError, match=r"my_einsum \(Einsum\)"):
         recover(model, model, train, val, RecoverySettings(epochs=1), progress=False)
+
+
+def test_matching_encoder_layers_of_a_model_without_them_is_refused_in_one_line():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 3], np.eye(3, dtype=np.float32).ravel())
+    model = ir.serde.deserialize_model(helper.make_model(
+        helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="dense")], "g", [x], [y], [w]),
+        opset_imports=[helper.make_opsetid("", 17)]))
+    rng = np.random.default_rng(0)
+    train = Dataset(inputs={"x": rng.normal(size=(16, 3)).astype(np.float32)})
+    val = Dataset(inputs={"x": rng.normal(size=(8, 3)).astype(np.float32)})
+    with pytest.raises(DataError, match="match 'layers': the student has no encoder layer"):
+        recover(model, model, train, val, RecoverySettings(epochs=1, match=("layers",)), progress=False)
 
 
 def test_a_loss_that_turns_nan_after_a_good_epoch_hands_back_that_epoch(pruned_torch_seed, torch_seed_onnx,
