@@ -45,6 +45,7 @@ def test_prune_recover_preset_cuts_heads_ffn_and_a_layer_then_recovers_and_quant
     original, then its int8 steps, through the pipeline on the Keras/tf2onnx encoder. Only the training
     time is shortened (the preset trains 18 minutes per budget trial)."""
     import copy
+    import re
 
     import numpy as np
 
@@ -62,6 +63,9 @@ def test_prune_recover_preset_cuts_heads_ffn_and_a_layer_then_recovers_and_quant
     stage = outcome.report.stages[2]
     assert stage.name == "2. prune_transformer+recover" and stage.decision == "applied", stage.reason
     assert "layers 2 -> 1" in stage.pass_summary and "heads 8 -> 3" in stage.pass_summary, stage.pass_summary
+    # the report names what was cut per layer (one layer removed, the other 4 -> 3 heads, 128 -> 96 neurons)
+    assert re.search(r"; layer \d: removed", stage.pass_summary), stage.pass_summary
+    assert re.search(r"; layer \d: heads 4 -> 3, FFN 128 -> 96", stage.pass_summary), stage.pass_summary
     recovery = stage.pass_result["recovery"]
     assert recovery["after"] >= recovery["before"] and len(recovery["history"]) == recovery["epochs_run"] + 1
     assert any(s.pass_name == "quantize" and s.decision == "applied" for s in outcome.report.stages[3:])

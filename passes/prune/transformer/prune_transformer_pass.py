@@ -146,7 +146,20 @@ class PruneTransformerResult(CutResult):
         refused = [layer.index for layer in self.layers if layer.status == "refused"]
         if refused:
             text += f"; refused in layers {refused}"
+        changed = [layer for layer in self.layers if layer.status in ("removed", "pruned")]
+        if changed:  # what the pipeline's report shows per stage: each layer that changed
+            text += "".join(f"; layer {layer.index}: {self._layer_cut(layer)}" for layer in changed)
         return text
+
+    @staticmethod
+    def _layer_cut(layer: LayerReport) -> str:
+        """``removed``, or the heads and FFN widths that changed (``heads 12 -> 9, FFN 1536 -> 1152``)."""
+        if layer.status == "removed":
+            return "removed"
+        parts = [f"{what} {before} -> {after or 0}" for what, before, after in
+                 (("heads", layer.heads_before, layer.heads_after), ("FFN", layer.ffn_before, layer.ffn_after))
+                 if before is not None and after != before]
+        return ", ".join(parts)
 
     def lines(self) -> list[str]:
         """The human-readable report ("" = blank line): per encoder layer, what was cut (heads, FFN
