@@ -138,5 +138,5 @@ def test_kserve_settings_name_the_services_after_the_model_and_need_a_storage_ur
     settings = kserve_settings(Path("models/Digits_CNN.v2.onnx"), storage_uri="s3://bucket/repo", cpu="500m")
     assert (settings.name, settings.triton_name, settings.cpu) == ("digits-cnn-v2", "digits-cnn-v2-triton", "500m")
     assert kserve_settings("m.onnx", "My_Model", storage_uri="pvc://claim/m").name == "my-model"
-    with pytest.raises(SettingError, match="--kserve needs --storage-uri"):
+    with pytest.raises(SettingError, match=r"KServe manifests need storage_uri \(CLI: --storage-uri\)"):
         kserve_settings("m.onnx")
