@@ -72,3 +72,14 @@ def test_prune_recover_preset_cuts_heads_ffn_and_a_layer_then_recovers_and_quant
     runner = Runner(outcome.model)
     out = runner.run({spec.name: keras_encoder_data["val"].inputs[spec.name][:4] for spec in runner.input_specs})[0]
     assert out.shape == (4, 32, 64) and np.isfinite(out).all()  # the original output's shape
+
+
+def test_prune_recover_preset_without_training_data_rolls_the_cut_back_with_its_recovery(keras_encoder_onnx,
+                                                                                         keras_encoder_data):
+    outcome = compress(keras_encoder_onnx, "prune-recover", calib=keras_encoder_data["calib"],
+                       val=keras_encoder_data["val"], settings=PipelineSettings(bench_runs=3))
+    stage = outcome.report.stages[2]
+    assert stage.name == "2. prune_transformer+recover" and stage.decision == "rolled back"
+    assert "needs training data" in stage.reason and "--train" in stage.reason
+    assert stage.pass_result == {}  # nothing of the cut was kept
+    assert any(s.pass_name == "quantize" and s.decision == "applied" for s in outcome.report.stages[3:])
