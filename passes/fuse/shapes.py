@@ -67,16 +67,24 @@ def infer_symbolic(model: ir.Model) -> dict[str, Dims] | None:
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     proto = ir.serde.serialize_model(model)
+    # SymbolicShapeInference.infer_shapes' own loop, so that a node it cannot infer (the dynamo export's
+    # sentence pooling: Clip without max after ReduceL2 with an axes input) does not lose the shapes
+    # of every node before it (the encoder's: what the fusions need); infer_shapes would also write
+    # sym_shape_infer_temp.onnx into the working directory when inference is incomplete.
+    engine = SymbolicShapeInference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_output_rank, verbose
     try:
-        inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
-    except Exception as exc:  # its failures are any exception type: report and go on without it
-        logger.info("symbolic shape inference failed (%s: %s); shapes left as they are",
-                    type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
-        return None
-    if inferred is None:
-        return None
+        engine._preprocess(proto)
+        while engine.run_:
+            engine._infer_impl()
+    except Exception as exc:  # its failures are any exception type: keep what was inferred before it
+        known = len(getattr(engine, "known_vi_", {}))
+        logger.info("symbolic shape inference stopped (%s: %s); using the %d shapes inferred before it",
+                    type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "", known)
+        if not known:
+            return None
+    infos = list(getattr(engine, "known_vi_", {}).values())
     shapes: dict[str, Dims] = {}
-    for info in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
+    for info in infos:
         kind = info.type.WhichOneof("value")
         if kind != "tensor_type" or not info.type.tensor_type.HasField("shape"):
             continue
