@@ -94,10 +94,12 @@ def _first_output(model: ir.Model, data: Dataset) -> np.ndarray:
 
 def choose_layers(model: ir.Model, layers: Sequence[EncoderLayer], count: int, data: Dataset, method: str,
                   reference: np.ndarray | None = None) -> tuple[list[int], dict[int, float]]:
-    """The indices of the ``count`` layers to remove and a score per layer (higher = keep).
+    """The indices of the ``count`` layers to remove and a score per layer, whose sense depends on
+    ``method``.
 
     ``skip``: the score is the similarity of the output with that layer removed (in the step it
-    was considered last); ``cosine``: ``1 - cos(in, out)``.
+    was considered last): higher = the layer matters less, the highest goes first; ``cosine``:
+    ``1 - cos(in, out)``: higher = the layer changes the hidden state more, the lowest go.
     """
     mask = token_mask(data)
     candidates = [layer for layer in layers if not layer.depth_reason]

@@ -108,8 +108,10 @@ class LayerReport:
 
     ``status``: ``removed`` (the whole layer), ``pruned`` (heads and/or neurons cut), ``kept``
     (nothing to cut) or ``refused`` (a cut was asked for and not done: see ``reason``).
-    ``kept_heads`` are indices into the original heads; ``score`` is the layer's importance
-    when layers were ranked (higher = more needed).
+    ``kept_heads`` are indices into the original heads; ``score`` is the layer's score when
+    layers were ranked (see ``layers.choose_layers``): with ``layer_importance`` skip the output
+    cosine with the layer removed (higher = less needed), with cosine ``1 - cos(in, out)`` of the
+    layer (higher = more needed).
     """
 
     index: int
