@@ -95,9 +95,9 @@ class Recover(CompressionPass):
         """The cuts and this recovery as one stage, whose strength is searched with recovery."""
         return CutThenRecover(list(cuts), self)
 
-    def recover(self, model: ir.Model) -> RecoveryResult:
-        from onnx_compress.training.recover import recover
-
+    def check_ready(self) -> None:
+        """Raise PassRefusedError when this stage cannot train (no teacher, no training data, started
+        under torchrun): checked before any cut, so a stage that cannot recover costs no cutting."""
         if self.teacher is None:
             raise PassRefusedError("recover needs the original model as its teacher (compress() supplies it)")
         if self.train is None:
@@ -108,6 +108,12 @@ class Recover(CompressionPass):
         if launched():  # every process would run the whole pipeline, and only rank 0 gets the model
             raise PassRefusedError("compress does not train under torchrun; run `onnx-compress recover` under "
                                    "torchrun, then compress the recovered model")
+
+    def recover(self, model: ir.Model) -> RecoveryResult:
+        from onnx_compress.training.recover import recover
+
+        self.check_ready()
+        assert self.train is not None
         fit, stop = split_training(self.train)
         _, result = recover(model, self.teacher, fit, stop, self.settings,  # type: ignore[arg-type]
                             progress=self.progress, qat_target=self.qat_target)
@@ -186,6 +192,7 @@ class CutThenRecover(CompressionPass):
         return model
 
     def call(self, model: ir.Model) -> CutThenRecoverResult:
+        self.recovery.check_ready()
         current, steps, summaries, modified = model, [], [], False
         for cut in self.cuts:
             result = cut(current)
